@@ -1,0 +1,553 @@
+//! The builder: every option, its default, and its validation.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::{Client, ClientLike, Config};
+use rand::Rng;
+
+use crate::error::Error;
+use crate::node::{ClientSettings, Node, server_name};
+use crate::quorum::{NodeVote, Vote, Votes, quorum};
+use crate::redlock::Redlock;
+
+/// Default number of retries after the first attempt when no acquire timeout is set.
+pub const DEFAULT_RETRY_COUNT: u32 = 3;
+/// Default fixed part of the delay between two attempts.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Default random part of the delay between two attempts.
+pub const DEFAULT_RETRY_JITTER: Duration = Duration::from_millis(100);
+/// Default clock drift factor: 1% of the TTL.
+pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
+/// Default bound on every request to one node.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default bound on connecting to the nodes in `build()`, and on each reconnection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default delay between two reconnection attempts to a node that is down.
+pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// Where the nodes come from.
+enum Source {
+    Urls(Vec<String>),
+    Clients(Vec<Client>),
+}
+
+/// Configures and connects a [`Redlock`]. Made by [`Redlock::builder`] or
+/// [`Redlock::from_clients`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use fredlock::Redlock;
+///
+/// # async fn run() -> Result<(), fredlock::Error> {
+/// let redlock = Redlock::builder([
+///     "redis://10.0.0.1:6379",
+///     "redis://10.0.0.2:6379",
+///     "redis://:secret@10.0.0.3:6379",
+/// ])
+/// .node_timeout(Duration::from_millis(20))
+/// .retry_delay(Duration::from_millis(50))
+/// .key_prefix("locks:")
+/// .build()
+/// .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `.build().await`"]
+pub struct Builder {
+    source: Source,
+    retry_count: Option<u32>,
+    retry_delay: Duration,
+    retry_jitter: Duration,
+    drift_factor: f64,
+    node_timeout: Duration,
+    min_validity: Duration,
+    key_prefix: String,
+    acquire_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    reconnect_delay: Duration,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes = match &self.source {
+            Source::Urls(urls) => urls.len(),
+            Source::Clients(clients) => clients.len(),
+        };
+        f.debug_struct("Builder")
+            .field("nodes", &nodes)
+            .field("retry_count", &self.retry_count)
+            .field("retry_delay", &self.retry_delay)
+            .field("retry_jitter", &self.retry_jitter)
+            .field("drift_factor", &self.drift_factor)
+            .field("node_timeout", &self.node_timeout)
+            .field("min_validity", &self.min_validity)
+            .field("key_prefix", &self.key_prefix)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .finish()
+    }
+}
+
+/// The validated settings a [`Redlock`] runs with.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Retries after the first attempt (`u32::MAX`: until the acquire deadline).
+    pub(crate) retry_count: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) retry_jitter: Duration,
+    pub(crate) drift_factor: f64,
+    pub(crate) node_timeout: Duration,
+    pub(crate) min_validity: Duration,
+    pub(crate) key_prefix: String,
+    pub(crate) acquire_timeout: Option<Duration>,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Builder {
+    fn new(source: Source) -> Self {
+        Builder {
+            source,
+            retry_count: None,
+            retry_delay: DEFAULT_RETRY_DELAY,
+            retry_jitter: DEFAULT_RETRY_JITTER,
+            drift_factor: DEFAULT_DRIFT_FACTOR,
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+            min_validity: Duration::ZERO,
+            key_prefix: String::new(),
+            acquire_timeout: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            reconnect_delay: DEFAULT_RECONNECT_DELAY,
+        }
+    }
+
+    pub(crate) fn from_urls(urls: Vec<String>) -> Self {
+        Builder::new(Source::Urls(urls))
+    }
+
+    pub(crate) fn from_clients(clients: Vec<Client>) -> Self {
+        Builder::new(Source::Clients(clients))
+    }
+
+    /// How many times [`Redlock::lock`] tries again after a failed attempt.
+    ///
+    /// Default: 3, or unlimited (until the deadline) when an
+    /// [`acquire_timeout`](Self::acquire_timeout) is set.
+    pub fn retry_count(mut self, retries: u32) -> Self {
+        self.retry_count = Some(retries);
+        self
+    }
+
+    /// The fixed part of the pause between two attempts. Default: 100 ms.
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// The random part of the pause between two attempts: each pause is
+    /// `retry_delay + uniform(0..=retry_jitter)`, so competing clients fall out of step
+    /// instead of splitting the votes again and again. Default: 100 ms.
+    pub fn retry_jitter(mut self, jitter: Duration) -> Self {
+        self.retry_jitter = jitter;
+        self
+    }
+
+    /// The clock drift factor: the validity of a lock is
+    /// `ttl - elapsed - (ttl * drift_factor + 2 ms)`. Must be in `[0, 1)`.
+    /// Default: 0.01.
+    pub fn drift_factor(mut self, factor: f64) -> Self {
+        self.drift_factor = factor;
+        self
+    }
+
+    /// The bound on every request to one node (acquire, extend, release). A node that
+    /// does not answer within it is a failed vote. Should be small next to the TTL.
+    /// Default: 50 ms.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
+    /// A lock is granted only if more than this much validity is left once the quorum
+    /// is reached. Default: zero (any positive validity).
+    pub fn min_validity(mut self, min: Duration) -> Self {
+        self.min_validity = min;
+        self
+    }
+
+    /// A prefix put before every resource name to make its key. Default: none, so the
+    /// key is the resource name and fredlock excludes other Redlock clients that lock
+    /// the same resource on the same nodes.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Bounds the total wait of [`Redlock::lock`]: no attempt starts unless it can end
+    /// before this deadline. Without an explicit [`retry_count`](Self::retry_count),
+    /// `lock()` then retries until the deadline. Must be at least the node timeout.
+    /// Default: none (the retry count bounds the wait).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = Some(timeout);
+        self
+    }
+
+    /// How long `build()` waits for the nodes to connect, and the bound on each
+    /// reconnection attempt. Default: 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The pause between two reconnection attempts to a node that is down; a node that
+    /// comes back is used again without any action by the caller. Default: 100 ms.
+    pub fn reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
+        self
+    }
+
+    /// Validates the configuration and connects to the nodes.
+    ///
+    /// From URLs: connects to every node concurrently and waits up to the connect
+    /// timeout. It fails with [`Error::Connect`] if fewer than a quorum connected;
+    /// nodes that are down while a quorum is up keep reconnecting in the background.
+    /// From clients: the clients are used as they are (they should already be
+    /// connected; see [`Redlock::from_clients`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid option, or [`Error::Connect`].
+    pub async fn build(self) -> Result<Redlock, Error> {
+        let settings = self.settings()?;
+        let client_settings = ClientSettings {
+            node_timeout: self.node_timeout,
+            connect_timeout: self.connect_timeout,
+            reconnect_delay: self.reconnect_delay,
+        };
+        match self.source {
+            Source::Urls(urls) => {
+                let configs = parse_endpoints(&urls)?;
+                let mut clients = Vec::with_capacity(configs.len());
+                for (i, config) in configs.into_iter().enumerate() {
+                    let client = Node::client_for(config, &client_settings).map_err(|e| {
+                        Error::config("endpoints", format!("endpoint {i}: {}", e.details()))
+                    })?;
+                    clients.push(client);
+                }
+                connect(&clients, settings.connect_timeout).await?;
+                let nodes = to_nodes(clients, settings.node_timeout);
+                Ok(Redlock::new(nodes, settings, true))
+            }
+            Source::Clients(clients) => {
+                if clients.is_empty() {
+                    return Err(Error::config("clients", "at least one client is required"));
+                }
+                let mut seen = HashSet::new();
+                for client in &clients {
+                    let name = server_name(&client.client_config());
+                    if !seen.insert(name.to_ascii_lowercase()) {
+                        return Err(Error::config(
+                            "clients",
+                            format!("two clients point at {name}: the masters must be independent"),
+                        ));
+                    }
+                }
+                let nodes = to_nodes(clients, settings.node_timeout);
+                Ok(Redlock::new(nodes, settings, false))
+            }
+        }
+    }
+
+    /// Validates every option except the endpoints.
+    fn settings(&self) -> Result<Settings, Error> {
+        if !(self.drift_factor.is_finite() && (0.0..1.0).contains(&self.drift_factor)) {
+            return Err(Error::config(
+                "drift_factor",
+                format!("must be in [0, 1), got {}", self.drift_factor),
+            ));
+        }
+        if self.node_timeout.is_zero() {
+            return Err(Error::config("node_timeout", "must be greater than zero"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::config(
+                "connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if let Some(deadline) = self.acquire_timeout {
+            if deadline < self.node_timeout {
+                return Err(Error::config(
+                    "acquire_timeout",
+                    format!(
+                        "{deadline:?} is shorter than one attempt (node_timeout {:?})",
+                        self.node_timeout
+                    ),
+                ));
+            }
+        }
+        let retry_count = match (self.retry_count, self.acquire_timeout) {
+            (Some(n), _) => n,
+            (None, Some(_)) => u32::MAX,
+            (None, None) => DEFAULT_RETRY_COUNT,
+        };
+        Ok(Settings {
+            retry_count,
+            retry_delay: self.retry_delay,
+            retry_jitter: self.retry_jitter,
+            drift_factor: self.drift_factor,
+            node_timeout: self.node_timeout,
+            min_validity: self.min_validity,
+            key_prefix: self.key_prefix.clone(),
+            acquire_timeout: self.acquire_timeout,
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}
+
+fn to_nodes(clients: Vec<Client>, timeout: Duration) -> Arc<[Arc<Node>]> {
+    clients
+        .into_iter()
+        .map(|c| Arc::new(Node::new(c, timeout)))
+        .collect()
+}
+
+/// Parses and checks the endpoint URLs: at least one, `redis://` or `rediss://` only
+/// (the latter needs a TLS feature), no two for the same `host:port`.
+pub(crate) fn parse_endpoints(urls: &[String]) -> Result<Vec<Config>, Error> {
+    if urls.is_empty() {
+        return Err(Error::config(
+            "endpoints",
+            "at least one endpoint is required",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut configs = Vec::with_capacity(urls.len());
+    for (i, url) in urls.iter().enumerate() {
+        let shown = redact(url);
+        let bad = |reason: String| {
+            Error::config("endpoints", format!("endpoint {i} `{shown}`: {reason}"))
+        };
+        let Some((scheme, _)) = url.split_once("://") else {
+            return Err(bad(
+                "not a URL; expected redis://host:port or rediss://host:port".into(),
+            ));
+        };
+        match scheme {
+            "redis" => {}
+            "rediss" if cfg!(any(feature = "tls-rustls", feature = "tls-native")) => {}
+            "rediss" => {
+                return Err(bad(
+                    "rediss:// needs the crate feature `tls-rustls` or `tls-native`".into(),
+                ));
+            }
+            other => {
+                return Err(bad(format!(
+                    "unsupported scheme `{other}`; each endpoint is one independent master, \
+                     redis:// or rediss://"
+                )));
+            }
+        }
+        let config = Config::from_url_centralized(url).map_err(|e| bad(e.details().to_string()))?;
+        let name = server_name(&config);
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(bad(format!(
+                "duplicate endpoint {name}: the masters must be independent"
+            )));
+        }
+        configs.push(config);
+    }
+    Ok(configs)
+}
+
+/// The URL with any `user:password@` part hidden.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) if at > scheme.len() + 3 => {
+            format!("{scheme}://***@{}", &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Starts every client's connection task and waits, up to `timeout`, for a quorum of
+/// them to connect. The others keep reconnecting in the background.
+async fn connect(clients: &[Client], timeout: Duration) -> Result<(), Error> {
+    for client in clients {
+        // The connection task runs until `quit`; dropping its handle detaches it.
+        drop(client.connect());
+    }
+    let outcomes = futures::future::join_all(clients.iter().map(|client| async move {
+        let waited = tokio::time::timeout(timeout, client.wait_for_connect()).await;
+        let vote = match waited {
+            _ if client.is_connected() => Vote::Yes,
+            Ok(Err(e)) => Vote::Error(e.details().to_string()),
+            Ok(Ok(())) => Vote::Yes,
+            Err(_) => Vote::Timeout,
+        };
+        NodeVote {
+            node: server_name(&client.client_config()),
+            vote,
+        }
+    }))
+    .await;
+    let votes = Votes(outcomes);
+    if votes.yes() >= quorum(clients.len()) {
+        return Ok(());
+    }
+    futures::future::join_all(
+        clients
+            .iter()
+            .map(|c| tokio::time::timeout(timeout, c.quit())),
+    )
+    .await;
+    Err(Error::Connect { votes })
+}
+
+/// The pause before the next attempt: `delay + uniform(0..=jitter)`.
+pub(crate) fn retry_pause(delay: Duration, jitter: Duration, rng: &mut impl Rng) -> Duration {
+    let jitter_ns = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+    delay.saturating_add(Duration::from_nanos(rng.random_range(0..=jitter_ns)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn urls(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn field(err: Error) -> &'static str {
+        match err {
+            Error::Config { field, .. } => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn endpoints_parse_with_credentials_and_default_port() {
+        let configs = parse_endpoints(&urls(&[
+            "redis://127.0.0.1:7001",
+            "redis://user:pw@127.0.0.1:7002/2",
+            "redis://localhost",
+        ]))
+        .expect("valid endpoints");
+        assert_eq!(configs.len(), 3);
+        assert_eq!(configs[1].username.as_deref(), Some("user"));
+        assert_eq!(configs[1].password.as_deref(), Some("pw"));
+        assert_eq!(configs[1].database, Some(2));
+        assert_eq!(&*server_name(&configs[2]), "localhost:6379");
+    }
+
+    #[test]
+    fn bad_endpoints_name_the_problem() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "at least one endpoint"),
+            (&["127.0.0.1:6379"], "not a URL"),
+            (&["http://127.0.0.1:6379"], "unsupported scheme `http`"),
+            (&["redis-cluster://127.0.0.1:6379"], "unsupported scheme"),
+            (&["redis://127.0.0.1:notaport"], "endpoint 0"),
+            (
+                &["redis://a:1", "redis://b:2", "redis://A:1"],
+                "duplicate endpoint",
+            ),
+        ];
+        for (list, expected) in cases {
+            let err = parse_endpoints(&urls(list)).expect_err("must be rejected");
+            let text = err.to_string();
+            assert!(text.contains(expected), "{list:?}: {text}");
+            assert_eq!(field(err), "endpoints");
+        }
+    }
+
+    #[cfg(not(any(feature = "tls-rustls", feature = "tls-native")))]
+    #[test]
+    fn rediss_without_a_tls_feature_is_rejected() {
+        let err = parse_endpoints(&urls(&["rediss://127.0.0.1:6380"])).expect_err("no TLS");
+        assert!(err.to_string().contains("tls-rustls"), "{err}");
+    }
+
+    #[test]
+    fn errors_never_show_passwords() {
+        let err = parse_endpoints(&urls(&["redis://u:hunter2@host:bad"])).expect_err("bad port");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert_eq!(redact("redis://u:p@h:1"), "redis://***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    fn builder() -> Builder {
+        Builder::from_urls(urls(&["redis://127.0.0.1:1"]))
+    }
+
+    #[test]
+    fn option_validation_names_the_field() {
+        for f in [-0.1, 1.0, 2.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                field(builder().drift_factor(f).settings().unwrap_err()),
+                "drift_factor"
+            );
+        }
+        assert!(builder().drift_factor(0.0).settings().is_ok());
+        assert!(builder().drift_factor(0.999).settings().is_ok());
+        assert_eq!(
+            field(
+                builder()
+                    .node_timeout(Duration::ZERO)
+                    .settings()
+                    .unwrap_err()
+            ),
+            "node_timeout"
+        );
+        assert_eq!(
+            field(
+                builder()
+                    .connect_timeout(Duration::ZERO)
+                    .settings()
+                    .unwrap_err()
+            ),
+            "connect_timeout"
+        );
+        let short = builder()
+            .node_timeout(Duration::from_millis(50))
+            .acquire_timeout(Duration::from_millis(49));
+        assert_eq!(field(short.settings().unwrap_err()), "acquire_timeout");
+    }
+
+    #[test]
+    fn retry_count_defaults_depend_on_the_deadline() {
+        assert_eq!(
+            builder().settings().unwrap().retry_count,
+            DEFAULT_RETRY_COUNT
+        );
+        let deadline = builder().acquire_timeout(Duration::from_secs(1));
+        assert_eq!(deadline.settings().unwrap().retry_count, u32::MAX);
+        let both = builder()
+            .acquire_timeout(Duration::from_secs(1))
+            .retry_count(5);
+        assert_eq!(both.settings().unwrap().retry_count, 5);
+    }
+
+    #[test]
+    fn retry_pause_stays_within_delay_plus_jitter_and_varies() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (delay, jitter) = (Duration::from_millis(100), Duration::from_millis(100));
+        let pauses: Vec<Duration> = (0..1000)
+            .map(|_| retry_pause(delay, jitter, &mut rng))
+            .collect();
+        assert!(pauses.iter().all(|p| *p >= delay && *p <= delay + jitter));
+        let distinct: HashSet<_> = pauses.iter().collect();
+        assert!(distinct.len() > 900, "jitter should spread the pauses");
+        let low = pauses.iter().filter(|p| **p < delay + jitter / 2).count();
+        assert!(
+            (400..=600).contains(&low),
+            "roughly uniform: {low} of 1000 in the lower half"
+        );
+        assert_eq!(retry_pause(delay, Duration::ZERO, &mut rng), delay);
+        assert_eq!(
+            retry_pause(Duration::MAX, Duration::MAX, &mut rng),
+            Duration::MAX
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! The error type of every fallible fredlock operation.
+
+use std::time::Duration;
+
+use crate::quorum::Votes;
+
+/// Why a fredlock operation failed.
+///
+/// The variants tell apart what a caller usually wants to react to differently:
+/// somebody else holds the resource ([`Error::Taken`]), the nodes could not be reached
+/// ([`Error::NoQuorum`]), the lock came back with too little time left
+/// ([`Error::TooLate`]), our lock is gone ([`Error::Expired`]), or the caller asked for
+/// something invalid ([`Error::Config`], [`Error::InvalidArgument`]).
+///
+/// Round errors carry every node's [`Vote`](crate::Vote), so a log line says which node
+/// failed and how.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Nodes answered that the resource's key holds another token: another owner has
+    /// the lock, and no quorum is possible whatever the other nodes say.
+    #[error("resource `{resource}` is locked by another owner: {votes}")]
+    Taken {
+        /// The resource that was asked for.
+        resource: String,
+        /// Every node's answer in the last attempt.
+        votes: Votes,
+    },
+
+    /// No quorum because nodes were unreachable, answered with an error or timed out
+    /// (possibly together with nodes where the key is taken).
+    #[error("no quorum for resource `{resource}`: {votes}")]
+    NoQuorum {
+        /// The resource that was asked for.
+        resource: String,
+        /// Every node's answer in the last attempt.
+        votes: Votes,
+    },
+
+    /// A quorum said yes, but the round took so long that the validity left is not
+    /// above the configured minimum. The keys were removed again.
+    #[error(
+        "lock on `{resource}` acquired too late: {validity:?} of validity left, \
+         the minimum is more than {min_validity:?}: {votes}"
+    )]
+    TooLate {
+        /// The resource that was asked for.
+        resource: String,
+        /// The validity left when the quorum was reached.
+        validity: Duration,
+        /// The configured minimum validity.
+        min_validity: Duration,
+        /// Every node's answer.
+        votes: Votes,
+    },
+
+    /// The lock has expired or is no longer held by this owner: its validity ran out
+    /// before the operation, or nodes answered that the key no longer holds our token.
+    #[error("lock on `{resource}` has expired or is no longer ours: {votes}")]
+    Expired {
+        /// The locked resource.
+        resource: String,
+        /// Every node's answer; empty when the validity had already run out on this
+        /// client's clock and no request was sent.
+        votes: Votes,
+    },
+
+    /// The builder was given an invalid value. `field` names the builder option.
+    #[error("invalid configuration: `{field}`: {reason}")]
+    Config {
+        /// The builder option that is wrong, for example `"drift_factor"`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A call was given an invalid argument. `argument` names it.
+    #[error("invalid argument `{argument}`: {reason}")]
+    InvalidArgument {
+        /// The argument that is wrong, for example `"ttl"`.
+        argument: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// `build()` could not connect to a quorum of the endpoints within the connect
+    /// timeout. Carries each node's connection outcome.
+    #[error("could not connect to a quorum of nodes: {votes}")]
+    Connect {
+        /// Each node: `Yes` if connected, otherwise the error or `Timeout`.
+        votes: Votes,
+    },
+}
+
+impl Error {
+    /// The per-node votes carried by round errors, if any.
+    pub fn votes(&self) -> Option<&Votes> {
+        match self {
+            Error::Taken { votes, .. }
+            | Error::NoQuorum { votes, .. }
+            | Error::TooLate { votes, .. }
+            | Error::Expired { votes, .. }
+            | Error::Connect { votes } => Some(votes),
+            Error::Config { .. } | Error::InvalidArgument { .. } => None,
+        }
+    }
+
+    /// Whether trying again later may succeed (the resource was taken, nodes were
+    /// unreachable, or the round was too slow). Invalid input is never retryable.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Taken { .. } | Error::NoQuorum { .. } | Error::TooLate { .. }
+        )
+    }
+
+    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Config {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid(argument: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            argument,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Failover-tolerant distributed locks over N independent Redis masters: the Redlock
+//! algorithm on [fred](https://docs.rs/fred) and tokio.
+//!
+//! A [`Redlock`] sends `SET key token NX PX ttl` to every master at once and holds the
+//! lock only when a quorum (`N / 2 + 1`) agreed and validity is left once the time the
+//! round took and the clock drift allowance are subtracted. A minority of masters may be
+//! down, frozen, slow or partitioned away: their votes are failed votes, each bounded by
+//! the per-node timeout, and no call waits for them once the quorum has decided.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use fredlock::{Error, Redlock};
+//!
+//! # async fn run() -> Result<(), Error> {
+//! let redlock = Redlock::builder([
+//!     "redis://10.0.0.1:6379",
+//!     "redis://10.0.0.2:6379",
+//!     "redis://10.0.0.3:6379",
+//!     "redis://10.0.0.4:6379",
+//!     "redis://10.0.0.5:6379",
+//! ])
+//! .build()
+//! .await?;
+//!
+//! match redlock.lock("monthly-invoices", Duration::from_secs(30)).await {
+//!     Ok(mut lock) => {
+//!         // ... do the work while lock.remaining() is comfortably above zero ...
+//!         lock.extend(Duration::from_secs(30)).await?;
+//!         // ... more work ...
+//!         lock.release().await?;
+//!     }
+//!     Err(Error::Taken { .. }) => println!("another worker is on it"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # What the outcome tells
+//! * [`Error::Taken`]: nodes answered that another owner holds the resource.
+//! * [`Error::NoQuorum`]: too many nodes were unreachable, failed or timed out.
+//! * [`Error::TooLate`]: a quorum agreed but too little validity was left.
+//! * [`Error::Expired`]: at extend or release, the lock is no longer ours.
+//!
+//! Every round error carries each node's [`Vote`]. Acquire, extend and release run in
+//! `tracing` spans (`fredlock.acquire`, `fredlock.extend`, `fredlock.release`, at DEBUG
+//! level) that record the resource, the votes, the elapsed time and the outcome.
+//!
+//! # Safety
+//! Redlock's guarantees rest on assumptions about clocks, node persistence and process
+//! pauses that no client can check. Read `docs/design.md` in the repository before
+//! relying on a lock for correctness rather than efficiency.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod lock;
+mod node;
+mod quorum;
+mod redlock;
+mod round;
+
+pub use config::{
+    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_NODE_TIMEOUT,
+    DEFAULT_RECONNECT_DELAY, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_JITTER,
+};
+pub use error::Error;
+pub use lock::Lock;
+pub use quorum::{DRIFT_FLOOR, NodeVote, Vote, Votes, quorum};
+pub use redlock::{MAX_TTL, Redlock};
+
+/// The fred crate fredlock is built on, for [`Redlock::from_clients`].
+pub use fred;

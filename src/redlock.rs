@@ -1,0 +1,530 @@
+//! [`Redlock`]: the client that acquires locks over N independent masters.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::{Client, ClientLike};
+use rand::RngCore;
+use tokio::sync::watch;
+use tracing::Instrument;
+use tracing::field::{Empty, display};
+
+use crate::config::{Builder, Settings, retry_pause};
+use crate::error::Error;
+use crate::lock::Lock;
+use crate::node::Node;
+use crate::quorum::{Decision, Tally, Vote, Votes, drift, quorum, validity};
+use crate::round::{Ballot, Round};
+
+/// The largest TTL accepted: 2^40 ms, about 34.8 years.
+pub const MAX_TTL: Duration = Duration::from_millis(1 << 40);
+
+/// Bytes of CSPRNG output in a lock token (hex-encoded: 40 characters).
+const TOKEN_BYTES: usize = 20;
+
+/// A Redlock client over N independent Redis masters.
+///
+/// Cheap to clone: clones share the connections. Build one with [`Redlock::builder`] or
+/// [`Redlock::from_clients`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use fredlock::Redlock;
+///
+/// # async fn run() -> Result<(), fredlock::Error> {
+/// let redlock = Redlock::builder([
+///     "redis://127.0.0.1:7001",
+///     "redis://127.0.0.1:7002",
+///     "redis://127.0.0.1:7003",
+/// ])
+/// .build()
+/// .await?;
+///
+/// let mut lock = redlock.lock("nightly-report", Duration::from_secs(30)).await?;
+/// // ... work, checking lock.remaining() ...
+/// lock.extend(Duration::from_secs(30)).await?;
+/// lock.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Redlock {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Arc<[Arc<Node>]>,
+    settings: Settings,
+    /// Whether fredlock created the clients (and so closes them when dropped).
+    owns_clients: bool,
+}
+
+/// A validated lock request.
+#[derive(Clone, Debug)]
+pub(crate) struct Request {
+    pub(crate) resource: Arc<str>,
+    pub(crate) key: Arc<str>,
+    /// The TTL sent to the nodes, whole milliseconds.
+    pub(crate) ttl: Duration,
+    pub(crate) ttl_ms: u64,
+    pub(crate) drift: Duration,
+}
+
+impl std::fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redlock")
+            .field("nodes", &self.nodes().collect::<Vec<_>>())
+            .field("settings", &self.inner.settings)
+            .finish()
+    }
+}
+
+impl Redlock {
+    /// Starts configuring a client for the given masters, one `redis://` or `rediss://`
+    /// URL each, with user and password where needed
+    /// (`redis://user:password@host:port/db`).
+    ///
+    /// The masters must be independent (no replication between them). One endpoint
+    /// gives a single-instance lock.
+    pub fn builder<I, S>(endpoints: I) -> Builder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Builder::from_urls(endpoints.into_iter().map(Into::into).collect())
+    }
+
+    /// Starts configuring a client over fred clients the service already holds, one per
+    /// master. fredlock bounds every request by its own node timeout; configure the
+    /// clients with a reconnect policy so that a node that restarts is used again (with
+    /// fred's defaults a killed node is never reconnected). fredlock does not close
+    /// these clients.
+    ///
+    /// ```no_run
+    /// use fred::prelude::*;
+    /// use fredlock::Redlock;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut clients = Vec::new();
+    /// for url in ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"] {
+    ///     let client = Builder::from_config(Config::from_url(url)?)
+    ///         .set_policy(ReconnectPolicy::new_constant(0, 100))
+    ///         .build()?;
+    ///     client.init().await?;
+    ///     clients.push(client);
+    /// }
+    /// let redlock = fredlock::Redlock::from_clients(clients).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_clients<I>(clients: I) -> Builder
+    where
+        I: IntoIterator<Item = Client>,
+    {
+        Builder::from_clients(clients.into_iter().collect())
+    }
+
+    pub(crate) fn new(nodes: Arc<[Arc<Node>]>, settings: Settings, owns_clients: bool) -> Self {
+        Redlock {
+            inner: Arc::new(Inner {
+                nodes,
+                settings,
+                owns_clients,
+            }),
+        }
+    }
+
+    /// The number of nodes that must agree: `N / 2 + 1`.
+    pub fn quorum(&self) -> usize {
+        quorum(self.inner.nodes.len())
+    }
+
+    /// The nodes' addresses, `host:port`, in configuration order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.inner.nodes.iter().map(|n| &**n.name())
+    }
+
+    /// The clock drift allowance for a TTL: `ttl * drift_factor + 2 ms`.
+    pub fn drift(&self, ttl: Duration) -> Duration {
+        drift(ttl, self.inner.settings.drift_factor)
+    }
+
+    /// Acquires the lock on `resource` for `ttl`, trying again after a random pause
+    /// while the configured retries and acquire timeout allow.
+    ///
+    /// Each attempt sends `SET key token NX PX ttl` to every node at once and returns as
+    /// soon as a quorum has said yes, or as soon as a quorum can no longer be reached. A
+    /// failed attempt removes its token from every node before the next one.
+    ///
+    /// # Errors
+    /// [`Error::Taken`], [`Error::NoQuorum`] or [`Error::TooLate`] from the last attempt;
+    /// [`Error::InvalidArgument`] for an empty resource or an unusable TTL.
+    pub async fn lock(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
+        let request = self.request(resource, ttl)?;
+        let settings = &self.inner.settings;
+        let start = Instant::now();
+        let deadline = settings.acquire_timeout.and_then(|t| start.checked_add(t));
+        let mut attempt = 0u32;
+        loop {
+            let error = match self.attempt(&request, attempt).await {
+                Ok(lock) => return Ok(lock),
+                Err(e) => e,
+            };
+            if attempt >= settings.retry_count {
+                return Err(error);
+            }
+            let pause = retry_pause(
+                settings.retry_delay,
+                settings.retry_jitter,
+                &mut rand::rng(),
+            );
+            if let Some(deadline) = deadline {
+                // Start another attempt only if it can end before the deadline.
+                let next_end = Instant::now()
+                    .checked_add(pause)
+                    .and_then(|t| t.checked_add(settings.node_timeout));
+                if next_end.is_none_or(|end| end > deadline) {
+                    return Err(error);
+                }
+            }
+            tokio::time::sleep(pause).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// Makes one attempt to acquire the lock on `resource` for `ttl`, without retries.
+    ///
+    /// # Errors
+    /// As [`Redlock::lock`].
+    pub async fn try_lock(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
+        let request = self.request(resource, ttl)?;
+        self.attempt(&request, 0).await
+    }
+
+    /// Closes the connections fredlock opened (not those given to
+    /// [`Redlock::from_clients`]). Locks still held keep their keys until their TTL.
+    /// Dropping the last clone of a `Redlock` also closes them, in the background.
+    pub async fn quit(&self) {
+        if self.inner.owns_clients {
+            let timeout = self.inner.settings.connect_timeout;
+            futures::future::join_all(
+                self.inner
+                    .nodes
+                    .iter()
+                    .map(|n| tokio::time::timeout(timeout, n.client().quit())),
+            )
+            .await;
+        }
+    }
+
+    /// Validates a resource and TTL and derives the key, the TTL in milliseconds and
+    /// the drift.
+    pub(crate) fn request(&self, resource: &str, ttl: Duration) -> Result<Request, Error> {
+        if resource.is_empty() {
+            return Err(Error::invalid("resource", "must not be empty"));
+        }
+        let ttl_ms = checked_ttl_ms(ttl)?;
+        let ttl = Duration::from_millis(ttl_ms);
+        let drift = self.drift(ttl);
+        if ttl <= drift {
+            return Err(Error::invalid(
+                "ttl",
+                format!("{ttl:?} is not larger than the clock drift allowance {drift:?}"),
+            ));
+        }
+        let key = format!("{}{resource}", self.inner.settings.key_prefix);
+        Ok(Request {
+            resource: resource.into(),
+            key: key.into(),
+            ttl,
+            ttl_ms,
+            drift,
+        })
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// One acquisition attempt.
+    async fn attempt(&self, request: &Request, attempt: u32) -> Result<Lock, Error> {
+        let span = tracing::debug_span!(
+            "fredlock.acquire",
+            resource = %request.resource,
+            attempt,
+            outcome = Empty,
+            votes = Empty,
+            elapsed_us = Empty,
+            validity_ms = Empty,
+        );
+        self.attempt_in(request, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn attempt_in(&self, request: &Request, span: tracing::Span) -> Result<Lock, Error> {
+        let token: Arc<str> = new_token().into();
+        let start = Instant::now();
+        // None while the round runs; then whether the lock is kept. If this future is
+        // dropped mid-round the sender goes with it, which the node tasks read as
+        // "abandoned": they remove the token.
+        let (kept_tx, kept_rx) = watch::channel(None::<bool>);
+        let (round, tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
+            acquire_on(
+                node,
+                Arc::clone(&request.key),
+                Arc::clone(&token),
+                request.ttl_ms,
+                ballot,
+                kept_rx.clone(),
+            )
+        });
+        let outcome = round.decide().await;
+        let elapsed = start.elapsed();
+        let validity = validity(request.ttl, elapsed, request.drift);
+        let min_validity = self.inner.settings.min_validity;
+        record(&span, &outcome.votes, elapsed);
+        span.record("validity_ms", validity.as_millis());
+
+        if outcome.decision == Decision::Quorum && validity > min_validity {
+            kept_tx.send_replace(Some(true));
+            span.record("outcome", "acquired");
+            let valid_until = (start + elapsed).checked_add(validity).unwrap_or(start);
+            return Ok(Lock::new(self.clone(), request, token, valid_until));
+        }
+
+        kept_tx.send_replace(Some(false));
+        // Wait for the nodes that set our key to remove it (they answered quickly, so
+        // this is one more fast round trip). The others remove it in the background,
+        // after their own request, so a late SET is undone too.
+        for (vote, task) in outcome.votes.iter().zip(tasks) {
+            if vote.vote == Vote::Yes {
+                let _ = task.await;
+            }
+        }
+        let resource = request.resource.to_string();
+        let votes = outcome.votes;
+        let error = if outcome.decision == Decision::Quorum {
+            Error::TooLate {
+                resource,
+                validity,
+                min_validity,
+                votes,
+            }
+        } else if outcome.tally.taken_rules_out_quorum() {
+            Error::Taken { resource, votes }
+        } else {
+            Error::NoQuorum { resource, votes }
+        };
+        span.record("outcome", outcome_label(&error));
+        tracing::debug!(parent: &span, %error, "attempt failed");
+        Err(error)
+    }
+
+    /// Runs a compare-and-delete round. Returns at the decision; the requests to the
+    /// remaining nodes run on.
+    /// `was_valid`: whether the lock was still valid when the release began; if not,
+    /// the round still removes the keys but reports [`Error::Expired`].
+    pub(crate) async fn release_round(
+        &self,
+        request: &Request,
+        token: &Arc<str>,
+        was_valid: bool,
+    ) -> Result<(), Error> {
+        let span = tracing::debug_span!(
+            "fredlock.release",
+            resource = %request.resource,
+            outcome = Empty,
+            votes = Empty,
+            elapsed_us = Empty,
+        );
+        let start = Instant::now();
+        let (round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
+            let key = Arc::clone(&request.key);
+            let token = Arc::clone(token);
+            async move { ballot.cast(node.release(&key, &token).await) }
+        });
+        let outcome = round.decide().instrument(span.clone()).await;
+        record(&span, &outcome.votes, start.elapsed());
+        let result = match outcome.decision {
+            Decision::Quorum if was_valid => Ok(()),
+            Decision::Quorum => Err(Error::Expired {
+                resource: request.resource.to_string(),
+                votes: outcome.votes,
+            }),
+            Decision::NoQuorum => Err(lost(request, outcome.tally, outcome.votes)),
+        };
+        span.record(
+            "outcome",
+            result.as_ref().map_or_else(outcome_label, |_| "released"),
+        );
+        result
+    }
+
+    /// Runs a compare-and-pexpire round for `request.ttl`. Returns the decision, the
+    /// votes and when the round started; the requests to the remaining nodes run on.
+    pub(crate) async fn extend_round(
+        &self,
+        request: &Request,
+        token: &Arc<str>,
+        span: &tracing::Span,
+    ) -> (Decision, Tally, Votes, Instant, Duration) {
+        let start = Instant::now();
+        let ttl_ms = request.ttl_ms;
+        let (round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
+            let key = Arc::clone(&request.key);
+            let token = Arc::clone(token);
+            async move { ballot.cast(node.extend(&key, &token, ttl_ms).await) }
+        });
+        let outcome = round.decide().instrument(span.clone()).await;
+        let elapsed = start.elapsed();
+        record(span, &outcome.votes, elapsed);
+        (
+            outcome.decision,
+            outcome.tally,
+            outcome.votes,
+            start,
+            elapsed,
+        )
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.owns_clients {
+            return;
+        }
+        // Close our connections without blocking: only if a runtime is there to run it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let timeout = self.settings.connect_timeout;
+            for node in self.nodes.iter() {
+                let client = node.client().clone();
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(timeout, client.quit()).await;
+                });
+            }
+        }
+    }
+}
+
+/// The error for a release or extend round that found no quorum.
+pub(crate) fn lost(request: &Request, tally: Tally, votes: Votes) -> Error {
+    let resource = request.resource.to_string();
+    if tally.taken_rules_out_quorum() {
+        Error::Expired { resource, votes }
+    } else {
+        Error::NoQuorum { resource, votes }
+    }
+}
+
+pub(crate) fn outcome_label(error: &Error) -> &'static str {
+    match error {
+        Error::Taken { .. } => "taken",
+        Error::NoQuorum { .. } => "no_quorum",
+        Error::TooLate { .. } => "too_late",
+        Error::Expired { .. } => "expired",
+        _ => "error",
+    }
+}
+
+fn record(span: &tracing::Span, votes: &Votes, elapsed: Duration) {
+    span.record("votes", display(votes));
+    span.record("elapsed_us", elapsed.as_micros());
+}
+
+/// `ttl` in whole milliseconds, at least 1 and at most [`MAX_TTL`].
+pub(crate) fn checked_ttl_ms(ttl: Duration) -> Result<u64, Error> {
+    if ttl > MAX_TTL {
+        return Err(Error::invalid(
+            "ttl",
+            format!("{ttl:?} is larger than the maximum {MAX_TTL:?}"),
+        ));
+    }
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Err(Error::invalid(
+            "ttl",
+            format!("must be at least 1 ms, got {ttl:?}"),
+        ));
+    }
+    Ok(ms)
+}
+
+/// A fresh token: [`TOKEN_BYTES`] bytes from the thread-local CSPRNG, hex-encoded.
+pub(crate) fn new_token() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut hex = String::with_capacity(TOKEN_BYTES * 2);
+    for b in bytes {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+    }
+    hex
+}
+
+/// One node's part of an acquisition: `SET NX PX`, the vote, and, if the round is
+/// abandoned, the removal of our token. The removal is sent on the same connection
+/// after the SET, so a SET that a frozen node runs late is undone too.
+async fn acquire_on(
+    node: Arc<Node>,
+    key: Arc<str>,
+    token: Arc<str>,
+    ttl_ms: u64,
+    ballot: Ballot,
+    mut kept: watch::Receiver<Option<bool>>,
+) {
+    let set = node.acquire(&key, &token, ttl_ms);
+    tokio::pin!(set);
+    let vote = tokio::select! {
+        biased;
+        vote = &mut set => vote,
+        keep = is_kept(&mut kept) => {
+            // Decided without us; the SET has been sent (it was polled first).
+            if !keep {
+                node.release(&key, &token).await;
+            }
+            return;
+        }
+    };
+    let set_ours = vote != Vote::Taken;
+    ballot.cast(vote);
+    if set_ours && !is_kept(&mut kept).await {
+        node.release(&key, &token).await;
+    }
+}
+
+/// Waits for the round's verdict: whether the lock is kept. A round whose owner went
+/// away without a verdict (the `lock()` future was dropped) is abandoned.
+async fn is_kept(kept: &mut watch::Receiver<Option<bool>>) -> bool {
+    let verdict = kept.wait_for(Option::is_some).await.map(|v| *v);
+    match verdict {
+        Ok(verdict) => verdict == Some(true),
+        Err(_) => *kept.borrow() == Some(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_40_hex_chars_and_distinct() {
+        let tokens: std::collections::HashSet<String> = (0..10_000).map(|_| new_token()).collect();
+        assert_eq!(tokens.len(), 10_000);
+        for t in tokens.iter().take(100) {
+            assert_eq!(t.len(), 2 * TOKEN_BYTES);
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        assert!(checked_ttl_ms(Duration::ZERO).is_err());
+        assert!(checked_ttl_ms(Duration::from_micros(999)).is_err());
+        assert_eq!(checked_ttl_ms(Duration::from_micros(1999)).unwrap(), 1);
+        assert_eq!(checked_ttl_ms(MAX_TTL).unwrap(), 1 << 40);
+        assert!(checked_ttl_ms(MAX_TTL + Duration::from_millis(1)).is_err());
+        assert!(checked_ttl_ms(Duration::MAX).is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! The fan-out of one round: one task per node, votes collected until the quorum
+//! decides.
+//!
+//! Each node's request runs in its own task, so the round returns as soon as the
+//! outcome is decided while the requests to the remaining nodes still run to completion
+//! or timeout in the background.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::node::Node;
+use crate::quorum::{Decision, NodeVote, Tally, Vote, Votes};
+
+/// A node task's one vote in a round.
+pub(crate) struct Ballot {
+    index: usize,
+    tx: mpsc::UnboundedSender<(usize, Vote)>,
+}
+
+impl Ballot {
+    /// Casts the vote. After the round is decided nobody listens, which is fine.
+    pub(crate) fn cast(self, vote: Vote) {
+        let _ = self.tx.send((self.index, vote));
+    }
+}
+
+/// The result of a decided round.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) decision: Decision,
+    pub(crate) tally: Tally,
+    pub(crate) votes: Votes,
+}
+
+/// A round in flight.
+pub(crate) struct Round {
+    names: Vec<Arc<str>>,
+    rx: mpsc::UnboundedReceiver<(usize, Vote)>,
+}
+
+impl Round {
+    /// Spawns `op` once per node. Each task gets a [`Ballot`] to cast its vote with.
+    /// Returns the round and the tasks' handles, in node order; dropping a handle lets
+    /// its task run on.
+    pub(crate) fn spawn<F, Fut>(nodes: &[Arc<Node>], op: F) -> (Round, Vec<JoinHandle<()>>)
+    where
+        F: Fn(Arc<Node>, Ballot) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handles = nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| {
+                let ballot = Ballot {
+                    index,
+                    tx: tx.clone(),
+                };
+                tokio::spawn(op(Arc::clone(node), ballot))
+            })
+            .collect();
+        let names = nodes.iter().map(|n| Arc::clone(n.name())).collect();
+        (Round { names, rx }, handles)
+    }
+
+    /// Collects votes until the outcome can no longer change. Nodes that have not
+    /// answered by then are reported as [`Vote::Pending`].
+    pub(crate) async fn decide(mut self) -> Outcome {
+        let n = self.names.len();
+        let mut tally = Tally::new(n);
+        let mut votes = vec![Vote::Pending; n];
+        let decision = loop {
+            if let Some(decision) = tally.decision() {
+                break decision;
+            }
+            match self.rx.recv().await {
+                Some((index, vote)) => {
+                    tally.add(&vote);
+                    if let Some(slot) = votes.get_mut(index) {
+                        *slot = vote;
+                    }
+                }
+                // Every task ended without a vote (only possible if one panicked):
+                // what has not been counted is not a yes.
+                None => break Decision::NoQuorum,
+            }
+        };
+        let votes = Votes(
+            self.names
+                .into_iter()
+                .zip(votes)
+                .map(|(node, vote)| NodeVote { node, vote })
+                .collect(),
+        );
+        Outcome {
+            decision,
+            tally,
+            votes,
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! Test support for `fredlock`: a set of independent Redis nodes (no replication
+//! between them, as Redlock wants), each in its own Docker container, that a test can
+//! kill, restart, pause and unpause one by one.
+//!
+//! Every node is published on a *fixed* host port on `127.0.0.1`, chosen when the
+//! cluster starts, so a node that is killed and started again comes back at the same
+//! address and a client configured with that address can reconnect.
+//!
+//! The image comes from the `FREDLOCK_REDIS_IMAGE` environment variable and defaults to
+//! `redis:7.4`. On a machine that cannot pull images, `scripts/redis-image.sh` makes one
+//! from the host's Redis binary and prints its name:
+//!
+//! ```sh
+//! FREDLOCK_REDIS_IMAGE=$(scripts/redis-image.sh) cargo test
+//! ```
+//!
+//! All containers are removed when the [`Cluster`] is dropped, whatever state its nodes
+//! are in. Dropping needs a Tokio runtime (testcontainers removes containers from
+//! `Drop` via the current runtime): drop the cluster inside the test's runtime.
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use testcontainers::{
+    ContainerAsync, GenericImage, ImageExt, TestcontainersError,
+    core::{IntoContainerPort, WaitFor, client::ClientError},
+    runners::AsyncRunner,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    task::JoinSet,
+};
+
+/// Environment variable naming the Redis image (`name:tag`) to run.
+pub const IMAGE_ENV: &str = "FREDLOCK_REDIS_IMAGE";
+/// Image used when [`IMAGE_ENV`] is not set.
+pub const DEFAULT_IMAGE: &str = "redis:7.4";
+
+/// Port Redis listens on inside each container.
+const REDIS_PORT: u16 = 6379;
+/// Arguments given to `redis-server`: no persistence at all, and reachable through the
+/// port mapping (connections arrive from the bridge gateway, not from loopback).
+const REDIS_ARGS: [&str; 6] = ["--save", "", "--appendonly", "no", "--protected-mode", "no"];
+/// How many times a node's container is created when its host port turns out to be
+/// taken by someone else between choosing it and binding it.
+const PORT_ATTEMPTS: usize = 5;
+/// Upper bound for one container to start and log that it is ready.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for a restarted node to answer `PING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Errors of [`Cluster`] operations.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Docker (through testcontainers) refused or failed an operation.
+    Docker(TestcontainersError),
+    /// The node index is out of range.
+    NoSuchNode {
+        /// The index asked for.
+        index: usize,
+        /// How many nodes the cluster has.
+        len: usize,
+    },
+    /// The operation needs a running (or paused) node, but the node was killed.
+    NodeKilled(usize),
+    /// A (re)started node did not answer `PING` in time.
+    NotReady {
+        /// The node index.
+        index: usize,
+        /// Its host port.
+        port: u16,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// No free host port could be found or the host port stayed taken.
+    Port(String),
+    /// A start-up task panicked or was cancelled.
+    Task(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Docker(e) => write!(f, "docker: {e}"),
+            Error::NoSuchNode { index, len } => {
+                write!(f, "no node {index} in a cluster of {len}")
+            }
+            Error::NodeKilled(i) => write!(f, "node {i} is killed; restart it first"),
+            Error::NotReady {
+                index,
+                port,
+                waited,
+            } => write!(
+                f,
+                "node {index} (127.0.0.1:{port}) did not answer PING within {waited:?}"
+            ),
+            Error::Port(msg) => write!(f, "host port: {msg}"),
+            Error::Task(msg) => write!(f, "start-up task failed: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Docker(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<TestcontainersError> for Error {
+    fn from(e: TestcontainersError) -> Self {
+        Error::Docker(e)
+    }
+}
+
+/// What a test has done to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeState {
+    Running,
+    Paused,
+    Killed,
+}
+
+struct Node {
+    container: ContainerAsync<GenericImage>,
+    port: u16,
+    state: Mutex<NodeState>,
+}
+
+impl Node {
+    fn state(&self) -> MutexGuard<'_, NodeState> {
+        // A panic while holding this lock cannot leave the state half-written.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_state(&self, s: NodeState) {
+        *self.state() = s;
+    }
+
+    fn get_state(&self) -> NodeState {
+        *self.state()
+    }
+}
+
+/// A set of independent Redis nodes, one Docker container each, published on fixed
+/// ports of `127.0.0.1`.
+///
+/// Node operations take `&self`, so a cluster can be shared (for example in an `Arc`)
+/// between a test and the tasks it spawns.
+pub struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for n in &self.nodes {
+            list.entry(&format_args!(
+                "{} 127.0.0.1:{} {:?}",
+                n.container.id(),
+                n.port,
+                n.get_state()
+            ));
+        }
+        list.finish()
+    }
+}
+
+impl Cluster {
+    /// Starts `n` Redis containers, all concurrently, each mapped to a fixed free host
+    /// port on `127.0.0.1` (so a node that is killed and started again comes back at the
+    /// same address), and waits until every node has logged "Ready to accept
+    /// connections" and answers `PING`.
+    ///
+    /// The image is taken from `FREDLOCK_REDIS_IMAGE` (default `redis:7.4`); Redis runs
+    /// with `--save '' --appendonly no --protected-mode no`. Free ports are found by
+    /// binding `127.0.0.1:0` and releasing the port; if Docker then finds the port taken,
+    /// the node is created again on another port.
+    ///
+    /// If any node fails to start, the nodes already started are removed and the first
+    /// error is returned.
+    pub async fn start(n: usize) -> Result<Cluster, Error> {
+        let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+        // Choose all ports while holding every listener, so that the nodes of this
+        // cluster get distinct ports.
+        let ports = free_ports(n)?;
+
+        let mut set = JoinSet::new();
+        for (index, port) in ports.into_iter().enumerate() {
+            let image = image.clone();
+            set.spawn(async move { (index, start_node(&image, index, port).await) });
+        }
+
+        let mut slots: Vec<Option<Node>> = (0..n).map(|_| None).collect();
+        let mut first_err = None;
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((index, Ok(node))) => slots[index] = Some(node),
+                Ok((_, Err(e))) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(Error::Task(e.to_string()));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            // Dropping `slots` removes the containers that did start.
+            return Err(e);
+        }
+        let nodes = slots.into_iter().flatten().collect::<Vec<_>>();
+        debug_assert_eq!(nodes.len(), n);
+        Ok(Cluster { nodes })
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no node (only when started with `n = 0`).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// `redis://127.0.0.1:PORT` for each node, in node order.
+    pub fn urls(&self) -> Vec<String> {
+        (0..self.len()).map(|i| self.url(i)).collect()
+    }
+
+    /// `redis://127.0.0.1:PORT` of node `i`. Stable across kill and restart.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.port(i))
+    }
+
+    /// Host port (on `127.0.0.1`) of node `i`. Stable across kill and restart.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// Kills node `i` with no grace period (`docker stop -t 0`: the process gets
+    /// SIGKILL at once); its data is lost. Connections to its port are then refused.
+    /// Killing a killed node is `Ok`; a paused node can be killed.
+    pub async fn kill(&self, i: usize) -> Result<(), Error> {
+        let node = self.node(i)?;
+        if node.get_state() == NodeState::Killed {
+            return Ok(());
+        }
+        node.container.stop_with_timeout(Some(0)).await?;
+        node.set_state(NodeState::Killed);
+        Ok(())
+    }
+
+    /// Starts node `i` again, empty (no data survives), on the same host port, and waits
+    /// until it answers `PING`. A node that is running or paused is killed first, so
+    /// this always yields a fresh, empty, running node.
+    pub async fn restart(&self, i: usize) -> Result<(), Error> {
+        let node = self.node(i)?;
+        if node.get_state() != NodeState::Killed {
+            self.kill(i).await?;
+        }
+        node.container.start().await?;
+        node.set_state(NodeState::Running);
+        wait_ready(i, node.port, READY_TIMEOUT).await
+    }
+
+    /// Freezes node `i` (`docker pause`, a cgroup freeze): connections are still
+    /// accepted by the port mapping but nothing is answered until [`Cluster::unpause`].
+    /// Pausing a paused node is `Ok`; pausing a killed node is [`Error::NodeKilled`].
+    pub async fn pause(&self, i: usize) -> Result<(), Error> {
+        let node = self.node(i)?;
+        match node.get_state() {
+            NodeState::Paused => Ok(()),
+            NodeState::Killed => Err(Error::NodeKilled(i)),
+            NodeState::Running => {
+                node.container.pause().await?;
+                node.set_state(NodeState::Paused);
+                Ok(())
+            }
+        }
+    }
+
+    /// Resumes node `i` after [`Cluster::pause`]; commands sent meanwhile are then
+    /// executed. Unpausing a running node is `Ok`; unpausing a killed node is
+    /// [`Error::NodeKilled`].
+    pub async fn unpause(&self, i: usize) -> Result<(), Error> {
+        let node = self.node(i)?;
+        match node.get_state() {
+            NodeState::Running => Ok(()),
+            NodeState::Killed => Err(Error::NodeKilled(i)),
+            NodeState::Paused => {
+                node.container.unpause().await?;
+                node.set_state(NodeState::Running);
+                Ok(())
+            }
+        }
+    }
+
+    fn node(&self, i: usize) -> Result<&Node, Error> {
+        self.nodes.get(i).ok_or(Error::NoSuchNode {
+            index: i,
+            len: self.nodes.len(),
+        })
+    }
+}
+
+impl Drop for Cluster {
+    /// Removes every container. Docker removes (`rm -f`) paused and stopped containers
+    /// alike on the engines we measured, but some engines refuse to kill a frozen
+    /// process, so nodes still paused are first unpaused, best effort, with a blocking
+    /// `docker unpause` (Drop cannot await). The containers themselves are then removed
+    /// by testcontainers' own `Drop`, which needs the Tokio runtime.
+    fn drop(&mut self) {
+        let paused: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.get_state() == NodeState::Paused)
+            .map(|n| n.container.id().to_string())
+            .collect();
+        if !paused.is_empty() {
+            // Best effort: errors (no docker CLI, engine gone) are ignored and the
+            // forced removal below is still attempted.
+            let _ = std::process::Command::new("docker")
+                .arg("unpause")
+                .args(&paused)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        // `self.nodes` is dropped after this: each ContainerAsync removes its container.
+    }
+}
+
+/// Picks `n` distinct free ports on 127.0.0.1 by binding port 0 `n` times, holding all
+/// listeners until every port is known, then releasing them.
+fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Port(format!("cannot bind 127.0.0.1:0: {e}")))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Port(format!("cannot read a bound port: {e}")))
+}
+
+/// Whether a container failed to start because its host port was taken.
+fn is_port_clash(e: &TestcontainersError) -> bool {
+    let TestcontainersError::Client(ClientError::StartContainer(inner)) = e else {
+        return false;
+    };
+    let msg = inner.to_string();
+    msg.contains("address already in use") || msg.contains("port is already allocated")
+}
+
+/// A name unique to this process, node and attempt, so that a container left behind by
+/// a failed start can be found and removed.
+fn container_name(index: usize, attempt: usize) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "fredlock-testcluster-{}-{nanos}-{index}-{attempt}",
+        std::process::id()
+    )
+}
+
+/// Splits `name[:tag]` into name and tag (`latest` when absent). A `:` inside a
+/// registry host (`host:5000/redis`) is not a tag separator.
+fn split_image(image: &str) -> (String, String) {
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name.to_string(), tag.to_string()),
+        _ => (image.to_string(), "latest".to_string()),
+    }
+}
+
+async fn start_node(image: &str, index: usize, first_port: u16) -> Result<Node, Error> {
+    let (name, tag) = split_image(image);
+    let mut port = first_port;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let cname = container_name(index, attempt);
+        let request = GenericImage::new(name.clone(), tag.clone())
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+            .with_cmd(REDIS_ARGS)
+            .with_container_name(cname.clone())
+            .with_mapped_port(port, REDIS_PORT.tcp())
+            .with_startup_timeout(STARTUP_TIMEOUT)
+            // testcontainers publishes mapped ports on all interfaces; keep them on
+            // loopback only.
+            .with_host_config_modifier(|hc| {
+                if let Some(bindings) = hc.port_bindings.as_mut() {
+                    for b in bindings.values_mut().flatten().flatten() {
+                        b.host_ip = Some(Ipv4Addr::LOCALHOST.to_string());
+                    }
+                }
+            });
+        match request.start().await {
+            Ok(container) => {
+                let node = Node {
+                    container,
+                    port,
+                    state: Mutex::new(NodeState::Running),
+                };
+                wait_ready(index, port, READY_TIMEOUT).await?;
+                return Ok(node);
+            }
+            Err(e) if is_port_clash(&e) && attempt < PORT_ATTEMPTS => {
+                // testcontainers leaves a created-but-not-started container behind
+                // when `docker start` fails; remove it before trying another port.
+                remove_by_name(&cname).await;
+                port = free_ports(1)?[0];
+            }
+            Err(e) => {
+                if is_port_clash(&e) {
+                    remove_by_name(&cname).await;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Removes a container by name, ignoring errors (best-effort cleanup).
+async fn remove_by_name(name: &str) {
+    use testcontainers::bollard::{Docker, query_parameters::RemoveContainerOptionsBuilder};
+    if let Ok(docker) = Docker::connect_with_defaults() {
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        let _ = docker.remove_container(name, Some(opts)).await;
+    }
+}
+
+/// Waits until the node at `127.0.0.1:port` answers `PING` with `+PONG`.
+///
+/// A TCP connect alone is not enough: Docker's userland proxy accepts connections on the
+/// host port before Redis listens in the container.
+async fn wait_ready(index: usize, port: u16, limit: Duration) -> Result<(), Error> {
+    let started = Instant::now();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    while started.elapsed() < limit {
+        if ping(addr, Duration::from_millis(250)).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(Error::NotReady {
+        index,
+        port,
+        waited: started.elapsed(),
+    })
+}
+
+/// One raw RESP `PING`; true when `+PONG` comes back within `limit`.
+async fn ping(addr: SocketAddr, limit: Duration) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 7];
+        stream.read_exact(&mut buf).await.ok()?;
+        Some(&buf == b"+PONG\r\n")
+    };
+    matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DEFAULT_IMAGE, IMAGE_ENV, split_image, start_node};
+
+    /// Docker fails `start` with "address already in use" when the chosen host port was
+    /// taken meanwhile; the node must come up on another port and the container left
+    /// behind by the failed start must be removed. Needs Docker and the image.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_taken_port_is_replaced_and_the_failed_container_removed() {
+        let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+        let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let node = start_node(&image, 0, taken_port)
+            .await
+            .expect("node starts");
+        assert_ne!(node.port, taken_port);
+        let names = std::process::Command::new("docker")
+            .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+            .arg(format!("name=fredlock-testcluster-{}-", std::process::id()))
+            .output()
+            .unwrap();
+        let names = String::from_utf8_lossy(&names.stdout).to_string();
+        assert_eq!(names.lines().count(), 1, "only the started node: {names}");
+        drop(node);
+    }
+
+    #[test]
+    fn image_names_split_into_name_and_tag() {
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(split_image("redis:7.4"), s("redis", "7.4"));
+        assert_eq!(split_image("redis"), s("redis", "latest"));
+        assert_eq!(
+            split_image("fredlock/redis:local"),
+            s("fredlock/redis", "local")
+        );
+        assert_eq!(
+            split_image("host:5000/redis"),
+            s("host:5000/redis", "latest")
+        );
+        assert_eq!(split_image("host:5000/redis:7"), s("host:5000/redis", "7"));
+    }
+}
