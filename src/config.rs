@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::{Client, ClientLike, Config};
+use fred::prelude::{Client, ClientLike, Config, EventInterface};
 use rand::Rng;
 
 use crate::error::Error;
@@ -234,8 +234,9 @@ impl Builder {
                     })?;
                     clients.push(client);
                 }
-                connect(&clients, settings.connect_timeout).await?;
+                // Nodes first: they listen for connection errors from the start.
                 let nodes = to_nodes(clients, settings.node_timeout);
+                connect(&nodes, settings.connect_timeout).await?;
                 Ok(Redlock::new(nodes, settings, true))
             }
             Source::Clients(clients) => {
@@ -370,35 +371,43 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Starts every client's connection task and waits, up to `timeout`, for a quorum of
-/// them to connect. The others keep reconnecting in the background.
-async fn connect(clients: &[Client], timeout: Duration) -> Result<(), Error> {
-    for client in clients {
+/// Starts every node's connection task and waits until each node has connected or
+/// failed its first attempt (at most `timeout`). Fails unless a quorum connected; the
+/// other nodes keep reconnecting in the background.
+async fn connect(nodes: &[Arc<Node>], timeout: Duration) -> Result<(), Error> {
+    let outcomes = futures::future::join_all(nodes.iter().map(|node| async move {
+        let client = node.client();
+        // Subscribed before the connection task starts, so no outcome is missed.
+        let mut errors = client.error_rx();
         // The connection task runs until `quit`; dropping its handle detaches it.
         drop(client.connect());
-    }
-    let outcomes = futures::future::join_all(clients.iter().map(|client| async move {
-        let waited = tokio::time::timeout(timeout, client.wait_for_connect()).await;
-        let vote = match waited {
+        let first = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                connected = client.wait_for_connect() => connected.err(),
+                failed = errors.recv() => failed.ok().map(|(e, _)| e),
+            }
+        })
+        .await;
+        let vote = match first {
             _ if client.is_connected() => Vote::Yes,
-            Ok(Err(e)) => Vote::Error(e.details().to_string()),
-            Ok(Ok(())) => Vote::Yes,
+            Ok(None) => Vote::Yes,
+            Ok(Some(e)) => Vote::Error(e.details().to_string()),
             Err(_) => Vote::Timeout,
         };
         NodeVote {
-            node: server_name(&client.client_config()),
+            node: Arc::clone(node.name()),
             vote,
         }
     }))
     .await;
     let votes = Votes(outcomes);
-    if votes.yes() >= quorum(clients.len()) {
+    if votes.yes() >= quorum(nodes.len()) {
         return Ok(());
     }
     futures::future::join_all(
-        clients
+        nodes
             .iter()
-            .map(|c| tokio::time::timeout(timeout, c.quit())),
+            .map(|n| tokio::time::timeout(timeout, n.client().quit())),
     )
     .await;
     Err(Error::Connect { votes })

@@ -4,12 +4,12 @@
 //! node's error or timeout is a failed vote, never an abort.
 
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Options,
-    ReconnectPolicy, ServerConfig, SetOptions, Value,
+    Builder, Client, ClientLike, Config, EventInterface, Expiration, KeysInterface, LuaInterface,
+    Options, ReconnectPolicy, ServerConfig, SetOptions, Value,
 };
 use fred::types::scripts::Script;
 
@@ -37,28 +37,56 @@ pub(crate) struct Node {
     client: Client,
     name: Arc<str>,
     timeout: Duration,
-    options: Options,
+    /// Why the last connection attempt failed (for example `NOAUTH ...`), until the
+    /// next successful connection. A command refused because the node is not
+    /// connected carries it in its vote.
+    connection_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Node {
     /// Wraps a client. `timeout` bounds every request made through this node.
+    ///
+    /// Must be called within a tokio runtime: it starts two small listener tasks that
+    /// follow the client's connection errors and reconnections.
     pub(crate) fn new(client: Client, timeout: Duration) -> Self {
         let name = server_name(&client.client_config());
-        let options = Options {
-            // One write attempt: a command is never replayed on a new connection
-            // after the lock round that sent it has been decided.
-            max_attempts: Some(1),
-            timeout: Some(timeout),
-            // A disconnected node answers at once instead of queueing the command
-            // until it reconnects.
-            fail_fast: true,
-            ..Options::default()
-        };
+        let connection_error = Arc::new(Mutex::new(None));
+        let on_error = Arc::clone(&connection_error);
+        drop(client.on_error(move |(error, _)| {
+            set(&on_error, Some(error_message(&error)));
+            async { Ok(()) }
+        }));
+        let on_reconnect = Arc::clone(&connection_error);
+        drop(client.on_reconnect(move |_| {
+            set(&on_reconnect, None);
+            async { Ok(()) }
+        }));
         Node {
             client,
             name,
             timeout,
-            options,
+            connection_error,
+        }
+    }
+
+    /// Per-command options for a request that must end by `deadline`.
+    ///
+    /// fred's own command timeout (not only ours around it) must fire: it marks the
+    /// command as timed out, so fred never writes it later from its retry buffer
+    /// after a reconnection. A SET replayed that way would set a key that nobody
+    /// removes.
+    fn options(deadline: Instant) -> Options {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        Options {
+            // One write attempt: a command is never replayed on a new connection.
+            max_attempts: Some(1),
+            timeout: Some(left),
+            // A disconnected node answers at once instead of queueing the command
+            // until it reconnects.
+            fail_fast: true,
+            ..Options::default()
         }
     }
 
@@ -111,10 +139,10 @@ impl Node {
     /// `SET key token NX PX ttl_ms`.
     pub(crate) async fn acquire(&self, key: &str, token: &str, ttl_ms: u64) -> Vote {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-        self.bounded(async {
+        self.bounded(|deadline| async move {
             let set: Option<String> = self
                 .client
-                .with_options(&self.options)
+                .with_options(&Self::options(deadline))
                 .set(
                     key,
                     token,
@@ -131,7 +159,7 @@ impl Node {
     /// Compare-and-delete.
     pub(crate) async fn release(&self, key: &str, token: &str) -> Vote {
         let args = vec![Value::from(token)];
-        self.bounded(self.eval(&RELEASE, RELEASE_LUA, key, args))
+        self.bounded(|deadline| self.eval(deadline, &RELEASE, RELEASE_LUA, key, args))
             .await
     }
 
@@ -139,7 +167,7 @@ impl Node {
     pub(crate) async fn extend(&self, key: &str, token: &str, ttl_ms: u64) -> Vote {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let args = vec![Value::from(token), Value::Integer(px)];
-        self.bounded(self.eval(&EXTEND, EXTEND_LUA, key, args))
+        self.bounded(|deadline| self.eval(deadline, &EXTEND, EXTEND_LUA, key, args))
             .await
     }
 
@@ -147,17 +175,20 @@ impl Node {
     /// `NOSCRIPT` (a restarted or flushed node). Returns whether the script returned 1.
     async fn eval(
         &self,
+        deadline: Instant,
         script: &Script,
         lua: &'static str,
         key: &str,
         args: Vec<Value>,
     ) -> Result<bool, fred::error::Error> {
-        let client = self.client.with_options(&self.options);
         let sha = script.sha1().clone();
+        let client = self.client.with_options(&Self::options(deadline));
         let first: Result<i64, _> = client.evalsha(sha.clone(), key, args.clone()).await;
         let done = match first {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let client = self.client.with_options(&Self::options(deadline));
                 let _: String = client.script_load(lua).await?;
+                let client = self.client.with_options(&Self::options(deadline));
                 client.evalsha(sha, key, args).await?
             }
             other => other?,
@@ -166,17 +197,40 @@ impl Node {
     }
 
     /// Runs one request under the node's timeout and turns its outcome into a vote.
-    async fn bounded<F>(&self, request: F) -> Vote
+    ///
+    /// The request's commands carry the deadline to fred, whose timeout fires first;
+    /// the outer timeout, a little later, is only a backstop.
+    async fn bounded<F, Fut>(&self, request: F) -> Vote
     where
-        F: Future<Output = Result<bool, fred::error::Error>>,
+        F: FnOnce(Instant) -> Fut,
+        Fut: Future<Output = Result<bool, fred::error::Error>>,
     {
-        match tokio::time::timeout(self.timeout, request).await {
+        let deadline = Instant::now() + self.timeout;
+        let backstop = self.timeout + (self.timeout / 10).max(Duration::from_millis(5));
+        match tokio::time::timeout(backstop, request(deadline)).await {
             Err(_) => Vote::Timeout,
             Ok(Err(e)) if *e.kind() == fred::error::ErrorKind::Timeout => Vote::Timeout,
+            Ok(Err(e)) if *e.kind() == fred::error::ErrorKind::Canceled => {
+                let last = self
+                    .connection_error
+                    .lock()
+                    .map(|last| last.clone())
+                    .unwrap_or(None);
+                match last {
+                    Some(cause) => Vote::Error(format!("not connected: {cause}")),
+                    None => Vote::Error(error_message(&e)),
+                }
+            }
             Ok(Err(e)) => Vote::Error(error_message(&e)),
             Ok(Ok(true)) => Vote::Yes,
             Ok(Ok(false)) => Vote::Taken,
         }
+    }
+}
+
+fn set(slot: &Mutex<Option<String>>, value: Option<String>) {
+    if let Ok(mut slot) = slot.lock() {
+        *slot = value;
     }
 }
 

@@ -164,9 +164,9 @@ impl Redlock {
         let deadline = settings.acquire_timeout.and_then(|t| start.checked_add(t));
         let mut attempt = 0u32;
         loop {
-            let error = match self.attempt(&request, attempt).await {
+            let Failed { error, cleanup } = match self.attempt(&request, attempt).await {
                 Ok(lock) => return Ok(lock),
-                Err(e) => e,
+                Err(failed) => failed,
             };
             if attempt >= settings.retry_count {
                 return Err(error);
@@ -185,7 +185,12 @@ impl Redlock {
                     return Err(error);
                 }
             }
-            tokio::time::sleep(pause).await;
+            // The next attempt starts after the pause and after every node of this one
+            // has removed our token (each node task is bounded by two node timeouts).
+            tokio::join!(
+                tokio::time::sleep(pause),
+                futures::future::join_all(cleanup)
+            );
             attempt = attempt.saturating_add(1);
         }
     }
@@ -196,7 +201,9 @@ impl Redlock {
     /// As [`Redlock::lock`].
     pub async fn try_lock(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let request = self.request(resource, ttl)?;
-        self.attempt(&request, 0).await
+        self.attempt(&request, 0)
+            .await
+            .map_err(|failed| failed.error)
     }
 
     /// Closes the connections fredlock opened (not those given to
@@ -245,7 +252,7 @@ impl Redlock {
     }
 
     /// One acquisition attempt.
-    async fn attempt(&self, request: &Request, attempt: u32) -> Result<Lock, Error> {
+    async fn attempt(&self, request: &Request, attempt: u32) -> Result<Lock, Failed> {
         let span = tracing::debug_span!(
             "fredlock.acquire",
             resource = %request.resource,
@@ -260,7 +267,7 @@ impl Redlock {
             .await
     }
 
-    async fn attempt_in(&self, request: &Request, span: tracing::Span) -> Result<Lock, Error> {
+    async fn attempt_in(&self, request: &Request, span: tracing::Span) -> Result<Lock, Failed> {
         let token: Arc<str> = new_token().into();
         let start = Instant::now();
         // None while the round runs; then whether the lock is kept. If this future is
@@ -295,9 +302,12 @@ impl Redlock {
         // Wait for the nodes that set our key to remove it (they answered quickly, so
         // this is one more fast round trip). The others remove it in the background,
         // after their own request, so a late SET is undone too.
+        let mut cleanup = Vec::new();
         for (vote, task) in outcome.votes.iter().zip(tasks) {
             if vote.vote == Vote::Yes {
                 let _ = task.await;
+            } else {
+                cleanup.push(task);
             }
         }
         let resource = request.resource.to_string();
@@ -316,7 +326,7 @@ impl Redlock {
         };
         span.record("outcome", outcome_label(&error));
         tracing::debug!(parent: &span, %error, "attempt failed");
-        Err(error)
+        Err(Failed { error, cleanup })
     }
 
     /// Runs a compare-and-delete round. Returns at the decision; the requests to the
@@ -405,6 +415,12 @@ impl Drop for Inner {
     }
 }
 
+/// A failed attempt: its error, and the node tasks still removing its token.
+struct Failed {
+    error: Error,
+    cleanup: Vec<tokio::task::JoinHandle<()>>,
+}
+
 /// The error for a release or extend round that found no quorum.
 pub(crate) fn lost(request: &Request, tally: Tally, votes: Votes) -> Error {
     let resource = request.resource.to_string();
@@ -461,8 +477,12 @@ pub(crate) fn new_token() -> String {
 }
 
 /// One node's part of an acquisition: `SET NX PX`, the vote, and, if the round is
-/// abandoned, the removal of our token. The removal is sent on the same connection
-/// after the SET, so a SET that a frozen node runs late is undone too.
+/// abandoned, the removal of our token.
+///
+/// The removal is sent only once the SET has answered or timed out. A SET that timed
+/// out is either never written (fred drops timed-out commands) or was written on the
+/// open connection before the removal, so a frozen node that wakes runs the SET and
+/// then the removal.
 async fn acquire_on(
     node: Arc<Node>,
     key: Arc<str>,
@@ -471,22 +491,10 @@ async fn acquire_on(
     ballot: Ballot,
     mut kept: watch::Receiver<Option<bool>>,
 ) {
-    let set = node.acquire(&key, &token, ttl_ms);
-    tokio::pin!(set);
-    let vote = tokio::select! {
-        biased;
-        vote = &mut set => vote,
-        keep = is_kept(&mut kept) => {
-            // Decided without us; the SET has been sent (it was polled first).
-            if !keep {
-                node.release(&key, &token).await;
-            }
-            return;
-        }
-    };
-    let set_ours = vote != Vote::Taken;
+    let vote = node.acquire(&key, &token, ttl_ms).await;
+    let may_be_set = vote != Vote::Taken;
     ballot.cast(vote);
-    if set_ours && !is_kept(&mut kept).await {
+    if may_be_set && !is_kept(&mut kept).await {
         node.release(&key, &token).await;
     }
 }
