@@ -1,0 +1,171 @@
+//! Extend and release: quorum of N, validity recomputed, typed errors once the lock is
+//! gone, and release not slowed by a frozen node.
+
+use std::time::{Duration, Instant};
+
+use fredlock::Error;
+
+use crate::support::{Nodes, TestResult, resource};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extend_renews_the_keys_and_recomputes_validity() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("extend");
+    let mut lock = redlock.lock(&res, Duration::from_secs(2)).await?;
+    assert!(lock.remaining() <= Duration::from_secs(2) - redlock.drift(Duration::from_secs(2)));
+
+    lock.extend(Duration::from_secs(60)).await?;
+    let ttl = Duration::from_secs(60);
+    assert!(
+        lock.remaining() > Duration::from_secs(55),
+        "{:?}",
+        lock.remaining()
+    );
+    assert!(
+        lock.remaining() <= ttl - redlock.drift(ttl),
+        "{:?}",
+        lock.remaining()
+    );
+    assert_eq!(lock.ttl(), ttl);
+    nodes
+        .assert_pttl_above(&[0, 1, 2, 3, 4], &res, 55_000)
+        .await;
+
+    // Extending with a minority down still works; the quorum counts all N nodes.
+    nodes.cluster.kill(0).await?;
+    nodes.cluster.kill(1).await?;
+    lock.extend(Duration::from_secs(30)).await?;
+    assert!(lock.remaining() <= Duration::from_secs(30));
+    // A majority down: the extend fails with NoQuorum and the lock keeps its validity.
+    nodes.cluster.kill(2).await?;
+    let before = lock.remaining();
+    let err = lock
+        .extend(Duration::from_secs(60))
+        .await
+        .expect_err("3 of 5 dead");
+    assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
+    assert!(
+        lock.remaining() <= before,
+        "a failed extend must not lengthen the lock"
+    );
+    assert!(
+        lock.is_valid(),
+        "a failed extend must not drop the lock either"
+    );
+    // A failed extend does not unlock the nodes that are still up.
+    assert_eq!(nodes.holding(3..5, &res).await, vec![3, 4]);
+    Ok(())
+}
+
+/// Once the keys have expired on the nodes, extend and release give `Expired`.
+#[tokio::test(flavor = "multi_thread")]
+async fn extend_and_release_of_an_expired_lock_give_expired() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("expired");
+    let mut lock = redlock.lock(&res, Duration::from_millis(300)).await?;
+    let left = nodes
+        .wait_absent(&[0, 1, 2], &res, Duration::from_secs(5))
+        .await;
+    assert!(left.is_empty(), "keys did not expire: {left:?}");
+    assert_eq!(lock.remaining(), Duration::ZERO);
+    assert!(!lock.is_valid());
+
+    let err = lock
+        .extend(Duration::from_secs(10))
+        .await
+        .expect_err("expired");
+    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    let err = lock.release().await.expect_err("expired");
+    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    Ok(())
+}
+
+/// A lock whose keys were taken over by another owner while it was still valid on our
+/// clock: extend and release say so with the nodes' `taken` votes, and the other
+/// owner's keys are untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn extend_and_release_after_a_takeover_give_expired_and_spare_the_new_owner() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("takeover");
+    let mut lock = redlock.lock(&res, Duration::from_secs(30)).await?;
+    for i in 0..3 {
+        nodes.set(i, &res, "new-owner", 30_000).await;
+    }
+    assert!(lock.is_valid());
+    let err = lock
+        .extend(Duration::from_secs(30))
+        .await
+        .expect_err("taken over");
+    let Error::Expired { votes, .. } = &err else {
+        panic!("expected Expired, got {err}");
+    };
+    assert!(votes.taken() >= 2, "{votes}");
+    let err = lock.release().await.expect_err("taken over");
+    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    for i in 0..3 {
+        assert_eq!(nodes.get(i, &res).await.as_deref(), Some("new-owner"));
+        assert!(nodes.pttl(i, &res).await <= 30_000);
+    }
+    Ok(())
+}
+
+/// Release and extend return at the quorum decision: a frozen node with a 1 s timeout
+/// does not slow them down, and its removal still happens once it wakes.
+#[tokio::test(flavor = "multi_thread")]
+async fn release_and_extend_do_not_wait_for_a_frozen_node() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let timeout = Duration::from_secs(1);
+    let redlock = nodes.redlock(timeout).await;
+    let res = resource("frozen-release");
+    let mut lock = redlock.lock(&res, Duration::from_secs(30)).await?;
+    nodes.cluster.pause(4).await?;
+
+    let start = Instant::now();
+    lock.extend(Duration::from_secs(30)).await?;
+    let took = start.elapsed();
+    assert!(
+        took < timeout / 2,
+        "extend waited for the frozen node: {took:?}"
+    );
+
+    let start = Instant::now();
+    lock.release().await?;
+    let took = start.elapsed();
+    assert!(
+        took < timeout / 2,
+        "release waited for the frozen node: {took:?}"
+    );
+    let left = nodes
+        .wait_absent(&[0, 1, 2, 3], &res, Duration::from_secs(2))
+        .await;
+    assert!(left.is_empty(), "not released on nodes {left:?}");
+
+    nodes.cluster.unpause(4).await?;
+    let left = nodes.wait_absent(&[4], &res, Duration::from_secs(3)).await;
+    assert!(left.is_empty(), "the frozen node's release never ran");
+    Ok(())
+}
+
+/// Release with a majority of nodes dead is NoQuorum, not Expired: the caller can tell
+/// "the lock was lost" from "could not tell".
+#[tokio::test(flavor = "multi_thread")]
+async fn release_without_a_quorum_of_nodes_is_no_quorum() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(100)).await;
+    let res = resource("release-no-quorum");
+    let lock = redlock.lock(&res, Duration::from_secs(30)).await?;
+    nodes.cluster.kill(0).await?;
+    nodes.cluster.kill(1).await?;
+    let err = lock.release().await.expect_err("2 of 3 dead");
+    let Error::NoQuorum { votes, .. } = &err else {
+        panic!("expected NoQuorum, got {err}");
+    };
+    assert_eq!(votes.failed(), 2, "{votes}");
+    // The live node's request runs on after the decision and removes our key.
+    let left = nodes.wait_absent(&[2], &res, Duration::from_secs(3)).await;
+    assert!(left.is_empty(), "the live node was not released");
+    Ok(())
+}

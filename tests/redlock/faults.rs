@@ -1,0 +1,305 @@
+//! Node faults: killed, frozen, restarted and misbehaving nodes are failed votes,
+//! bounded by the node timeout, and leave nothing of ours behind.
+
+use std::time::{Duration, Instant};
+
+use fred::prelude::Value;
+use fredlock::{Error, Redlock, Vote};
+
+use crate::support::{Nodes, TestResult, resource};
+
+const TTL: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_2_of_5_still_acquires() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(100)).await;
+    nodes.cluster.kill(0).await?;
+    nodes.cluster.kill(1).await?;
+    let res = resource("kill-2");
+    let lock = redlock.try_lock(&res, TTL).await?;
+    nodes.assert_held(&[2, 3, 4], &res, lock.token()).await;
+    assert!(lock.remaining() > TTL - Duration::from_secs(1));
+    lock.release().await?;
+    nodes.assert_released(&[2, 3, 4], &res).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_3_of_5_is_no_quorum_and_leaves_no_key() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let timeout = Duration::from_millis(100);
+    let redlock = nodes.redlock(timeout).await;
+    for i in 0..3 {
+        nodes.cluster.kill(i).await?;
+    }
+    let res = resource("kill-3");
+    let start = Instant::now();
+    let err = redlock.try_lock(&res, TTL).await.expect_err("3 of 5 dead");
+    let took = start.elapsed();
+    let Error::NoQuorum { votes, .. } = &err else {
+        panic!("expected NoQuorum, got {err}");
+    };
+    assert_eq!(votes.failed(), 3, "{votes}");
+    for nv in votes.iter().take(3) {
+        assert!(matches!(nv.vote, Vote::Error(_) | Vote::Timeout), "{votes}");
+    }
+    // A dead node costs at most one timeout, not a hang.
+    assert!(took < timeout * 3, "took {took:?}");
+    // The survivors' keys are removed: at once if they had answered by the decision,
+    // else by their own task right after their SET. The TTL is 30 s, so only our
+    // removal can make the keys go away within the wait.
+    let left = nodes
+        .wait_absent(&[3, 4], &res, Duration::from_secs(2))
+        .await;
+    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+
+    // lock() with retries also ends, with the same typed error.
+    let err = redlock.lock(&res, TTL).await.expect_err("still dead");
+    assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
+    let left = nodes
+        .wait_absent(&[3, 4], &res, Duration::from_secs(2))
+        .await;
+    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_1_of_5_acquires_within_one_timeout() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let timeout = Duration::from_millis(100);
+    let redlock = nodes.redlock(timeout).await;
+    nodes.cluster.pause(2).await?;
+    let res = resource("pause-1");
+    let start = Instant::now();
+    let lock = redlock.try_lock(&res, TTL).await?;
+    let took = start.elapsed();
+    assert!(took < timeout + Duration::from_millis(100), "took {took:?}");
+    lock.release().await?;
+    nodes.cluster.unpause(2).await?;
+    Ok(())
+}
+
+/// Three frozen nodes: the attempt fails after about one node timeout, and the SETs the
+/// frozen nodes run when they wake are undone by the removals queued behind them.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_3_of_5_fails_within_one_timeout_and_cleans_up_after_unpause() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let timeout = Duration::from_millis(200);
+    let redlock = nodes.redlock(timeout).await;
+    for i in 0..3 {
+        nodes.cluster.pause(i).await?;
+    }
+    let res = resource("pause-3");
+    let start = Instant::now();
+    let err = redlock
+        .try_lock(&res, TTL)
+        .await
+        .expect_err("3 of 5 frozen");
+    let took = start.elapsed();
+    let Error::NoQuorum { votes, .. } = &err else {
+        panic!("expected NoQuorum, got {err}");
+    };
+    assert_eq!(votes.yes(), 2, "{votes}");
+    assert!(
+        votes.iter().take(3).all(|nv| nv.vote == Vote::Timeout),
+        "{votes}"
+    );
+    assert!(took >= timeout, "cannot fail before the timeouts: {took:?}");
+    assert!(took < timeout + Duration::from_millis(150), "took {took:?}");
+    assert!(nodes.holding(3..5, &res).await.is_empty());
+
+    for i in 0..3 {
+        nodes.cluster.unpause(i).await?;
+    }
+    // The TTL is 30 s, so only our queued removals can make the keys go away now.
+    let left = nodes
+        .wait_absent(&[0, 1, 2, 3, 4], &res, Duration::from_secs(3))
+        .await;
+    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+    Ok(())
+}
+
+/// A lock() future dropped mid-round (the caller gave up) removes its token too.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_lock_call_leaves_no_key() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_secs(2)).await;
+    for i in 0..3 {
+        nodes.cluster.pause(i).await?;
+    }
+    let res = resource("cancelled");
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), redlock.try_lock(&res, TTL)).await;
+    assert!(
+        gave_up.is_err(),
+        "the round cannot be decided within 100 ms"
+    );
+    for i in 0..3 {
+        nodes.cluster.unpause(i).await?;
+    }
+    let left = nodes
+        .wait_absent(&[0, 1, 2, 3, 4], &res, Duration::from_secs(3))
+        .await;
+    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+    Ok(())
+}
+
+/// A killed node that comes back (empty) is used again with no action by the caller,
+/// and scripts flushed from the nodes are reloaded (NOSCRIPT).
+#[tokio::test(flavor = "multi_thread")]
+async fn restarted_node_is_used_again_and_scripts_reload() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(100)).await;
+    let res = resource("restart");
+
+    nodes.cluster.kill(0).await?;
+    let lock = redlock.try_lock(&res, TTL).await?;
+    nodes.assert_held(&[1, 2, 3, 4], &res, lock.token()).await;
+    lock.release().await?;
+
+    nodes.cluster.restart(0).await?;
+    nodes.wait_admin(0, Duration::from_secs(5)).await;
+    // The client reconnects in the background; poll until node 0 holds our token.
+    let start = Instant::now();
+    loop {
+        let lock = redlock.try_lock(&res, TTL).await?;
+        let on_node_0 = nodes.get(0, &res).await.as_deref() == Some(lock.token());
+        lock.release().await?;
+        if on_node_0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "node 0 never used again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Every node forgets the scripts; extend and release must still get a full quorum.
+    for i in 0..5 {
+        nodes.cmd(i, "SCRIPT", vec!["FLUSH".into()]).await?;
+    }
+    let mut lock = redlock.try_lock(&res, TTL).await?;
+    lock.extend(2 * TTL).await?;
+    nodes
+        .assert_pttl_above(&[0, 1, 2, 3, 4], &res, 55_000)
+        .await;
+    for i in 0..5 {
+        nodes.cmd(i, "SCRIPT", vec!["FLUSH".into()]).await?;
+    }
+    lock.release().await?;
+    nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
+    Ok(())
+}
+
+/// Nodes answering NOAUTH, READONLY and OOM are failed votes that carry the node's
+/// message; with a healthy quorum the lock is still acquired. WRONGTYPE at release is a
+/// failed vote too. Nothing is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    // Node 2: a replica (of nothing reachable) refuses writes with READONLY.
+    nodes
+        .cmd(2, "REPLICAOF", vec!["127.0.0.1".into(), "1".into()])
+        .await?;
+    // Node 3: no memory left for new keys.
+    nodes
+        .cmd(
+            3,
+            "CONFIG",
+            vec!["SET".into(), "maxmemory-policy".into(), "noeviction".into()],
+        )
+        .await?;
+    nodes
+        .cmd(
+            3,
+            "CONFIG",
+            vec!["SET".into(), "maxmemory".into(), "1".into()],
+        )
+        .await?;
+    // Node 4: requires a password that fredlock's connection does not send.
+    nodes
+        .cmd(
+            4,
+            "CONFIG",
+            vec!["SET".into(), "requirepass".into(), "sesame".into()],
+        )
+        .await?;
+    let redlock = Redlock::builder(nodes.urls())
+        .node_timeout(Duration::from_millis(200))
+        .build()
+        .await?;
+
+    let res = resource("node-errors");
+    let err = redlock
+        .try_lock(&res, TTL)
+        .await
+        .expect_err("only 2 nodes can vote yes");
+    let Error::NoQuorum { votes, .. } = &err else {
+        panic!("expected NoQuorum, got {err}");
+    };
+    let message = |i: usize| match &votes.iter().nth(i).expect("vote").vote {
+        Vote::Error(m) => m.clone(),
+        other => panic!("node {i}: expected an error vote, got {other:?} in {votes}"),
+    };
+    assert!(message(2).contains("READONLY"), "{votes}");
+    assert!(message(3).contains("OOM"), "{votes}");
+    assert!(message(4).contains("NOAUTH"), "{votes}");
+    let left = nodes
+        .wait_absent(&[0, 1], &res, Duration::from_secs(2))
+        .await;
+    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+
+    // Heal node 3 and 4: three healthy nodes now give a quorum despite node 2's error.
+    nodes
+        .cmd(
+            3,
+            "CONFIG",
+            vec!["SET".into(), "maxmemory".into(), "0".into()],
+        )
+        .await?;
+    nodes
+        .cmd(
+            4,
+            "CONFIG",
+            vec!["SET".into(), "requirepass".into(), "".into()],
+        )
+        .await?;
+    // A new client, so that node 4 is connected again (the old one reconnects on its
+    // own schedule).
+    let redlock = Redlock::builder(nodes.urls())
+        .node_timeout(Duration::from_millis(200))
+        .build()
+        .await?;
+    let lock = redlock.try_lock(&res, TTL).await?;
+
+    // WRONGTYPE: node 1's key is replaced by a list; release still reaches a quorum.
+    nodes.cmd(1, "DEL", vec![res.as_str().into()]).await?;
+    nodes
+        .cmd(1, "LPUSH", vec![res.as_str().into(), Value::from("x")])
+        .await?;
+    lock.release().await?;
+    nodes.assert_released(&[0, 3, 4], &res).await;
+    nodes.cmd(1, "DEL", vec![res.as_str().into()]).await?;
+
+    let lock = redlock.try_lock(&res, TTL).await?;
+    nodes.cmd(0, "DEL", vec![res.as_str().into()]).await?;
+    nodes
+        .cmd(0, "LPUSH", vec![res.as_str().into(), Value::from("x")])
+        .await?;
+    nodes.cmd(3, "DEL", vec![res.as_str().into()]).await?;
+    nodes
+        .cmd(3, "LPUSH", vec![res.as_str().into(), Value::from("x")])
+        .await?;
+    // Nodes 0 and 3 answer WRONGTYPE, node 2 (a replica) never had the key, nodes 1
+    // and 4 say yes: no quorum.
+    let err = lock.release().await.expect_err("two nodes hold a list");
+    let votes = err.votes().expect("votes");
+    let wrongtype = votes
+        .iter()
+        .filter(|nv| matches!(&nv.vote, Vote::Error(m) if m.contains("WRONGTYPE")))
+        .count();
+    assert_eq!(wrongtype, 2, "{votes}");
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Shared support for the container tests: a cluster with an admin connection to each
+//! node, and fredlock clients configured for tests.
+
+use std::time::{Duration, Instant};
+
+use fred::prelude::{Builder as FredBuilder, Client, ClientLike, Config, ReconnectPolicy, Value};
+use fred::types::CustomCommand;
+use fredlock::Redlock;
+use fredlock_testcluster::Cluster;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A started cluster plus one admin client per node (independent of fredlock's own).
+pub struct Nodes {
+    pub cluster: Cluster,
+    admin: Vec<Client>,
+}
+
+impl Nodes {
+    pub async fn start(n: usize) -> Result<Nodes, Box<dyn std::error::Error + Send + Sync>> {
+        let cluster = Cluster::start(n).await?;
+        let mut admin = Vec::with_capacity(n);
+        for url in cluster.urls() {
+            let client = FredBuilder::from_config(Config::from_url(&url)?)
+                .set_policy(ReconnectPolicy::new_constant(0, 50))
+                .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))
+                .build()?;
+            client.init().await?;
+            admin.push(client);
+        }
+        Ok(Nodes { cluster, admin })
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.cluster.urls()
+    }
+
+    /// A fredlock client over all nodes with the given per-node timeout.
+    pub async fn redlock(&self, node_timeout: Duration) -> Redlock {
+        Redlock::builder(self.urls())
+            .node_timeout(node_timeout)
+            .build()
+            .await
+            .expect("build redlock")
+    }
+
+    /// Runs a raw command on node `i` with the admin connection.
+    pub async fn cmd(
+        &self,
+        i: usize,
+        name: &'static str,
+        args: Vec<Value>,
+    ) -> Result<Value, fred::error::Error> {
+        self.admin[i]
+            .custom(CustomCommand::new_static(name, None::<u16>, false), args)
+            .await
+    }
+
+    /// The value stored under `key` on node `i` (`None` if absent).
+    pub async fn get(&self, i: usize, key: &str) -> Option<String> {
+        match self.cmd(i, "GET", vec![key.into()]).await.expect("GET") {
+            Value::Null => None,
+            v => Some(v.as_string().expect("string value")),
+        }
+    }
+
+    /// `SET key value PX ttl_ms` on node `i`, as another client holding the resource.
+    pub async fn set(&self, i: usize, key: &str, value: &str, ttl_ms: i64) {
+        self.cmd(
+            i,
+            "SET",
+            vec![key.into(), value.into(), "PX".into(), ttl_ms.into()],
+        )
+        .await
+        .expect("SET");
+    }
+
+    /// The key's remaining TTL on node `i` in ms (-2 if absent).
+    pub async fn pttl(&self, i: usize, key: &str) -> i64 {
+        self.cmd(i, "PTTL", vec![key.into()])
+            .await
+            .expect("PTTL")
+            .as_i64()
+            .expect("integer")
+    }
+
+    /// The nodes (by index) on which `key` exists, among `which`.
+    pub async fn holding(&self, which: impl IntoIterator<Item = usize>, key: &str) -> Vec<usize> {
+        let mut found = Vec::new();
+        for i in which {
+            if self.get(i, key).await.is_some() {
+                found.push(i);
+            }
+        }
+        found
+    }
+
+    /// Polls until `key` is absent on every node in `which`, for at most `limit`.
+    /// Returns the nodes that still hold it at the end.
+    pub async fn wait_absent(&self, which: &[usize], key: &str, limit: Duration) -> Vec<usize> {
+        let start = Instant::now();
+        loop {
+            let left = self.holding(which.iter().copied(), key).await;
+            if left.is_empty() || start.elapsed() > limit {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts that `key` is gone from every node in `which` within 2 s: a release
+    /// returns at its quorum, and the other nodes' requests finish right after.
+    pub async fn assert_released(&self, which: &[usize], key: &str) {
+        let left = self.wait_absent(which, key, Duration::from_secs(2)).await;
+        assert!(left.is_empty(), "`{key}` is still on nodes {left:?}");
+    }
+
+    /// Polls until `key` holds `value` on every node in `which`, for at most 2 s: an
+    /// acquisition returns at its quorum, and the other nodes' SETs land right after.
+    pub async fn assert_held(&self, which: &[usize], key: &str, value: &str) {
+        let start = Instant::now();
+        loop {
+            let mut missing = Vec::new();
+            for &i in which {
+                if self.get(i, key).await.as_deref() != Some(value) {
+                    missing.push(i);
+                }
+            }
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "`{key}` does not hold {value} on nodes {missing:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until `key`'s TTL is above `ms` on every node in `which`, for at most
+    /// 2 s: an extension returns at its quorum, the other nodes follow right after.
+    pub async fn assert_pttl_above(&self, which: &[usize], key: &str, ms: i64) {
+        let start = Instant::now();
+        loop {
+            let mut short = Vec::new();
+            for &i in which {
+                let pttl = self.pttl(i, key).await;
+                if pttl <= ms {
+                    short.push((i, pttl));
+                }
+            }
+            if short.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "`{key}` TTL not above {ms} ms on (node, pttl) {short:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until node `i`'s admin connection answers again (after a restart).
+    pub async fn wait_admin(&self, i: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.cmd(i, "PING", vec![]).await.is_err() {
+            assert!(
+                start.elapsed() < limit,
+                "node {i} did not come back within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A resource name unique to this test run.
+pub fn resource(name: &str) -> String {
+    format!("fredlock-test:{name}")
+}
