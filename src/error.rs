@@ -28,7 +28,9 @@ pub enum Error {
     },
 
     /// No quorum because nodes were unreachable, answered with an error or timed out
-    /// (possibly together with nodes where the key is taken).
+    /// (possibly together with nodes where the key is taken: the votes tell). The round
+    /// is decided as soon as a quorum is out of reach, so nodes that had not answered
+    /// by then show as [`Vote::Pending`](crate::Vote::Pending).
     #[error("no quorum for resource `{resource}`: {votes}")]
     NoQuorum {
         /// The resource that was asked for.
@@ -38,7 +40,8 @@ pub enum Error {
     },
 
     /// A quorum said yes, but the round took so long that the validity left is not
-    /// above the configured minimum. The keys were removed again.
+    /// above the configured minimum. At acquisition the keys were removed again; at
+    /// extend the lock keeps its former validity.
     #[error(
         "lock on `{resource}` acquired too late: {validity:?} of validity left, \
          the minimum is more than {min_validity:?}: {votes}"
@@ -105,8 +108,9 @@ impl Error {
         }
     }
 
-    /// Whether trying again later may succeed (the resource was taken, nodes were
-    /// unreachable, or the round was too slow). Invalid input is never retryable.
+    /// Whether another acquisition attempt may succeed: [`Error::Taken`],
+    /// [`Error::NoQuorum`] and [`Error::TooLate`]. Invalid input, [`Error::Expired`] and
+    /// [`Error::Connect`] (a `build()` failure) are not.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

@@ -72,3 +72,8 @@ pub use redlock::{MAX_TTL, Redlock};
 
 /// The fred crate fredlock is built on, for [`Redlock::from_clients`].
 pub use fred;
+
+/// The README's examples, compiled as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -101,7 +101,9 @@ impl Lock {
     ///
     /// Succeeds only if a quorum of all N nodes renewed the key and the round ended
     /// within the validity still left; the validity is then recomputed from this round
-    /// trip: `ttl - elapsed - drift`. On failure the lock keeps its former validity.
+    /// trip: `ttl - elapsed - drift`. On failure the lock is not released and keeps its
+    /// former validity, shortened if some nodes applied a `ttl` shorter than what was
+    /// left.
     ///
     /// # Errors
     /// [`Error::Expired`] if the validity had already run out or nodes answered that the
@@ -132,23 +134,34 @@ impl Lock {
         }
         let (decision, tally, votes, start, elapsed) =
             self.redlock.extend_round(&request, &self.token, span).await;
-        if decision == Decision::NoQuorum {
-            return Err(lost(&request, tally, votes));
-        }
-        // The quorum must be reached while the lock was still valid.
-        if start + elapsed >= self.valid_until {
-            return Err(self.expired(votes));
-        }
         let validity = validity(request.ttl, elapsed, request.drift);
         span.record("validity_ms", validity.as_millis());
         let min_validity = self.redlock.settings().min_validity;
-        if validity <= min_validity {
-            return Err(Error::TooLate {
+        let failure = if decision == Decision::NoQuorum {
+            Some(lost(&request, tally, votes))
+        } else if start + elapsed >= self.valid_until {
+            // The quorum must be reached while the lock was still valid.
+            Some(self.expired(votes))
+        } else if validity <= min_validity {
+            Some(Error::TooLate {
                 resource: request.resource.to_string(),
                 validity,
                 min_validity,
                 votes,
-            });
+            })
+        } else {
+            None
+        };
+        // The nodes that renewed the key now expire it `ttl` after the round began at
+        // the earliest; the others at their former time. Either way the lock lasts no
+        // longer than the sooner of the two.
+        let renewed_until = start
+            .checked_add(request.ttl.saturating_sub(request.drift))
+            .unwrap_or(start);
+        if let Some(error) = failure {
+            // A failed extend with a shorter TTL may have shortened the keys.
+            self.valid_until = self.valid_until.min(renewed_until);
+            return Err(error);
         }
         self.valid_until = (start + elapsed).checked_add(validity).unwrap_or(start);
         self.request = request;

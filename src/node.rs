@@ -120,10 +120,12 @@ impl Node {
             })
             // Unlimited attempts at a constant delay: a node that comes back is used
             // again without any action by the caller.
-            .set_policy(ReconnectPolicy::new_constant(
-                0,
-                ms(settings.reconnect_delay),
-            ))
+            .set_policy({
+                let mut policy = ReconnectPolicy::new_constant(0, ms(settings.reconnect_delay));
+                // fred adds up to 100 ms of jitter by default; the delay is ours to set.
+                policy.set_jitter(0);
+                policy
+            })
             .build()
     }
 

@@ -274,7 +274,7 @@ impl Redlock {
         // dropped mid-round the sender goes with it, which the node tasks read as
         // "abandoned": they remove the token.
         let (kept_tx, kept_rx) = watch::channel(None::<bool>);
-        let (round, tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
+        let (mut round, tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
             acquire_on(
                 node,
                 Arc::clone(&request.key),
@@ -284,14 +284,14 @@ impl Redlock {
                 kept_rx.clone(),
             )
         });
-        let outcome = round.decide().await;
+        let mut outcome = round.decide().await;
         let elapsed = start.elapsed();
         let validity = validity(request.ttl, elapsed, request.drift);
         let min_validity = self.inner.settings.min_validity;
-        record(&span, &outcome.votes, elapsed);
         span.record("validity_ms", validity.as_millis());
 
         if outcome.decision == Decision::Quorum && validity > min_validity {
+            record(&span, &outcome.votes, elapsed);
             kept_tx.send_replace(Some(true));
             span.record("outcome", "acquired");
             let valid_until = (start + elapsed).checked_add(validity).unwrap_or(start);
@@ -310,6 +310,10 @@ impl Redlock {
                 cleanup.push(task);
             }
         }
+        // Answers that came in meanwhile (often the "taken" of fast nodes when a dead
+        // node decided the round) make the error more precise.
+        round.absorb_late_votes(&mut outcome);
+        record(&span, &outcome.votes, elapsed);
         let resource = request.resource.to_string();
         let votes = outcome.votes;
         let error = if outcome.decision == Decision::Quorum {
@@ -347,7 +351,7 @@ impl Redlock {
             elapsed_us = Empty,
         );
         let start = Instant::now();
-        let (round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
+        let (mut round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
             let key = Arc::clone(&request.key);
             let token = Arc::clone(token);
             async move { ballot.cast(node.release(&key, &token).await) }
@@ -379,7 +383,7 @@ impl Redlock {
     ) -> (Decision, Tally, Votes, Instant, Duration) {
         let start = Instant::now();
         let ttl_ms = request.ttl_ms;
-        let (round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
+        let (mut round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
             let key = Arc::clone(&request.key);
             let token = Arc::clone(token);
             async move { ballot.cast(node.extend(&key, &token, ttl_ms).await) }

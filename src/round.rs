@@ -68,7 +68,7 @@ impl Round {
 
     /// Collects votes until the outcome can no longer change. Nodes that have not
     /// answered by then are reported as [`Vote::Pending`].
-    pub(crate) async fn decide(mut self) -> Outcome {
+    pub(crate) async fn decide(&mut self) -> Outcome {
         let n = self.names.len();
         let mut tally = Tally::new(n);
         let mut votes = vec![Vote::Pending; n];
@@ -90,7 +90,8 @@ impl Round {
         };
         let votes = Votes(
             self.names
-                .into_iter()
+                .iter()
+                .cloned()
                 .zip(votes)
                 .map(|(node, vote)| NodeVote { node, vote })
                 .collect(),
@@ -99,6 +100,19 @@ impl Round {
             decision,
             tally,
             votes,
+        }
+    }
+
+    /// Counts the votes that arrived since the decision (without waiting), so an error
+    /// built later describes every answer known by then. The decision stays as it was.
+    pub(crate) fn absorb_late_votes(&mut self, outcome: &mut Outcome) {
+        while let Ok((index, vote)) = self.rx.try_recv() {
+            if let Some(slot) = outcome.votes.0.get_mut(index) {
+                if slot.vote == Vote::Pending {
+                    outcome.tally.add(&vote);
+                    slot.vote = vote;
+                }
+            }
         }
     }
 }
