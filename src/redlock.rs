@@ -176,14 +176,16 @@ impl Redlock {
                 settings.retry_jitter,
                 &mut rand::rng(),
             );
-            if let Some(deadline) = deadline {
-                // Start another attempt only if it can end before the deadline.
-                let next_end = Instant::now()
-                    .checked_add(pause)
-                    .and_then(|t| t.checked_add(settings.node_timeout));
-                if next_end.is_none_or(|end| end > deadline) {
-                    return Err(error);
-                }
+            // Start another attempt only if it can end before the deadline.
+            let fits = |after: Duration| match deadline {
+                None => true,
+                Some(deadline) => Instant::now()
+                    .checked_add(after)
+                    .and_then(|t| t.checked_add(settings.node_timeout))
+                    .is_some_and(|end| end <= deadline),
+            };
+            if !fits(pause) {
+                return Err(error);
             }
             // The next attempt starts after the pause and after every node of this one
             // has removed our token (each node task is bounded by two node timeouts).
@@ -191,6 +193,9 @@ impl Redlock {
                 tokio::time::sleep(pause),
                 futures::future::join_all(cleanup)
             );
+            if !fits(Duration::ZERO) {
+                return Err(error);
+            }
             attempt = attempt.saturating_add(1);
         }
     }

@@ -55,6 +55,30 @@ async fn extend_renews_the_keys_and_recomputes_validity() -> TestResult {
     );
     // A failed extend does not unlock the nodes that are still up.
     assert_eq!(nodes.holding(3..5, &res).await, vec![3, 4]);
+
+    // A failed extend with a TTL shorter than what is left: the live nodes now expire
+    // the key sooner, and remaining() follows them down instead of overstating.
+    let err = lock
+        .extend(Duration::from_millis(500))
+        .await
+        .expect_err("3 of 5 dead");
+    assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
+    assert!(
+        lock.remaining() < Duration::from_millis(500),
+        "remaining {:?} outlives the renewed keys",
+        lock.remaining()
+    );
+    // The live nodes' requests run on after the decision; each renews to 500 ms.
+    let start = Instant::now();
+    for i in 3..5 {
+        while nodes.pttl(i, &res).await > 500 {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "node {i} not renewed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     Ok(())
 }
 
