@@ -246,6 +246,15 @@ impl Builder {
                 let mut seen = HashSet::new();
                 for client in &clients {
                     let name = server_name(&client.client_config());
+                    if client.is_clustered() || client.uses_sentinels() {
+                        return Err(Error::config(
+                            "clients",
+                            format!(
+                                "{name}: a cluster or sentinel client; each client must be \
+                                 one independent master"
+                            ),
+                        ));
+                    }
                     if !seen.insert(name.to_ascii_lowercase()) {
                         return Err(Error::config(
                             "clients",

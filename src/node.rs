@@ -165,6 +165,21 @@ impl Node {
             .await
     }
 
+    /// Compare-and-delete by `EVAL` with the script's text, for removing the token of
+    /// a failed attempt. It does not depend on the node's script cache: when it runs
+    /// late, queued behind a SET on a node that was frozen or cut off, there is no time
+    /// left to answer a `NOSCRIPT` with a reload.
+    pub(crate) async fn remove(&self, key: &str, token: &str) -> Vote {
+        self.bounded(|deadline| async move {
+            let client = self.client.with_options(&Self::options(deadline));
+            let removed: i64 = client
+                .eval(RELEASE_LUA, key, vec![Value::from(token)])
+                .await?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
     /// Compare-and-pexpire.
     pub(crate) async fn extend(&self, key: &str, token: &str, ttl_ms: u64) -> Vote {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);

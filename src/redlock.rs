@@ -504,7 +504,7 @@ async fn acquire_on(
     let may_be_set = vote != Vote::Taken;
     ballot.cast(vote);
     if may_be_set && !is_kept(&mut kept).await {
-        node.release(&key, &token).await;
+        node.remove(&key, &token).await;
     }
 }
 

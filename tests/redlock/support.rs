@@ -1,5 +1,7 @@
 //! Shared support for the container tests: a cluster with an admin connection to each
-//! node, and fredlock clients configured for tests.
+//! node, and fredlock clients configured for tests. Used by tests/redlock and
+//! tests/safety, which each use a part of it.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
@@ -18,9 +20,24 @@ pub struct Nodes {
 
 impl Nodes {
     pub async fn start(n: usize) -> Result<Nodes, Box<dyn std::error::Error + Send + Sync>> {
-        let cluster = Cluster::start(n).await?;
+        Nodes::admin_for(Cluster::start(n).await?).await
+    }
+
+    /// Like [`Nodes::start`], with a loopback proxy in front of each node so that
+    /// latency can be added to one node; fredlock goes through the proxies, the admin
+    /// connections do not.
+    pub async fn start_with_proxies(
+        n: usize,
+    ) -> Result<Nodes, Box<dyn std::error::Error + Send + Sync>> {
+        Nodes::admin_for(Cluster::start_with_proxies(n).await?).await
+    }
+
+    async fn admin_for(
+        cluster: Cluster,
+    ) -> Result<Nodes, Box<dyn std::error::Error + Send + Sync>> {
+        let n = cluster.len();
         let mut admin = Vec::with_capacity(n);
-        for url in cluster.urls() {
+        for url in (0..n).map(|i| cluster.direct_url(i)) {
             let client = FredBuilder::from_config(Config::from_url(&url)?)
                 .set_policy(ReconnectPolicy::new_constant(0, 50))
                 .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))

@@ -14,13 +14,28 @@
 //! FREDLOCK_REDIS_IMAGE=$(scripts/redis-image.sh) cargo test
 //! ```
 //!
+//! Two more faults (the "nemesis") are available:
+//!
+//! * [`Cluster::partition`] / [`Cluster::heal`]: the node keeps running but its network
+//!   drops every packet to and from Redis (an `iptables` rule in the container's
+//!   network namespace; needs root, `nsenter` and `iptables` on the host). Clients hang
+//!   until their timeouts instead of being refused.
+//! * [`Cluster::set_latency`]: with [`Cluster::start_with_proxies`], every node sits
+//!   behind a loopback TCP proxy on its own fixed port, and the proxy can delay the bytes
+//!   of each direction.
+//!
 //! All containers are removed when the [`Cluster`] is dropped, whatever state its nodes
-//! are in. Dropping needs a Tokio runtime (testcontainers removes containers from
-//! `Drop` via the current runtime): drop the cluster inside the test's runtime.
+//! are in, and the proxies are stopped. Dropping needs a Tokio runtime (testcontainers
+//! removes containers from `Drop` via the current runtime): drop the cluster inside the
+//! test's runtime.
+
+mod partition;
+mod proxy;
 
 use std::{
     fmt,
     net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -35,6 +50,9 @@ use tokio::{
     net::TcpStream,
     task::JoinSet,
 };
+
+pub use partition::IPTABLES_ENV;
+use proxy::Proxy;
 
 /// Environment variable naming the Redis image (`name:tag`) to run.
 pub const IMAGE_ENV: &str = "FREDLOCK_REDIS_IMAGE";
@@ -82,6 +100,26 @@ pub enum Error {
     Port(String),
     /// A start-up task panicked or was cancelled.
     Task(String),
+    /// A host tool needed for [`Cluster::partition`] is not installed.
+    MissingTool {
+        /// The executable looked for (in `PATH` and the `sbin` directories).
+        tool: &'static str,
+        /// The Debian package that provides it.
+        package: &'static str,
+    },
+    /// An external command (`nsenter … iptables …`, `docker inspect`) failed or could
+    /// not be run.
+    Command {
+        /// The command line.
+        command: String,
+        /// Exit status and standard error, or why it could not run.
+        message: String,
+    },
+    /// [`Cluster::try_set_latency`] on a cluster started without proxies (use
+    /// [`Cluster::start_with_proxies`]).
+    NoProxy(usize),
+    /// A proxy could not be started.
+    Proxy(std::io::Error),
 }
 
 impl fmt::Display for Error {
@@ -102,6 +140,17 @@ impl fmt::Display for Error {
             ),
             Error::Port(msg) => write!(f, "host port: {msg}"),
             Error::Task(msg) => write!(f, "start-up task failed: {msg}"),
+            Error::MissingTool { tool, package } => write!(
+                f,
+                "`{tool}` not found in PATH or the sbin directories; \
+                 install the Debian package `{package}`"
+            ),
+            Error::Command { command, message } => write!(f, "`{command}`: {message}"),
+            Error::NoProxy(i) => write!(
+                f,
+                "node {i} has no proxy; start the cluster with Cluster::start_with_proxies"
+            ),
+            Error::Proxy(e) => write!(f, "cannot start a proxy: {e}"),
         }
     }
 }
@@ -110,6 +159,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Docker(e) => Some(e),
+            Error::Proxy(e) => Some(e),
             _ => None,
         }
     }
@@ -131,8 +181,15 @@ enum NodeState {
 
 struct Node {
     container: ContainerAsync<GenericImage>,
+    /// The container's fixed host port.
     port: u16,
     state: Mutex<NodeState>,
+    /// The `iptables` binary that added partition rules in the current container
+    /// process's network namespace, if any. An async lock: it is held across the
+    /// `nsenter` commands, so partition, heal and kill of one node do not interleave.
+    partition: tokio::sync::Mutex<Option<PathBuf>>,
+    /// The latency proxy in front of the node, if the cluster has proxies.
+    proxy: Option<Proxy>,
 }
 
 impl Node {
@@ -163,12 +220,22 @@ impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut list = f.debug_list();
         for n in &self.nodes {
-            list.entry(&format_args!(
-                "{} 127.0.0.1:{} {:?}",
-                n.container.id(),
-                n.port,
-                n.get_state()
-            ));
+            match &n.proxy {
+                None => list.entry(&format_args!(
+                    "{} 127.0.0.1:{} {:?}",
+                    n.container.id(),
+                    n.port,
+                    n.get_state()
+                )),
+                Some(p) => list.entry(&format_args!(
+                    "{} 127.0.0.1:{} via proxy 127.0.0.1:{} (latency {:?}) {:?}",
+                    n.container.id(),
+                    n.port,
+                    p.port(),
+                    p.latency(),
+                    n.get_state()
+                )),
+            };
         }
         list.finish()
     }
@@ -188,6 +255,29 @@ impl Cluster {
     /// If any node fails to start, the nodes already started are removed and the first
     /// error is returned.
     pub async fn start(n: usize) -> Result<Cluster, Error> {
+        Self::start_inner(n, false).await
+    }
+
+    /// Like [`Cluster::start`], and puts each node behind its own loopback TCP proxy
+    /// (a Tokio task of this crate) listening on a fixed `127.0.0.1` port, so that
+    /// [`Cluster::set_latency`] can delay its traffic.
+    ///
+    /// [`Cluster::urls`], [`Cluster::url`] and [`Cluster::port`] then give the proxy
+    /// addresses; [`Cluster::direct_url`] and [`Cluster::direct_port`] give the node's
+    /// own port (for admin clients that should not be delayed).
+    ///
+    /// The proxy opens a new connection to the node for every connection it accepts,
+    /// so it keeps working across [`Cluster::kill`] and [`Cluster::restart`]. While a
+    /// node is killed, connections to its proxy are *accepted and then closed* (not
+    /// refused). Pause and partition act inside the container, so they work behind the
+    /// proxy as without it. The proxies stop when the cluster is dropped.
+    ///
+    /// Must be called within a Tokio runtime (the proxies are spawned on it).
+    pub async fn start_with_proxies(n: usize) -> Result<Cluster, Error> {
+        Self::start_inner(n, true).await
+    }
+
+    async fn start_inner(n: usize, with_proxies: bool) -> Result<Cluster, Error> {
         let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
         // Choose all ports while holding every listener, so that the nodes of this
         // cluster get distinct ports.
@@ -216,8 +306,15 @@ impl Cluster {
             // Dropping `slots` removes the containers that did start.
             return Err(e);
         }
-        let nodes = slots.into_iter().flatten().collect::<Vec<_>>();
+        let mut nodes = slots.into_iter().flatten().collect::<Vec<_>>();
         debug_assert_eq!(nodes.len(), n);
+        if with_proxies {
+            for node in &mut nodes {
+                // On error, dropping `nodes` removes the containers and stops the
+                // proxies already started.
+                node.proxy = Some(Proxy::start(node.port).await.map_err(Error::Proxy)?);
+            }
+        }
         Ok(Cluster { nodes })
     }
 
@@ -231,12 +328,14 @@ impl Cluster {
         self.nodes.is_empty()
     }
 
-    /// `redis://127.0.0.1:PORT` for each node, in node order.
+    /// `redis://127.0.0.1:PORT` for each node, in node order: the addresses clients
+    /// should use (the proxies' when the cluster has proxies).
     pub fn urls(&self) -> Vec<String> {
         (0..self.len()).map(|i| self.url(i)).collect()
     }
 
-    /// `redis://127.0.0.1:PORT` of node `i`. Stable across kill and restart.
+    /// `redis://127.0.0.1:PORT` of node `i`, with the port of [`Cluster::port`]. Stable
+    /// across kill and restart.
     ///
     /// # Panics
     /// If `i >= self.len()`.
@@ -244,30 +343,113 @@ impl Cluster {
         format!("redis://127.0.0.1:{}", self.port(i))
     }
 
-    /// Host port (on `127.0.0.1`) of node `i`. Stable across kill and restart.
+    /// Port (on `127.0.0.1`) clients should use for node `i`: its proxy's port when the
+    /// cluster was started with [`Cluster::start_with_proxies`], else the node's own
+    /// host port. Stable across kill and restart.
     ///
     /// # Panics
     /// If `i >= self.len()`.
     pub fn port(&self, i: usize) -> u16 {
+        let node = &self.nodes[i];
+        node.proxy.as_ref().map_or(node.port, Proxy::port)
+    }
+
+    /// `redis://127.0.0.1:PORT` of node `i` itself, bypassing its proxy (no added
+    /// latency). The same as [`Cluster::url`] when the cluster has no proxies.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn direct_url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.direct_port(i))
+    }
+
+    /// Host port (on `127.0.0.1`) of node `i`'s container, bypassing its proxy. Stable
+    /// across kill and restart.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn direct_port(&self, i: usize) -> u16 {
         self.nodes[i].port
+    }
+
+    /// Port of node `i`'s proxy, or `None` when the cluster has no proxies.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn proxy_port(&self, i: usize) -> Option<u16> {
+        self.nodes[i].proxy.as_ref().map(Proxy::port)
+    }
+
+    /// Docker id of node `i`'s container (the same container across kill and restart).
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn container_id(&self, i: usize) -> &str {
+        self.nodes[i].container.id()
+    }
+
+    /// Delays the traffic of node `i` through its proxy by `one_way` in each direction:
+    /// every chunk of bytes read from the client is written to the node `one_way` later,
+    /// and every chunk from the node is written to the client `one_way` later, in order,
+    /// so a request/response round trip takes at least `2 * one_way`. Connections are
+    /// delayed independently of each other. The change applies to chunks read after the
+    /// call, on open and new connections alike; connecting itself is not delayed.
+    /// `Duration::ZERO` removes the delay. The latency survives kill and restart of the
+    /// node.
+    ///
+    /// # Panics
+    /// If `i >= self.len()` or the cluster was started without proxies (with
+    /// [`Cluster::start`] rather than [`Cluster::start_with_proxies`]); see
+    /// [`Cluster::try_set_latency`] for a version that returns these as errors.
+    pub fn set_latency(&self, i: usize, one_way: Duration) {
+        if let Err(e) = self.try_set_latency(i, one_way) {
+            panic!("set_latency({i}, {one_way:?}): {e}");
+        }
+    }
+
+    /// [`Cluster::set_latency`], returning [`Error::NoSuchNode`] or [`Error::NoProxy`]
+    /// instead of panicking.
+    pub fn try_set_latency(&self, i: usize, one_way: Duration) -> Result<(), Error> {
+        let proxy = self.node(i)?.proxy.as_ref().ok_or(Error::NoProxy(i))?;
+        proxy.set_latency(one_way);
+        Ok(())
+    }
+
+    /// The one-way latency currently set for node `i` (zero when none or without
+    /// proxies).
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn latency(&self, i: usize) -> Duration {
+        self.nodes[i]
+            .proxy
+            .as_ref()
+            .map_or(Duration::ZERO, Proxy::latency)
     }
 
     /// Kills node `i` with no grace period (`docker stop -t 0`: the process gets
     /// SIGKILL at once); its data is lost. Connections to its port are then refused.
-    /// Killing a killed node is `Ok`; a paused node can be killed.
+    /// Killing a killed node is `Ok`; a paused or partitioned node can be killed (the
+    /// partition ends with the process: see [`Cluster::partition`]).
     pub async fn kill(&self, i: usize) -> Result<(), Error> {
         let node = self.node(i)?;
+        let mut partition = node.partition.lock().await;
         if node.get_state() == NodeState::Killed {
             return Ok(());
         }
         node.container.stop_with_timeout(Some(0)).await?;
         node.set_state(NodeState::Killed);
+        // The network namespace that held the partition rules went with the process;
+        // the next start gets a new one.
+        *partition = None;
         Ok(())
     }
 
     /// Starts node `i` again, empty (no data survives), on the same host port, and waits
     /// until it answers `PING`. A node that is running or paused is killed first, so
-    /// this always yields a fresh, empty, running node.
+    /// this always yields a fresh, empty, running node, not partitioned (the new
+    /// container process has a new network namespace). Its proxy and latency, if any,
+    /// stay as they were.
     pub async fn restart(&self, i: usize) -> Result<(), Error> {
         let node = self.node(i)?;
         if node.get_state() != NodeState::Killed {
@@ -319,11 +501,13 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
-    /// Removes every container. Docker removes (`rm -f`) paused and stopped containers
-    /// alike on the engines we measured, but some engines refuse to kill a frozen
-    /// process, so nodes still paused are first unpaused, best effort, with a blocking
-    /// `docker unpause` (Drop cannot await). The containers themselves are then removed
-    /// by testcontainers' own `Drop`, which needs the Tokio runtime.
+    /// Removes every container and stops the proxies. Partitions need no healing: their
+    /// rules live in the containers' network namespaces, which go with the containers.
+    /// Docker removes (`rm -f`) paused and stopped containers alike on the engines we
+    /// measured, but some engines refuse to kill a frozen process, so nodes still paused
+    /// are first unpaused, best effort, with a blocking `docker unpause` (Drop cannot
+    /// await). The containers themselves are then removed by testcontainers' own
+    /// `Drop`, which needs the Tokio runtime; each proxy's task is aborted.
     fn drop(&mut self) {
         let paused: Vec<String> = self
             .nodes
@@ -418,6 +602,8 @@ async fn start_node(image: &str, index: usize, first_port: u16) -> Result<Node, 
                     container,
                     port,
                     state: Mutex::new(NodeState::Running),
+                    partition: tokio::sync::Mutex::new(None),
+                    proxy: None,
                 };
                 wait_ready(index, port, READY_TIMEOUT).await?;
                 return Ok(node);

@@ -1,7 +1,7 @@
-//! The cluster also works (start, pause, drop with a paused node) on the default
-//! current-thread runtime of `#[tokio::test]`.
+//! The cluster also works (start with proxies, latency, partition, pause, drop with a
+//! paused node) on the default current-thread runtime of `#[tokio::test]`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fredlock_testcluster::Cluster;
 use tokio::{
@@ -23,11 +23,24 @@ async fn pong(port: u16, limit: Duration) -> bool {
 
 #[tokio::test]
 async fn current_thread_runtime_start_pause_drop() {
-    let cluster = Cluster::start(2).await.expect("cluster starts");
+    let cluster = Cluster::start_with_proxies(2)
+        .await
+        .expect("cluster starts");
     let ports = [cluster.port(0), cluster.port(1)];
     for p in ports {
         assert!(pong(p, Duration::from_secs(1)).await);
     }
+    // The proxies run on this runtime's single thread.
+    cluster.set_latency(1, Duration::from_millis(50));
+    let t = Instant::now();
+    assert!(pong(ports[1], Duration::from_secs(1)).await);
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    cluster.set_latency(1, Duration::ZERO);
+    // nsenter/iptables run as tokio child processes on this runtime too.
+    cluster.partition(1).await.expect("partition");
+    assert!(!pong(ports[1], Duration::from_millis(300)).await);
+    cluster.heal(1).await.expect("heal");
+    assert!(pong(ports[1], Duration::from_secs(1)).await);
     cluster.pause(0).await.expect("pause");
     assert!(!pong(ports[0], Duration::from_millis(300)).await);
     cluster.kill(1).await.expect("kill");

@@ -1,0 +1,8 @@
+//! Safety under faults: the contention checker and the fault scenarios, on a 5-node
+//! container cluster whose nodes the nemesis kills, pauses, partitions and slows down.
+//! docs/safety.md reports the figures of a long run.
+
+mod checker;
+mod scenarios;
+#[path = "../redlock/support.rs"]
+mod support;

@@ -1,0 +1,229 @@
+//! Fault scenarios, each deterministic: the restart hazard, a holder that stalls past
+//! its validity, partitions during a held lock, and one slow node.
+
+use std::time::{Duration, Instant};
+
+use fredlock::{Error, Redlock};
+
+use crate::support::{Nodes, TestResult, resource};
+
+const NODE_TIMEOUT: Duration = Duration::from_millis(50);
+
+async fn client(nodes: &Nodes) -> Result<Redlock, Error> {
+    Redlock::builder(nodes.urls())
+        .node_timeout(NODE_TIMEOUT)
+        .build()
+        .await
+}
+
+/// The spec's known hazard: a node restarted without its data while a lock is held on
+/// it lets a second client win a second majority. A holds nodes 0, 1, 2 (3 and 4 were
+/// down when it locked, and come back empty); node 0 then restarts empty; B wins 0, 3,
+/// 4 while A's lock is still valid. docs/safety.md gives the remedies (fsync
+/// persistence, delayed restarts).
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_without_data_lets_a_second_client_win_a_second_majority() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let (a, b) = (client(&nodes).await?, client(&nodes).await?);
+    let res = resource("restart-hazard");
+    let ttl = Duration::from_secs(30);
+
+    nodes.cluster.kill(3).await?;
+    nodes.cluster.kill(4).await?;
+    let held_by_a = a.lock(&res, ttl).await?;
+    nodes.assert_held(&[0, 1, 2], &res, held_by_a.token()).await;
+    for i in [3, 4, 0] {
+        if i == 0 {
+            nodes.cluster.kill(0).await?;
+        }
+        nodes.cluster.restart(i).await?;
+        nodes.wait_admin(i, Duration::from_secs(5)).await;
+    }
+
+    // B's client reconnects to the restarted nodes in the background; retry until it
+    // wins.
+    let start = Instant::now();
+    let held_by_b = loop {
+        match b.try_lock(&res, ttl).await {
+            Ok(lock) => break lock,
+            Err(Error::Taken { .. } | Error::NoQuorum { .. }) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "B never got a majority"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Two holders at once: the hazard, shown.
+    assert!(held_by_a.is_valid() && held_by_b.is_valid());
+    assert_ne!(held_by_a.token(), held_by_b.token());
+    nodes.assert_held(&[0, 3, 4], &res, held_by_b.token()).await;
+    nodes.assert_held(&[1, 2], &res, held_by_a.token()).await;
+    Ok(())
+}
+
+/// A majority cut off by a partition: the attempt fails after about one node timeout.
+/// Its SETs, stuck in TCP retransmission, reach the nodes after the heal, and so do the
+/// removals queued behind them: no key is left. Redis's command counters prove the
+/// late SETs did run.
+#[tokio::test(flavor = "multi_thread")]
+async fn late_sets_after_a_partition_heals_are_removed() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = client(&nodes).await?;
+    let res = resource("late-sets");
+    for i in 0..3 {
+        nodes.cluster.partition(i).await?;
+    }
+    let start = Instant::now();
+    let err = redlock
+        .try_lock(&res, Duration::from_secs(30))
+        .await
+        .expect_err("majority cut off");
+    let took = start.elapsed();
+    assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
+    assert!(
+        took < NODE_TIMEOUT * 4,
+        "bounded by the node timeout: {took:?}"
+    );
+    for i in 0..3 {
+        nodes.cluster.heal(i).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..3 {
+        while calls(&nodes, i, "set").await == 0 || calls(&nodes, i, "eval").await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never got the late SET and removal"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(
+        nodes.holding(0..5, &res).await.is_empty(),
+        "a late SET was left"
+    );
+    Ok(())
+}
+
+/// How many times node `i` has run `command` (from `INFO commandstats`); zero while
+/// the node does not answer (the admin connection also waits for the heal).
+async fn calls(nodes: &Nodes, i: usize, command: &str) -> u64 {
+    let info = match nodes.cmd(i, "INFO", vec!["commandstats".into()]).await {
+        Ok(reply) => reply.as_string().unwrap_or_default(),
+        Err(_) => return 0,
+    };
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A holder that stalls (a simulated process pause) past its validity: afterwards its
+/// `remaining()` is zero, extend and release say `Expired`, and another client held the
+/// lock in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn holder_stalled_past_its_validity_finds_its_lock_expired() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let (a, b) = (client(&nodes).await?, client(&nodes).await?);
+    let res = resource("stalled");
+    let mut stalled = a.lock(&res, Duration::from_millis(400)).await?;
+
+    // While A "pauses", B waits for the lock and gets it once A's keys expire.
+    let waiter = Redlock::builder(nodes.urls())
+        .node_timeout(NODE_TIMEOUT)
+        .retry_delay(Duration::from_millis(20))
+        .retry_jitter(Duration::from_millis(20))
+        .acquire_timeout(Duration::from_secs(5))
+        .build()
+        .await?;
+    let taken_over = waiter.lock(&res, Duration::from_secs(30)).await?;
+    assert!(
+        !stalled.is_valid(),
+        "B got the lock while A's validity lasted"
+    );
+    assert_eq!(stalled.remaining(), Duration::ZERO);
+
+    let err = stalled
+        .extend(Duration::from_secs(30))
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    let err = stalled.release().await.expect_err("stale");
+    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    // A's stale release did not touch B's lock.
+    nodes
+        .assert_held(&[0, 1, 2, 3, 4], &res, taken_over.token())
+        .await;
+    assert!(matches!(
+        b.try_lock(&res, Duration::from_secs(1)).await,
+        Err(Error::Taken { .. })
+    ));
+    taken_over.release().await?;
+    Ok(())
+}
+
+/// A minority partition while a lock is held: extend still succeeds. A majority
+/// partition: extend fails with a typed error and the lock keeps (not extends) its
+/// validity.
+#[tokio::test(flavor = "multi_thread")]
+async fn extend_survives_a_minority_partition_but_not_a_majority() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = client(&nodes).await?;
+    let res = resource("partitioned-extend");
+    let mut lock = redlock.lock(&res, Duration::from_secs(5)).await?;
+
+    nodes.cluster.partition(0).await?;
+    nodes.cluster.partition(1).await?;
+    lock.extend(Duration::from_secs(30)).await?;
+    assert!(lock.remaining() > Duration::from_secs(25));
+
+    nodes.cluster.partition(2).await?;
+    let before = lock.remaining();
+    let start = Instant::now();
+    let err = lock
+        .extend(Duration::from_secs(60))
+        .await
+        .expect_err("majority cut off");
+    let took = start.elapsed();
+    let Error::NoQuorum { votes, .. } = &err else {
+        panic!("expected NoQuorum, got {err}");
+    };
+    assert_eq!(votes.failed(), 3, "the cut-off nodes time out: {votes}");
+    assert!(
+        took < NODE_TIMEOUT * 4,
+        "bounded by the node timeout: {took:?}"
+    );
+    assert!(lock.remaining() <= before);
+    for i in 0..3 {
+        nodes.cluster.heal(i).await?;
+    }
+    lock.release().await?;
+    Ok(())
+}
+
+/// One node 200 ms away (added latency) and a 50 ms node timeout: acquisitions still
+/// succeed on the other four, each without waiting for the slow node.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_slow_node_does_not_slow_acquisition() -> TestResult {
+    let nodes = Nodes::start_with_proxies(5).await?;
+    let redlock = client(&nodes).await?;
+    nodes.cluster.set_latency(2, Duration::from_millis(200));
+    let res = resource("slow-node");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let start = Instant::now();
+        let lock = redlock.try_lock(&res, Duration::from_secs(10)).await?;
+        slowest = slowest.max(start.elapsed());
+        lock.release().await?;
+    }
+    assert!(
+        slowest < NODE_TIMEOUT + Duration::from_millis(50),
+        "slowest {slowest:?}"
+    );
+    nodes.cluster.set_latency(2, Duration::ZERO);
+    Ok(())
+}
