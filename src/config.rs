@@ -26,6 +26,8 @@ pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default delay between two reconnection attempts to a node that is down.
 pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Default share of the validity left when the keep-alive task extends a lock.
+pub const DEFAULT_KEEP_ALIVE_AT: f64 = 0.5;
 
 /// Where the nodes come from.
 enum Source {
@@ -66,6 +68,7 @@ pub struct Builder {
     acquire_timeout: Option<Duration>,
     connect_timeout: Duration,
     reconnect_delay: Duration,
+    keep_alive_at: f64,
 }
 
 impl std::fmt::Debug for Builder {
@@ -86,6 +89,7 @@ impl std::fmt::Debug for Builder {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_delay", &self.reconnect_delay)
+            .field("keep_alive_at", &self.keep_alive_at)
             .finish()
     }
 }
@@ -103,6 +107,7 @@ pub(crate) struct Settings {
     pub(crate) key_prefix: String,
     pub(crate) acquire_timeout: Option<Duration>,
     pub(crate) connect_timeout: Duration,
+    pub(crate) keep_alive_at: f64,
 }
 
 impl Builder {
@@ -119,6 +124,7 @@ impl Builder {
             acquire_timeout: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             reconnect_delay: DEFAULT_RECONNECT_DELAY,
+            keep_alive_at: DEFAULT_KEEP_ALIVE_AT,
         }
     }
 
@@ -207,6 +213,14 @@ impl Builder {
         self
     }
 
+    /// When a kept-alive lock ([`Lock::keep_alive`](crate::Lock::keep_alive),
+    /// [`Redlock::with_lock`]) is extended: once this share of its validity is left.
+    /// Must be in `(0, 1)`. Default: 0.5.
+    pub fn keep_alive_at(mut self, share: f64) -> Self {
+        self.keep_alive_at = share;
+        self
+    }
+
     /// Validates the configuration and connects to the nodes.
     ///
     /// From URLs: connects to every node concurrently and waits up to the connect
@@ -276,6 +290,13 @@ impl Builder {
                 format!("must be in [0, 1), got {}", self.drift_factor),
             ));
         }
+        if !(self.keep_alive_at.is_finite() && self.keep_alive_at > 0.0 && self.keep_alive_at < 1.0)
+        {
+            return Err(Error::config(
+                "keep_alive_at",
+                format!("must be in (0, 1), got {}", self.keep_alive_at),
+            ));
+        }
         if self.node_timeout.is_zero() {
             return Err(Error::config("node_timeout", "must be greater than zero"));
         }
@@ -311,6 +332,7 @@ impl Builder {
             key_prefix: self.key_prefix.clone(),
             acquire_timeout: self.acquire_timeout,
             connect_timeout: self.connect_timeout,
+            keep_alive_at: self.keep_alive_at,
         })
     }
 }
@@ -509,6 +531,11 @@ mod tests {
         }
         assert!(builder().drift_factor(0.0).settings().is_ok());
         assert!(builder().drift_factor(0.999).settings().is_ok());
+        for share in [0.0, 1.0, -0.5, 1.5, f64::NAN] {
+            let err = builder().keep_alive_at(share).settings().unwrap_err();
+            assert_eq!(field(err), "keep_alive_at");
+        }
+        assert!(builder().keep_alive_at(0.01).settings().is_ok());
         assert_eq!(
             field(
                 builder()

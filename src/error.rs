@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::lease::LostReason;
 use crate::quorum::Votes;
 
 /// Why a fredlock operation failed.
@@ -68,6 +69,17 @@ pub enum Error {
         votes: Votes,
     },
 
+    /// The lock was lost while [`Redlock::with_lock`](crate::Redlock::with_lock) ran the
+    /// protected work: the work was cancelled (dropped) and the lock released in the
+    /// background.
+    #[error("lock on `{resource}` was lost: {reason}")]
+    Lost {
+        /// The locked resource.
+        resource: String,
+        /// Why the lock could no longer be trusted.
+        reason: LostReason,
+    },
+
     /// The builder was given an invalid value. `field` names the builder option.
     #[error("invalid configuration: `{field}`: {reason}")]
     Config {
@@ -104,6 +116,10 @@ impl Error {
             | Error::TooLate { votes, .. }
             | Error::Expired { votes, .. }
             | Error::Connect { votes } => Some(votes),
+            Error::Lost { reason, .. } => match reason {
+                LostReason::ExtendFailed(error) => error.votes(),
+                _ => None,
+            },
             Error::Config { .. } | Error::InvalidArgument { .. } => None,
         }
     }

@@ -55,6 +55,7 @@
 
 mod config;
 mod error;
+mod lease;
 mod lock;
 mod node;
 mod quorum;
@@ -62,10 +63,12 @@ mod redlock;
 mod round;
 
 pub use config::{
-    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_NODE_TIMEOUT,
-    DEFAULT_RECONNECT_DELAY, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_JITTER,
+    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_KEEP_ALIVE_AT,
+    DEFAULT_NODE_TIMEOUT, DEFAULT_RECONNECT_DELAY, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY,
+    DEFAULT_RETRY_JITTER,
 };
 pub use error::Error;
+pub use lease::{Lease, LostReason};
 pub use lock::Lock;
 pub use quorum::{DRIFT_FLOOR, NodeVote, Vote, Votes, quorum};
 pub use redlock::{MAX_TTL, Redlock};

@@ -1,12 +1,16 @@
-//! [`Lock`]: a held lock, its validity on the monotonic clock, extend and release.
+//! [`Lock`]: a held lock, its validity on the monotonic clock, extend, keep-alive and
+//! release.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::task::AbortHandle;
 use tracing::field::Empty;
 
+use crate::config::retry_pause;
 use crate::error::Error;
+use crate::lease::{Lease, LostReason, Shared};
 use crate::quorum::{Decision, Votes, validity};
 use crate::redlock::{Redlock, Request, lost, outcome_label};
 
@@ -15,11 +19,14 @@ use crate::redlock::{Redlock, Request, lost, outcome_label};
 /// The lock is trustworthy only while [`remaining`](Lock::remaining) is above zero: that
 /// is the validity left on this process's monotonic clock, already reduced by the time
 /// the acquisition took and by the clock drift allowance. Work that may outlast it must
-/// [`extend`](Lock::extend) the lock first.
+/// [`extend`](Lock::extend) the lock, or have it kept alive in the background with
+/// [`keep_alive`](Lock::keep_alive); [`Lease::lost`] tells when it can no longer be
+/// trusted.
 ///
 /// Release it with [`release`](Lock::release) to free it for others at once and to learn
-/// whether it was still held. A `Lock` that is dropped without `release` stays on the
-/// nodes until its TTL runs out.
+/// whether it was still held. A `Lock` dropped without `release` is released in the
+/// background (a task on the current tokio runtime; nothing blocks in `drop`, and the
+/// outcome is not reported); outside a runtime its keys expire with their TTL.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -37,7 +44,13 @@ pub struct Lock {
     redlock: Redlock,
     request: Request,
     token: Arc<str>,
-    valid_until: Instant,
+    shared: Arc<Shared>,
+    /// Serialises extensions (manual and keep-alive): two rounds with different TTLs
+    /// must not race on the nodes.
+    extending: Arc<tokio::sync::Mutex<()>>,
+    keep_alive: Option<AbortHandle>,
+    /// Cleared by `release`, so that `drop` does not release a second time.
+    armed: bool,
 }
 
 impl fmt::Debug for Lock {
@@ -47,6 +60,7 @@ impl fmt::Debug for Lock {
             .field("key", &self.request.key)
             .field("token", &self.token)
             .field("remaining", &self.remaining())
+            .field("kept_alive", &self.keep_alive.is_some())
             .finish()
     }
 }
@@ -62,7 +76,10 @@ impl Lock {
             redlock,
             request: request.clone(),
             token,
-            valid_until,
+            shared: Shared::new(valid_until),
+            extending: Arc::default(),
+            keep_alive: None,
+            armed: true,
         }
     }
 
@@ -89,12 +106,45 @@ impl Lock {
 
     /// The validity left, measured on the monotonic clock; zero once it has run out.
     pub fn remaining(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
+        self.shared.remaining()
     }
 
-    /// Whether any validity is left.
+    /// Whether the lock is still trusted: validity left, and no loss signalled (see
+    /// [`Lease::lost`]).
     pub fn is_valid(&self) -> bool {
-        self.remaining() > Duration::ZERO
+        self.remaining() > Duration::ZERO && self.shared.lost_reason().is_none()
+    }
+
+    /// A cheap, cloneable view of this lock for other tasks: its validity and the
+    /// lost-lock signal.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            resource: Arc::clone(&self.request.resource),
+            token: Arc::clone(&self.token),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Keeps the lock alive in the background until it is released or dropped.
+    ///
+    /// A task extends the lock by its current TTL whenever the share of the validity
+    /// set by [`Builder::keep_alive_at`](crate::Builder::keep_alive_at) (default: half)
+    /// is left. A failed extension is retried after a short random pause as long as
+    /// the validity left allows another attempt; when it does not, or the nodes
+    /// answer that the lock is no longer ours, the loss is signalled at once through
+    /// [`Lease::lost`], before the validity ends. Calling it again does nothing.
+    pub fn keep_alive(&mut self) {
+        if self.keep_alive.is_some() {
+            return;
+        }
+        let task = KeepAlive {
+            redlock: self.redlock.clone(),
+            request: self.request.clone(),
+            token: Arc::clone(&self.token),
+            shared: Arc::clone(&self.shared),
+            extending: Arc::clone(&self.extending),
+        };
+        self.keep_alive = Some(tokio::spawn(task.run()).abort_handle());
     }
 
     /// Extends the lock to `ttl` from now on every node that still holds our token.
@@ -106,71 +156,21 @@ impl Lock {
     /// left.
     ///
     /// # Errors
-    /// [`Error::Expired`] if the validity had already run out or nodes answered that the
-    /// key is no longer ours; [`Error::NoQuorum`] if too many nodes were unreachable;
-    /// [`Error::TooLate`] if the round left no more than the minimum validity;
-    /// [`Error::InvalidArgument`] for an unusable TTL.
+    /// [`Error::Expired`] if the validity had already run out, the lock was signalled
+    /// lost, or nodes answered that the key is no longer ours; [`Error::NoQuorum`] if
+    /// too many nodes were unreachable; [`Error::TooLate`] if the round left no more
+    /// than the minimum validity; [`Error::InvalidArgument`] for an unusable TTL.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
         let request = self.redlock.request(&self.request.resource, ttl)?;
-        let span = tracing::debug_span!(
-            "fredlock.extend",
-            resource = %request.resource,
-            outcome = Empty,
-            votes = Empty,
-            elapsed_us = Empty,
-            validity_ms = Empty,
-        );
-        let result = self.extend_in(request, &span).await;
-        span.record(
-            "outcome",
-            result.as_ref().map_or_else(outcome_label, |_| "extended"),
-        );
-        result
-    }
-
-    async fn extend_in(&mut self, request: Request, span: &tracing::Span) -> Result<(), Error> {
-        if !self.is_valid() {
-            return Err(self.expired(Votes::default()));
-        }
-        let (decision, tally, votes, start, elapsed) =
-            self.redlock.extend_round(&request, &self.token, span).await;
-        let validity = validity(request.ttl, elapsed, request.drift);
-        span.record("validity_ms", validity.as_millis());
-        let min_validity = self.redlock.settings().min_validity;
-        let failure = if decision == Decision::NoQuorum {
-            Some(lost(&request, tally, votes))
-        } else if start + elapsed >= self.valid_until {
-            // The quorum must be reached while the lock was still valid.
-            Some(self.expired(votes))
-        } else if validity <= min_validity {
-            Some(Error::TooLate {
-                resource: request.resource.to_string(),
-                validity,
-                min_validity,
-                votes,
-            })
-        } else {
-            None
-        };
-        // The nodes that renewed the key now expire it `ttl` after the round began at
-        // the earliest; the others at their former time. Either way the lock lasts no
-        // longer than the sooner of the two.
-        let renewed_until = start
-            .checked_add(request.ttl.saturating_sub(request.drift))
-            .unwrap_or(start);
-        if let Some(error) = failure {
-            // A failed extend with a shorter TTL may have shortened the keys.
-            self.valid_until = self.valid_until.min(renewed_until);
-            return Err(error);
-        }
-        self.valid_until = (start + elapsed).checked_add(validity).unwrap_or(start);
+        let _serial = self.extending.lock().await;
+        extend(&self.redlock, &request, &self.token, &self.shared).await?;
         self.request = request;
         Ok(())
     }
 
     /// Releases the lock: a compare-and-delete on every node, returning as soon as a
     /// quorum decides. The requests to slow nodes still run to completion or timeout
-    /// in the background.
+    /// in the background. Stops the keep-alive task.
     ///
     /// `Ok` means the lock was still valid on this client's clock when the release
     /// began and a quorum of nodes deleted our key: the lock was held without a gap
@@ -181,17 +181,159 @@ impl Lock {
     /// removed where they remain), or the key had expired or been taken over on enough
     /// nodes that the lock was no longer held; [`Error::NoQuorum`] if too many nodes
     /// were unreachable to tell (the keys left there expire with their TTL).
-    pub async fn release(self) -> Result<(), Error> {
+    pub async fn release(mut self) -> Result<(), Error> {
+        self.armed = false;
+        self.stop_keep_alive();
         let was_valid = self.is_valid();
-        self.redlock
+        let result = self
+            .redlock
             .release_round(&self.request, &self.token, was_valid)
-            .await
+            .await;
+        self.shared.mark_lost(LostReason::Released);
+        result
     }
 
-    fn expired(&self, votes: Votes) -> Error {
-        Error::Expired {
-            resource: self.request.resource.to_string(),
+    fn stop_keep_alive(&mut self) {
+        if let Some(task) = self.keep_alive.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.stop_keep_alive();
+        if !self.armed {
+            return;
+        }
+        self.shared.mark_lost(LostReason::Released);
+        // Release in the background; never block here.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let redlock = self.redlock.clone();
+            let request = self.request.clone();
+            let token = Arc::clone(&self.token);
+            runtime.spawn(async move {
+                let _ = redlock.release_round(&request, &token, true).await;
+            });
+        }
+    }
+}
+
+/// One extension round for `request.ttl`, updating the shared validity.
+async fn extend(
+    redlock: &Redlock,
+    request: &Request,
+    token: &Arc<str>,
+    shared: &Shared,
+) -> Result<(), Error> {
+    let span = tracing::debug_span!(
+        "fredlock.extend",
+        resource = %request.resource,
+        outcome = Empty,
+        votes = Empty,
+        elapsed_us = Empty,
+        validity_ms = Empty,
+    );
+    let result = extend_in(redlock, request, token, shared, &span).await;
+    span.record(
+        "outcome",
+        result.as_ref().map_or_else(outcome_label, |_| "extended"),
+    );
+    result
+}
+
+async fn extend_in(
+    redlock: &Redlock,
+    request: &Request,
+    token: &Arc<str>,
+    shared: &Shared,
+    span: &tracing::Span,
+) -> Result<(), Error> {
+    let expired = |votes| Error::Expired {
+        resource: request.resource.to_string(),
+        votes,
+    };
+    if shared.remaining().is_zero() || shared.lost_reason().is_some() {
+        return Err(expired(Votes::default()));
+    }
+    let (decision, tally, votes, start, elapsed) = redlock.extend_round(request, token, span).await;
+    let validity = validity(request.ttl, elapsed, request.drift);
+    span.record("validity_ms", validity.as_millis());
+    let min_validity = redlock.settings().min_validity;
+    let failure = if decision == Decision::NoQuorum {
+        Some(lost(request, tally, votes))
+    } else if start + elapsed >= shared.valid_until() {
+        // The quorum must be reached while the lock was still valid.
+        Some(expired(votes))
+    } else if validity <= min_validity {
+        Some(Error::TooLate {
+            resource: request.resource.to_string(),
+            validity,
+            min_validity,
             votes,
+        })
+    } else {
+        None
+    };
+    if let Some(error) = failure {
+        // The nodes that renewed the key expire it `ttl` after the round began at the
+        // earliest; the others at their former time. The lock lasts no longer than the
+        // sooner of the two: a failed extend with a shorter TTL shortens it.
+        let renewed_until = start
+            .checked_add(request.ttl.saturating_sub(request.drift))
+            .unwrap_or(start);
+        if renewed_until < shared.valid_until() {
+            shared.set_valid_until(renewed_until);
+        }
+        return Err(error);
+    }
+    shared.set_valid_until((start + elapsed).checked_add(validity).unwrap_or(start));
+    Ok(())
+}
+
+/// The background task of [`Lock::keep_alive`].
+struct KeepAlive {
+    redlock: Redlock,
+    request: Request,
+    token: Arc<str>,
+    shared: Arc<Shared>,
+    extending: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl KeepAlive {
+    async fn run(self) {
+        let settings = self.redlock.settings();
+        let share = settings.keep_alive_at;
+        // The validity a fresh extension gives, about: what a share of is kept in hand.
+        let full = self.request.ttl.saturating_sub(self.request.drift);
+        let margin = full.mul_f64(share);
+        loop {
+            let due = self.shared.valid_until().checked_sub(margin);
+            if let Some(due) = due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let _serial = self.extending.lock().await;
+            let error = match extend(&self.redlock, &self.request, &self.token, &self.shared).await
+            {
+                Ok(()) => continue,
+                Err(error) => error,
+            };
+            let pause = retry_pause(
+                settings.retry_delay,
+                settings.retry_jitter,
+                &mut rand::rng(),
+            )
+            .min(margin / 4);
+            // Another attempt only if it can end within the validity left.
+            let another = pause.saturating_add(settings.node_timeout.saturating_mul(2));
+            if !error.is_retryable() || self.shared.remaining() <= another {
+                tracing::debug!(resource = %self.request.resource, %error, "keep-alive gave up");
+                self.shared
+                    .mark_lost(LostReason::ExtendFailed(Arc::new(error)));
+                return;
+            }
+            drop(_serial);
+            tokio::time::sleep(pause).await;
         }
     }
 }

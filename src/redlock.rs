@@ -11,6 +11,7 @@ use tracing::field::{Empty, display};
 
 use crate::config::{Builder, Settings, retry_pause};
 use crate::error::Error;
+use crate::lease::Lease;
 use crate::lock::Lock;
 use crate::node::Node;
 use crate::quorum::{Decision, Tally, Vote, Votes, drift, quorum, validity};
@@ -209,6 +210,72 @@ impl Redlock {
         self.attempt(&request, 0)
             .await
             .map_err(|failed| failed.error)
+    }
+
+    /// Runs `work` while holding the lock on `resource`: acquires it as
+    /// [`lock`](Redlock::lock) does, keeps it alive in the background
+    /// ([`Lock::keep_alive`]), releases it when `work` ends, and returns `work`'s
+    /// output.
+    ///
+    /// If the lock is lost while `work` runs (keeping it alive failed, or its validity
+    /// ran out), `work` is dropped at once, which cancels it at its next `.await`, and
+    /// [`Error::Lost`] is returned without waiting for the release, which goes on in the
+    /// background. `work` gets a [`Lease`] to check the validity or hand the lost-lock
+    /// signal to tasks it starts.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn migrate() {}
+    /// # async fn run(redlock: fredlock::Redlock) -> Result<(), fredlock::Error> {
+    /// let rows = redlock
+    ///     .with_lock("schema-migration", Duration::from_secs(10), |lease| async move {
+    ///         migrate().await;
+    ///         lease.remaining()
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The errors of [`lock`](Redlock::lock), or [`Error::Lost`]. A failed release after
+    /// `work` completed is not an error: `work` finished while the lock was held.
+    pub async fn with_lock<F, Fut, T>(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut lock = self.lock(resource, ttl).await?;
+        lock.keep_alive();
+        let lease = lock.lease();
+        let outcome = {
+            let work = work(lease.clone());
+            tokio::select! {
+                biased;
+                reason = lease.lost() => Err(reason),
+                output = work => Ok(output),
+            }
+        };
+        match outcome {
+            Ok(output) => {
+                if let Err(error) = lock.release().await {
+                    tracing::debug!(resource, %error, "release after the protected work failed");
+                }
+                Ok(output)
+            }
+            Err(reason) => {
+                // Dropping the lock releases it in the background.
+                drop(lock);
+                Err(Error::Lost {
+                    resource: resource.to_string(),
+                    reason,
+                })
+            }
+        }
     }
 
     /// Closes the connections fredlock opened (not those given to

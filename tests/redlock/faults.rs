@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use fred::prelude::Value;
 use fredlock::{Error, Redlock, Vote};
 
 use crate::support::{Nodes, TestResult, resource};
@@ -205,27 +204,11 @@ async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
         .await?;
     // Node 3: no memory left for new keys.
     nodes
-        .cmd(
-            3,
-            "CONFIG",
-            vec!["SET".into(), "maxmemory-policy".into(), "noeviction".into()],
-        )
+        .config_set(3, "maxmemory-policy", "noeviction")
         .await?;
-    nodes
-        .cmd(
-            3,
-            "CONFIG",
-            vec!["SET".into(), "maxmemory".into(), "1".into()],
-        )
-        .await?;
+    nodes.config_set(3, "maxmemory", "1").await?;
     // Node 4: requires a password that fredlock's connection does not send.
-    nodes
-        .cmd(
-            4,
-            "CONFIG",
-            vec!["SET".into(), "requirepass".into(), "sesame".into()],
-        )
-        .await?;
+    nodes.config_set(4, "requirepass", "sesame").await?;
     let redlock = Redlock::builder(nodes.urls())
         .node_timeout(Duration::from_millis(200))
         .build()
@@ -252,20 +235,8 @@ async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
     assert!(left.is_empty(), "our key is left on nodes {left:?}");
 
     // Heal node 3 and 4: three healthy nodes now give a quorum despite node 2's error.
-    nodes
-        .cmd(
-            3,
-            "CONFIG",
-            vec!["SET".into(), "maxmemory".into(), "0".into()],
-        )
-        .await?;
-    nodes
-        .cmd(
-            4,
-            "CONFIG",
-            vec!["SET".into(), "requirepass".into(), "".into()],
-        )
-        .await?;
+    nodes.config_set(3, "maxmemory", "0").await?;
+    nodes.config_set(4, "requirepass", "").await?;
     // A new client, so that node 4 is connected again (the old one reconnects on its
     // own schedule).
     let redlock = Redlock::builder(nodes.urls())
@@ -275,23 +246,14 @@ async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
     let lock = redlock.try_lock(&res, TTL).await?;
 
     // WRONGTYPE: node 1's key is replaced by a list; release still reaches a quorum.
-    nodes.cmd(1, "DEL", vec![res.as_str().into()]).await?;
-    nodes
-        .cmd(1, "LPUSH", vec![res.as_str().into(), Value::from("x")])
-        .await?;
+    nodes.make_list(1, &res).await?;
     lock.release().await?;
     nodes.assert_released(&[0, 3, 4], &res).await;
     nodes.cmd(1, "DEL", vec![res.as_str().into()]).await?;
 
     let lock = redlock.try_lock(&res, TTL).await?;
-    nodes.cmd(0, "DEL", vec![res.as_str().into()]).await?;
-    nodes
-        .cmd(0, "LPUSH", vec![res.as_str().into(), Value::from("x")])
-        .await?;
-    nodes.cmd(3, "DEL", vec![res.as_str().into()]).await?;
-    nodes
-        .cmd(3, "LPUSH", vec![res.as_str().into(), Value::from("x")])
-        .await?;
+    nodes.make_list(0, &res).await?;
+    nodes.make_list(3, &res).await?;
     // Nodes 0 and 3 answer WRONGTYPE, node 2 (a replica) never had the key, nodes 1
     // and 4 say yes: no quorum.
     let err = lock.release().await.expect_err("two nodes hold a list");

@@ -10,5 +10,6 @@ mod bad_input;
 mod contention;
 mod extend_release;
 mod faults;
+mod lifecycle;
 mod support;
 mod tracing_spans;

@@ -73,6 +73,30 @@ impl Nodes {
             .await
     }
 
+    /// `CONFIG SET parameter value` on node `i`.
+    pub async fn config_set(
+        &self,
+        i: usize,
+        parameter: &str,
+        value: &str,
+    ) -> Result<(), fred::error::Error> {
+        self.cmd(
+            i,
+            "CONFIG",
+            vec!["SET".into(), parameter.into(), value.into()],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Replaces `key` on node `i` by a list, so scripts reading it get `WRONGTYPE`.
+    pub async fn make_list(&self, i: usize, key: &str) -> Result<(), fred::error::Error> {
+        self.cmd(i, "DEL", vec![key.into()]).await?;
+        self.cmd(i, "LPUSH", vec![key.into(), Value::from("x")])
+            .await
+            .map(drop)
+    }
+
     /// The value stored under `key` on node `i` (`None` if absent).
     pub async fn get(&self, i: usize, key: &str) -> Option<String> {
         match self.cmd(i, "GET", vec![key.into()]).await.expect("GET") {

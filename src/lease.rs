@@ -1,0 +1,170 @@
+//! What a held lock shares with its [`Lease`]s and its keep-alive task: the validity
+//! deadline, and the lost-lock signal.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::error::Error;
+
+/// Why a lock can no longer be trusted.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The validity ran out on this client's clock.
+    Expired,
+    /// Keeping the lock alive failed: an extension could not reach a quorum in the
+    /// validity that was left, or the nodes answered that the lock is no longer ours.
+    /// Signalled as soon as it is known, before the validity ends when possible.
+    ExtendFailed(Arc<Error>),
+    /// The lock was released or dropped by its holder.
+    Released,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LostReason::Expired => f.write_str("its validity ran out"),
+            LostReason::ExtendFailed(error) => write!(f, "keeping it alive failed: {error}"),
+            LostReason::Released => f.write_str("it was released"),
+        }
+    }
+}
+
+/// The state a lock shares with its leases and its keep-alive task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    valid_until: Mutex<Instant>,
+    /// `None` while the lock is trusted. Also bumped (unchanged) when the validity
+    /// moves, so that waiters re-read it.
+    lost: watch::Sender<Option<LostReason>>,
+}
+
+impl Shared {
+    pub(crate) fn new(valid_until: Instant) -> Arc<Self> {
+        Arc::new(Shared {
+            valid_until: Mutex::new(valid_until),
+            lost: watch::Sender::new(None),
+        })
+    }
+
+    pub(crate) fn valid_until(&self) -> Instant {
+        match self.valid_until.lock() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    pub(crate) fn set_valid_until(&self, until: Instant) {
+        match self.valid_until.lock() {
+            Ok(mut guard) => *guard = until,
+            Err(poisoned) => *poisoned.into_inner() = until,
+        }
+        // Wake the waiters of `lost()` so they sleep until the new deadline.
+        self.lost.send_modify(|_| {});
+    }
+
+    pub(crate) fn remaining(&self) -> Duration {
+        self.valid_until().saturating_duration_since(Instant::now())
+    }
+
+    /// Records the first reason the lock was lost; later reasons are ignored.
+    pub(crate) fn mark_lost(&self, reason: LostReason) {
+        self.lost.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
+        self.lost.borrow().clone()
+    }
+
+    /// Resolves when the lock is lost: a recorded reason, or the validity running out.
+    pub(crate) async fn lost(&self) -> LostReason {
+        let mut rx = self.lost.subscribe();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            let until = self.valid_until();
+            if Instant::now() >= until {
+                self.mark_lost(LostReason::Expired);
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                // The sender lives as long as `self`, so this only reports a change.
+                _ = rx.changed() => {}
+            }
+        }
+    }
+}
+
+/// A read-only view of a held lock, cheap to clone and to move into tasks: its
+/// resource, token and validity, and the signal that it was lost.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # async fn run(redlock: fredlock::Redlock) -> Result<(), fredlock::Error> {
+/// let mut lock = redlock.lock("reindex", Duration::from_secs(10)).await?;
+/// lock.keep_alive();
+/// let lease = lock.lease();
+/// tokio::select! {
+///     reason = lease.lost() => eprintln!("stopped: the lock was lost: {reason}"),
+///     () = async { /* the protected work */ } => {}
+/// }
+/// lock.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Lease {
+    pub(crate) resource: Arc<str>,
+    pub(crate) token: Arc<str>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("resource", &self.resource)
+            .field("remaining", &self.remaining())
+            .field("lost", &self.shared.lost_reason())
+            .finish()
+    }
+}
+
+impl Lease {
+    /// The locked resource.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The lock's random token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The validity left on the monotonic clock; zero once it ran out.
+    pub fn remaining(&self) -> Duration {
+        self.shared.remaining()
+    }
+
+    /// Whether the lock is still trusted: validity left and no loss signalled.
+    pub fn is_valid(&self) -> bool {
+        self.remaining() > Duration::ZERO && self.shared.lost_reason().is_none()
+    }
+
+    /// Resolves as soon as the lock can no longer be trusted, with the reason: its
+    /// validity ran out, keeping it alive failed, or it was released. Resolves at once
+    /// if that already happened. Cancel-safe.
+    pub async fn lost(&self) -> LostReason {
+        self.shared.lost().await
+    }
+}

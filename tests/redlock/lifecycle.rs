@@ -1,0 +1,160 @@
+//! Lock lifecycle: keep-alive, the lost-lock signal, scoped work, release on drop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use fredlock::{Error, LostReason, Redlock};
+
+use crate::support::{Nodes, TestResult, resource};
+
+/// Sets its flag when dropped: shows that a future was cancelled.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// With keep-alive, a 400 ms lock outlives several TTLs while the work runs, and its
+/// keys stay on every node with our token (without renewal they would be gone).
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_alive_lock_outlives_several_ttls() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(50)).await;
+    let res = resource("kept-alive");
+    let ttl = Duration::from_millis(400);
+    let nodes = &nodes;
+    let res_ref = &res;
+    let checks = redlock
+        .with_lock(&res, ttl, |lease| async move {
+            let start = Instant::now();
+            let mut checks = 0;
+            // 4 TTLs of work, checked every 100 ms.
+            while start.elapsed() < ttl * 4 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(lease.is_valid(), "lost after {:?}", start.elapsed());
+                for i in 0..5 {
+                    assert_eq!(nodes.get(i, res_ref).await.as_deref(), Some(lease.token()));
+                    assert!(nodes.pttl(i, res_ref).await > 0);
+                }
+                checks += 1;
+            }
+            checks
+        })
+        .await?;
+    assert!(checks >= 8, "only {checks} checks in 4 TTLs");
+    nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
+    Ok(())
+}
+
+/// Killing 3 of 5 nodes while scoped work runs: the work is dropped and `Lost` is
+/// returned before the lock's validity would have ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_quorum_cancels_scoped_work_before_the_validity_ends() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(50)).await;
+    let res = resource("scoped-lost");
+    let (dropped, finished) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let deadline = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let cluster = &nodes.cluster;
+    let result = redlock
+        .with_lock(&res, Duration::from_secs(2), |lease| {
+            let (dropped, finished, deadline) =
+                (dropped.clone(), finished.clone(), deadline.clone());
+            async move {
+                let _flag = DropFlag(dropped);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for i in 0..3 {
+                    cluster.kill(i).await.expect("kill");
+                }
+                // With a majority gone no extension can succeed: this is the latest
+                // the lock can be trusted.
+                *deadline.lock().expect("poisoned") = Some(Instant::now() + lease.remaining());
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                finished.store(true, Ordering::SeqCst);
+            }
+        })
+        .await;
+    let returned = Instant::now();
+    match result {
+        Err(Error::Lost {
+            reason: LostReason::ExtendFailed(error),
+            ..
+        }) => assert!(matches!(*error, Error::NoQuorum { .. }), "{error}"),
+        other => panic!("expected Lost(ExtendFailed), got {other:?}"),
+    }
+    assert!(dropped.load(Ordering::SeqCst), "the work was not dropped");
+    assert!(!finished.load(Ordering::SeqCst));
+    let deadline = deadline.lock().expect("poisoned").expect("work ran");
+    assert!(
+        returned < deadline,
+        "told {:?} after the validity ended",
+        returned - deadline
+    );
+    eprintln!(
+        "lost: work cancelled {:?} before the validity ended",
+        deadline - returned
+    );
+    Ok(())
+}
+
+/// A `Lock` dropped without `release` is released in the background: its keys go long
+/// before their 60 s TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_lock_is_released_in_the_background() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(100)).await;
+    let res = resource("dropped");
+    let lock = redlock.lock(&res, Duration::from_secs(60)).await?;
+    nodes
+        .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
+        .await;
+    let lease = lock.lease();
+    drop(lock);
+    nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
+    assert!(matches!(lease.lost().await, LostReason::Released));
+    Ok(())
+}
+
+/// Without keep-alive, the lost signal fires when the validity runs out; after a
+/// release it says `Released`.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_signal_fires_when_the_validity_runs_out() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(100)).await;
+    let res = resource("lost-signal");
+    let lock = redlock.lock(&res, Duration::from_millis(300)).await?;
+    let lease = lock.lease();
+    let reason = tokio::time::timeout(Duration::from_secs(5), lease.lost()).await?;
+    assert!(matches!(reason, LostReason::Expired), "{reason}");
+    assert_eq!(lease.remaining(), Duration::ZERO);
+    assert!(!lease.is_valid() && !lock.is_valid());
+    assert!(matches!(lock.release().await, Err(Error::Expired { .. })));
+
+    let lock = redlock.lock(&res, Duration::from_secs(30)).await?;
+    let lease = lock.lease();
+    let waiter = tokio::spawn(async move { lease.lost().await });
+    lock.release().await?;
+    assert!(matches!(waiter.await?, LostReason::Released));
+    Ok(())
+}
+
+/// `keep_alive_at` outside (0, 1) is a typed configuration error.
+#[tokio::test]
+async fn keep_alive_share_outside_zero_one_is_rejected() {
+    for share in [0.0, 1.0, 1.5, -0.1, f64::NAN] {
+        match Redlock::builder(["redis://127.0.0.1:7001"])
+            .keep_alive_at(share)
+            .build()
+            .await
+        {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "keep_alive_at"),
+            other => panic!("share {share}: expected Config, got {other:?}"),
+        }
+    }
+}
