@@ -57,7 +57,7 @@ impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lock")
             .field("resource", &self.request.resource)
-            .field("key", &self.request.key)
+            .field("keys", &self.request.keys)
             .field("token", &self.token)
             .field("remaining", &self.remaining())
             .field("kept_alive", &self.keep_alive.is_some())
@@ -83,14 +83,26 @@ impl Lock {
         }
     }
 
-    /// The resource name this lock was taken for.
+    /// The resource name this lock was taken for; for a lock over several resources
+    /// ([`Redlock::lock_many`]), their names joined by `", "`.
     pub fn resource(&self) -> &str {
         &self.request.resource
     }
 
-    /// The key on the nodes: the key prefix followed by the resource name.
+    /// The resource names this lock was taken for, in the order given.
+    pub fn resources(&self) -> impl Iterator<Item = &str> {
+        self.request.resources.iter().map(|r| &**r)
+    }
+
+    /// The key on the nodes: the key prefix followed by the resource name (the first
+    /// resource's, for a lock over several).
     pub fn key(&self) -> &str {
-        &self.request.key
+        self.request.keys.first().map_or("", |k| &**k)
+    }
+
+    /// The keys on the nodes, one per resource.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.request.keys.iter().map(|k| &**k)
     }
 
     /// The random token (40 hex characters from a CSPRNG) stored under the key. A
@@ -161,7 +173,7 @@ impl Lock {
     /// too many nodes were unreachable; [`Error::TooLate`] if the round left no more
     /// than the minimum validity; [`Error::InvalidArgument`] for an unusable TTL.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
-        let request = self.redlock.request(&self.request.resource, ttl)?;
+        let request = self.redlock.retimed(&self.request, ttl)?;
         let _serial = self.extending.lock().await;
         extend(&self.redlock, &request, &self.token, &self.shared).await?;
         self.request = request;

@@ -8,8 +8,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, EventInterface, Expiration, KeysInterface, LuaInterface,
-    Options, ReconnectPolicy, ServerConfig, SetOptions, Value,
+    Builder, Client, ClientLike, Config, EventInterface, Expiration, Key, KeysInterface,
+    LuaInterface, Options, ReconnectPolicy, ServerConfig, SetOptions, Value,
 };
 use fred::types::scripts::Script;
 
@@ -17,11 +17,14 @@ use crate::quorum::Vote;
 
 /// Compare-and-delete, see `scripts/release.lua`.
 const RELEASE_LUA: &str = include_str!("scripts/release.lua");
+/// All-or-nothing acquisition of several keys, see `scripts/acquire.lua`.
+const ACQUIRE_LUA: &str = include_str!("scripts/acquire.lua");
 /// Compare-and-pexpire, see `scripts/extend.lua`.
 const EXTEND_LUA: &str = include_str!("scripts/extend.lua");
 
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(RELEASE_LUA));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(EXTEND_LUA));
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ACQUIRE_LUA));
 
 /// How fredlock configures the fred clients it creates from URLs.
 #[derive(Clone, Debug)]
@@ -139,14 +142,21 @@ impl Node {
     }
 
     /// `SET key token NX PX ttl_ms`.
-    pub(crate) async fn acquire(&self, key: &str, token: &str, ttl_ms: u64) -> Vote {
+    pub(crate) async fn acquire(&self, keys: &[Arc<str>], token: &str, ttl_ms: u64) -> Vote {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let [key] = keys else {
+            // Several resources: all or nothing, in one script.
+            let args = vec![Value::from(token), Value::Integer(px)];
+            return self
+                .bounded(|deadline| self.eval(deadline, &ACQUIRE, ACQUIRE_LUA, keys, args))
+                .await;
+        };
         self.bounded(|deadline| async move {
             let set: Option<String> = self
                 .client
                 .with_options(&Self::options(deadline))
                 .set(
-                    key,
+                    &**key,
                     token,
                     Some(Expiration::PX(px)),
                     Some(SetOptions::NX),
@@ -159,9 +169,9 @@ impl Node {
     }
 
     /// Compare-and-delete.
-    pub(crate) async fn release(&self, key: &str, token: &str) -> Vote {
+    pub(crate) async fn release(&self, keys: &[Arc<str>], token: &str) -> Vote {
         let args = vec![Value::from(token)];
-        self.bounded(|deadline| self.eval(deadline, &RELEASE, RELEASE_LUA, key, args))
+        self.bounded(|deadline| self.eval(deadline, &RELEASE, RELEASE_LUA, keys, args))
             .await
     }
 
@@ -169,11 +179,11 @@ impl Node {
     /// a failed attempt. It does not depend on the node's script cache: when it runs
     /// late, queued behind a SET on a node that was frozen or cut off, there is no time
     /// left to answer a `NOSCRIPT` with a reload.
-    pub(crate) async fn remove(&self, key: &str, token: &str) -> Vote {
+    pub(crate) async fn remove(&self, keys: &[Arc<str>], token: &str) -> Vote {
         self.bounded(|deadline| async move {
             let client = self.client.with_options(&Self::options(deadline));
             let removed: i64 = client
-                .eval(RELEASE_LUA, key, vec![Value::from(token)])
+                .eval(RELEASE_LUA, fred_keys(keys), vec![Value::from(token)])
                 .await?;
             Ok(removed == 1)
         })
@@ -181,10 +191,10 @@ impl Node {
     }
 
     /// Compare-and-pexpire.
-    pub(crate) async fn extend(&self, key: &str, token: &str, ttl_ms: u64) -> Vote {
+    pub(crate) async fn extend(&self, keys: &[Arc<str>], token: &str, ttl_ms: u64) -> Vote {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let args = vec![Value::from(token), Value::Integer(px)];
-        self.bounded(|deadline| self.eval(deadline, &EXTEND, EXTEND_LUA, key, args))
+        self.bounded(|deadline| self.eval(deadline, &EXTEND, EXTEND_LUA, keys, args))
             .await
     }
 
@@ -195,12 +205,13 @@ impl Node {
         deadline: Instant,
         script: &Script,
         lua: &'static str,
-        key: &str,
+        keys: &[Arc<str>],
         args: Vec<Value>,
     ) -> Result<bool, fred::error::Error> {
         let sha = script.sha1().clone();
+        let key = fred_keys(keys);
         let client = self.client.with_options(&Self::options(deadline));
-        let first: Result<i64, _> = client.evalsha(sha.clone(), key, args.clone()).await;
+        let first: Result<i64, _> = client.evalsha(sha.clone(), key.clone(), args.clone()).await;
         let done = match first {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 let client = self.client.with_options(&Self::options(deadline));
@@ -243,6 +254,11 @@ impl Node {
             Ok(Ok(false)) => Vote::Taken,
         }
     }
+}
+
+/// The lock keys as fred keys.
+fn fred_keys(keys: &[Arc<str>]) -> Vec<Key> {
+    keys.iter().map(|k| Key::from(&**k)).collect()
 }
 
 fn set(slot: &Mutex<Option<String>>, value: Option<String>) {

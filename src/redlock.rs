@@ -62,8 +62,11 @@ struct Inner {
 /// A validated lock request.
 #[derive(Clone, Debug)]
 pub(crate) struct Request {
+    /// The resource name; for several resources, their names joined by `", "`.
     pub(crate) resource: Arc<str>,
-    pub(crate) key: Arc<str>,
+    pub(crate) resources: Arc<[Arc<str>]>,
+    /// One key per resource: the key prefix followed by the resource name.
+    pub(crate) keys: Arc<[Arc<str>]>,
     /// The TTL sent to the nodes, whole milliseconds.
     pub(crate) ttl: Duration,
     pub(crate) ttl_ms: u64,
@@ -160,6 +163,11 @@ impl Redlock {
     /// [`Error::InvalidArgument`] for an empty resource or an unusable TTL.
     pub async fn lock(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let request = self.request(resource, ttl)?;
+        self.lock_request(request).await
+    }
+
+    /// The retry loop of `lock` and `lock_many`.
+    async fn lock_request(&self, request: Request) -> Result<Lock, Error> {
         let settings = &self.inner.settings;
         let start = Instant::now();
         let deadline = settings.acquire_timeout.and_then(|t| start.checked_add(t));
@@ -278,6 +286,41 @@ impl Redlock {
         }
     }
 
+    /// Acquires one lock over several resources at once, with the retries of
+    /// [`lock`](Redlock::lock). On each node all the keys are set in one script, or
+    /// none if any of them is taken there; the quorum, validity, extend and release
+    /// rules are those of a single resource, applied to the set.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn run(redlock: fredlock::Redlock) -> Result<(), fredlock::Error> {
+    /// let lock = redlock
+    ///     .lock_many(&["account:17", "account:42"], Duration::from_secs(5))
+    ///     .await?;
+    /// // ... move money between the two accounts ...
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`lock`](Redlock::lock); [`Error::InvalidArgument`] naming `resources` for an
+    /// empty list, an empty name or a name listed twice.
+    pub async fn lock_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
+        let request = self.request_many(resources, ttl)?;
+        self.lock_request(request).await
+    }
+
+    /// One attempt of [`lock_many`](Redlock::lock_many), without retries.
+    ///
+    /// # Errors
+    /// As [`lock_many`](Redlock::lock_many).
+    pub async fn try_lock_many(&self, resources: &[&str], ttl: Duration) -> Result<Lock, Error> {
+        let request = self.request_many(resources, ttl)?;
+        self.attempt(&request, 0)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
     /// Closes the connections fredlock opened (not those given to
     /// [`Redlock::from_clients`]). Locks still held keep their keys until their TTL.
     /// Dropping the last clone of a `Redlock` also closes them, in the background.
@@ -300,6 +343,38 @@ impl Redlock {
         if resource.is_empty() {
             return Err(Error::invalid("resource", "must not be empty"));
         }
+        self.request_for(vec![Arc::from(resource)], ttl)
+    }
+
+    /// Validates a list of resources: at least one, none empty, no duplicates.
+    fn request_many(&self, resources: &[&str], ttl: Duration) -> Result<Request, Error> {
+        if resources.is_empty() {
+            return Err(Error::invalid(
+                "resources",
+                "at least one resource is required",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for resource in resources {
+            if resource.is_empty() {
+                return Err(Error::invalid("resources", "a resource name is empty"));
+            }
+            if !seen.insert(*resource) {
+                return Err(Error::invalid(
+                    "resources",
+                    format!("`{resource}` is listed twice"),
+                ));
+            }
+        }
+        self.request_for(resources.iter().map(|r| Arc::from(*r)).collect(), ttl)
+    }
+
+    /// The same resources for another TTL.
+    pub(crate) fn retimed(&self, request: &Request, ttl: Duration) -> Result<Request, Error> {
+        self.request_for(request.resources.to_vec(), ttl)
+    }
+
+    fn request_for(&self, resources: Vec<Arc<str>>, ttl: Duration) -> Result<Request, Error> {
         let ttl_ms = checked_ttl_ms(ttl)?;
         let ttl = Duration::from_millis(ttl_ms);
         let drift = self.drift(ttl);
@@ -309,10 +384,20 @@ impl Redlock {
                 format!("{ttl:?} is not larger than the clock drift allowance {drift:?}"),
             ));
         }
-        let key = format!("{}{resource}", self.inner.settings.key_prefix);
+        let prefix = &self.inner.settings.key_prefix;
+        let keys = resources
+            .iter()
+            .map(|r| Arc::from(format!("{prefix}{r}")))
+            .collect();
+        let resource = resources
+            .iter()
+            .map(|r| &**r)
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(Request {
             resource: resource.into(),
-            key: key.into(),
+            resources: resources.into(),
+            keys,
             ttl,
             ttl_ms,
             drift,
@@ -349,7 +434,7 @@ impl Redlock {
         let (mut round, tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
             acquire_on(
                 node,
-                Arc::clone(&request.key),
+                Arc::clone(&request.keys),
                 Arc::clone(&token),
                 request.ttl_ms,
                 ballot,
@@ -424,9 +509,9 @@ impl Redlock {
         );
         let start = Instant::now();
         let (mut round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
-            let key = Arc::clone(&request.key);
+            let keys = Arc::clone(&request.keys);
             let token = Arc::clone(token);
-            async move { ballot.cast(node.release(&key, &token).await) }
+            async move { ballot.cast(node.release(&keys, &token).await) }
         });
         let outcome = round.decide().instrument(span.clone()).await;
         record(&span, &outcome.votes, start.elapsed());
@@ -456,9 +541,9 @@ impl Redlock {
         let start = Instant::now();
         let ttl_ms = request.ttl_ms;
         let (mut round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
-            let key = Arc::clone(&request.key);
+            let keys = Arc::clone(&request.keys);
             let token = Arc::clone(token);
-            async move { ballot.cast(node.extend(&key, &token, ttl_ms).await) }
+            async move { ballot.cast(node.extend(&keys, &token, ttl_ms).await) }
         });
         let outcome = round.decide().instrument(span.clone()).await;
         let elapsed = start.elapsed();
@@ -561,17 +646,17 @@ pub(crate) fn new_token() -> String {
 /// then the removal.
 async fn acquire_on(
     node: Arc<Node>,
-    key: Arc<str>,
+    keys: Arc<[Arc<str>]>,
     token: Arc<str>,
     ttl_ms: u64,
     ballot: Ballot,
     mut kept: watch::Receiver<Option<bool>>,
 ) {
-    let vote = node.acquire(&key, &token, ttl_ms).await;
+    let vote = node.acquire(&keys, &token, ttl_ms).await;
     let may_be_set = vote != Vote::Taken;
     ballot.cast(vote);
     if may_be_set && !is_kept(&mut kept).await {
-        node.remove(&key, &token).await;
+        node.remove(&keys, &token).await;
     }
 }
 

@@ -1,6 +1,13 @@
--- Compare-and-delete: remove the lock key only if it still holds our token.
--- KEYS[1] = lock key, ARGV[1] = token. Returns 1 if deleted, 0 if not ours.
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
+-- Compare-and-delete: remove each lock key that still holds our token.
+-- KEYS = the lock keys (one, or several for a multi-resource lock), ARGV[1] = token.
+-- Returns 1 if every key held our token (all deleted), 0 otherwise (those that did
+-- were deleted anyway).
+local all = 1
+for _, key in ipairs(KEYS) do
+    if redis.call("GET", key) == ARGV[1] then
+        redis.call("DEL", key)
+    else
+        all = 0
+    end
 end
-return 0
+return all

@@ -11,5 +11,6 @@ mod contention;
 mod extend_release;
 mod faults;
 mod lifecycle;
+mod multi;
 mod support;
 mod tracing_spans;
