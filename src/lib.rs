@@ -61,6 +61,7 @@ mod node;
 mod quorum;
 mod redlock;
 mod round;
+mod wakeup;
 
 pub use config::{
     Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_KEEP_ALIVE_AT,

@@ -17,6 +17,10 @@ use crate::quorum::Vote;
 
 /// Compare-and-delete, see `scripts/release.lua`.
 const RELEASE_LUA: &str = include_str!("scripts/release.lua");
+/// A released key is announced on this prefix followed by the key, so that clients
+/// waiting for it retry at once instead of at their next polling time.
+pub(crate) const RELEASE_CHANNEL_PREFIX: &str = "fredlock:released:";
+
 /// All-or-nothing acquisition of several keys, see `scripts/acquire.lua`.
 const ACQUIRE_LUA: &str = include_str!("scripts/acquire.lua");
 /// Compare-and-pexpire, see `scripts/extend.lua`.
@@ -168,9 +172,9 @@ impl Node {
         .await
     }
 
-    /// Compare-and-delete.
+    /// Compare-and-delete, announcing each deleted key on its release channel.
     pub(crate) async fn release(&self, keys: &[Arc<str>], token: &str) -> Vote {
-        let args = vec![Value::from(token)];
+        let args = vec![Value::from(token), Value::from(RELEASE_CHANNEL_PREFIX)];
         self.bounded(|deadline| self.eval(deadline, &RELEASE, RELEASE_LUA, keys, args))
             .await
     }

@@ -1,6 +1,6 @@
 //! [`Redlock`]: the client that acquires locks over N independent masters.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike};
@@ -16,9 +16,14 @@ use crate::lock::Lock;
 use crate::node::Node;
 use crate::quorum::{Decision, Tally, Vote, Votes, drift, quorum, validity};
 use crate::round::{Ballot, Round};
+use crate::wakeup::Wakeup;
 
 /// The largest TTL accepted: 2^40 ms, about 34.8 years.
 pub const MAX_TTL: Duration = Duration::from_millis(1 << 40);
+
+/// The most a waiter woken by a release waits before it tries, divided by the number
+/// of attempts it has made: spreads the woken waiters, favouring the older ones.
+const WAKE_JITTER: Duration = Duration::from_millis(2);
 
 /// Bytes of CSPRNG output in a lock token (hex-encoded: 40 characters).
 const TOKEN_BYTES: usize = 20;
@@ -55,6 +60,8 @@ pub struct Redlock {
 struct Inner {
     nodes: Arc<[Arc<Node>]>,
     settings: Settings,
+    /// Release notifications, started by the first `lock()` that has to wait.
+    wakeup: OnceLock<Arc<Wakeup>>,
     /// Whether fredlock created the clients (and so closes them when dropped).
     owns_clients: bool,
 }
@@ -131,6 +138,7 @@ impl Redlock {
             inner: Arc::new(Inner {
                 nodes,
                 settings,
+                wakeup: OnceLock::new(),
                 owns_clients,
             }),
         }
@@ -172,6 +180,7 @@ impl Redlock {
         let start = Instant::now();
         let deadline = settings.acquire_timeout.and_then(|t| start.checked_add(t));
         let mut attempt = 0u32;
+        let mut subscription = None;
         loop {
             let Failed { error, cleanup } = match self.attempt(&request, attempt).await {
                 Ok(lock) => return Ok(lock),
@@ -180,29 +189,48 @@ impl Redlock {
             if attempt >= settings.retry_count {
                 return Err(error);
             }
-            let pause = retry_pause(
+            // The pause before the next attempt, cut short so that the attempt can end
+            // before the deadline.
+            let mut pause = retry_pause(
                 settings.retry_delay,
                 settings.retry_jitter,
                 &mut rand::rng(),
             );
-            // Start another attempt only if it can end before the deadline.
-            let fits = |after: Duration| match deadline {
-                None => true,
-                Some(deadline) => Instant::now()
-                    .checked_add(after)
-                    .and_then(|t| t.checked_add(settings.node_timeout))
-                    .is_some_and(|end| end <= deadline),
+            let time_left = || {
+                deadline.map(|deadline| {
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .saturating_sub(settings.node_timeout)
+                })
             };
-            if !fits(pause) {
-                return Err(error);
+            if let Some(left) = time_left() {
+                if left.is_zero() {
+                    return Err(error);
+                }
+                pause = pause.min(left);
             }
-            // The next attempt starts after the pause and after every node of this one
+            // Someone holds it: be woken when it is released.
+            if subscription.is_none() && matches!(error, Error::Taken { .. }) {
+                subscription = Some(self.wakeup().subscribe(&request.keys));
+            }
+            let wait = async {
+                match subscription.as_mut() {
+                    None => tokio::time::sleep(pause).await,
+                    Some(subscription) => tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = subscription.released() => {
+                            // Desynchronise the woken waiters a little, less so for
+                            // those that have waited longer.
+                            let jitter = retry_pause(Duration::ZERO, WAKE_JITTER, &mut rand::rng());
+                            tokio::time::sleep(jitter / (attempt + 1)).await;
+                        }
+                    },
+                }
+            };
+            // The next attempt starts after the wait and after every node of this one
             // has removed our token (each node task is bounded by two node timeouts).
-            tokio::join!(
-                tokio::time::sleep(pause),
-                futures::future::join_all(cleanup)
-            );
-            if !fits(Duration::ZERO) {
+            tokio::join!(wait, futures::future::join_all(cleanup));
+            if time_left().is_some_and(|left| left.is_zero()) {
                 return Err(error);
             }
             attempt = attempt.saturating_add(1);
@@ -408,6 +436,12 @@ impl Redlock {
         &self.inner.settings
     }
 
+    fn wakeup(&self) -> &Arc<Wakeup> {
+        self.inner
+            .wakeup
+            .get_or_init(|| Wakeup::start(&self.inner.nodes, self.inner.settings.connect_timeout))
+    }
+
     /// One acquisition attempt.
     async fn attempt(&self, request: &Request, attempt: u32) -> Result<Lock, Failed> {
         let span = tracing::debug_span!(
@@ -560,6 +594,9 @@ impl Redlock {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Some(wakeup) = self.wakeup.get() {
+            wakeup.quit();
+        }
         if !self.owns_clients {
             return;
         }

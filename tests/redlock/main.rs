@@ -14,3 +14,4 @@ mod lifecycle;
 mod multi;
 mod support;
 mod tracing_spans;
+mod waiting;
