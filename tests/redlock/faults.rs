@@ -48,18 +48,12 @@ async fn kill_3_of_5_is_no_quorum_and_leaves_no_key() -> TestResult {
     // The survivors' keys are removed: at once if they had answered by the decision,
     // else by their own task right after their SET. The TTL is 30 s, so only our
     // removal can make the keys go away within the wait.
-    let left = nodes
-        .wait_absent(&[3, 4], &res, Duration::from_secs(2))
-        .await;
-    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+    nodes.assert_released(&[3, 4], &res).await;
 
     // lock() with retries also ends, with the same typed error.
     let err = redlock.lock(&res, TTL).await.expect_err("still dead");
     assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
-    let left = nodes
-        .wait_absent(&[3, 4], &res, Duration::from_secs(2))
-        .await;
-    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+    nodes.assert_released(&[3, 4], &res).await;
     Ok(())
 }
 
@@ -112,10 +106,7 @@ async fn pause_3_of_5_fails_within_one_timeout_and_cleans_up_after_unpause() -> 
         nodes.cluster.unpause(i).await?;
     }
     // The TTL is 30 s, so only our queued removals can make the keys go away now.
-    let left = nodes
-        .wait_absent(&[0, 1, 2, 3, 4], &res, Duration::from_secs(3))
-        .await;
-    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+    nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
     Ok(())
 }
 
@@ -137,10 +128,7 @@ async fn cancelled_lock_call_leaves_no_key() -> TestResult {
     for i in 0..3 {
         nodes.cluster.unpause(i).await?;
     }
-    let left = nodes
-        .wait_absent(&[0, 1, 2, 3, 4], &res, Duration::from_secs(3))
-        .await;
-    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+    nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
     Ok(())
 }
 
@@ -229,10 +217,7 @@ async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
     assert!(message(2).contains("READONLY"), "{votes}");
     assert!(message(3).contains("OOM"), "{votes}");
     assert!(message(4).contains("NOAUTH"), "{votes}");
-    let left = nodes
-        .wait_absent(&[0, 1], &res, Duration::from_secs(2))
-        .await;
-    assert!(left.is_empty(), "our key is left on nodes {left:?}");
+    nodes.assert_released(&[0, 1], &res).await;
 
     // Heal node 3 and 4: three healthy nodes now give a quorum despite node 2's error.
     nodes.config_set(3, "maxmemory", "0").await?;

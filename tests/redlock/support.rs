@@ -149,10 +149,10 @@ impl Nodes {
         }
     }
 
-    /// Asserts that `key` is gone from every node in `which` within 2 s: a release
+    /// Asserts that `key` is gone from every node in `which` within 3 s: a release
     /// returns at its quorum, and the other nodes' requests finish right after.
     pub async fn assert_released(&self, which: &[usize], key: &str) {
-        let left = self.wait_absent(which, key, Duration::from_secs(2)).await;
+        let left = self.wait_absent(which, key, Duration::from_secs(3)).await;
         assert!(left.is_empty(), "`{key}` is still on nodes {left:?}");
     }
 
