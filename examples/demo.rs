@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use fredlock::fred::prelude::{Client, ClientLike, Config, KeysInterface};
-use fredlock::{Error, Lock, Redlock};
+use fredlock::{Error, Lock, Quarantine, Redlock};
 use fredlock_testcluster::Cluster;
 
 const RESOURCE: &str = "demo-resource";
@@ -27,7 +27,9 @@ const NODE_TIMEOUT: Duration = Duration::from_millis(50);
 const RECOVERY: Duration = Duration::from_secs(5);
 
 async fn connect(urls: &[String]) -> Result<Redlock, Error> {
-    let builder = Redlock::builder(urls.iter().cloned());
+    // These nodes have just started: with the default restart quarantine each would
+    // sit out its first TTL (docs/safety.md). Production nodes have been up longer.
+    let builder = Redlock::builder(urls.iter().cloned()).restart_quarantine(Quarantine::Off);
     builder.node_timeout(NODE_TIMEOUT).build().await
 }
 

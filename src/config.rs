@@ -29,6 +29,23 @@ pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Default share of the validity left when the keep-alive task extends a lock.
 pub const DEFAULT_KEEP_ALIVE_AT: f64 = 0.5;
 
+/// How long a node that lost its data (restarted without persistence, or flushed)
+/// stays out of acquisitions. A node that lost its data forgets the locks it granted;
+/// counted at once, it could help a second client win a second majority for a
+/// resource that is still locked. See docs/safety.md.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Quarantine {
+    /// No quarantine: for nodes that keep their data across restarts
+    /// (`appendonly yes` with `appendfsync always`).
+    Off,
+    /// As long as the largest TTL this client has asked for (the default).
+    #[default]
+    LargestTtl,
+    /// A fixed period. Locks with a longer TTL are refused (`InvalidArgument`).
+    Period(Duration),
+}
+
 /// Where the nodes come from.
 enum Source {
     Urls(Vec<String>),
@@ -69,6 +86,7 @@ pub struct Builder {
     connect_timeout: Duration,
     reconnect_delay: Duration,
     keep_alive_at: f64,
+    quarantine: Quarantine,
 }
 
 impl std::fmt::Debug for Builder {
@@ -90,6 +108,7 @@ impl std::fmt::Debug for Builder {
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_delay", &self.reconnect_delay)
             .field("keep_alive_at", &self.keep_alive_at)
+            .field("quarantine", &self.quarantine)
             .finish()
     }
 }
@@ -108,6 +127,7 @@ pub(crate) struct Settings {
     pub(crate) acquire_timeout: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) keep_alive_at: f64,
+    pub(crate) quarantine: Quarantine,
 }
 
 impl Builder {
@@ -125,6 +145,7 @@ impl Builder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             reconnect_delay: DEFAULT_RECONNECT_DELAY,
             keep_alive_at: DEFAULT_KEEP_ALIVE_AT,
+            quarantine: Quarantine::default(),
         }
     }
 
@@ -221,6 +242,15 @@ impl Builder {
         self
     }
 
+    /// The restart quarantine: how long a node that lost its data stays out of
+    /// acquisitions (it is detected by a marker key that only data loss removes, then
+    /// by its uptime). Default: [`Quarantine::LargestTtl`]. While a node is
+    /// quarantined, the cluster tolerates one failure fewer.
+    pub fn restart_quarantine(mut self, quarantine: Quarantine) -> Self {
+        self.quarantine = quarantine;
+        self
+    }
+
     /// Validates the configuration and connects to the nodes.
     ///
     /// From URLs: connects to every node concurrently and waits up to the connect
@@ -297,6 +327,12 @@ impl Builder {
                 format!("must be in (0, 1), got {}", self.keep_alive_at),
             ));
         }
+        if self.quarantine == Quarantine::Period(Duration::ZERO) {
+            return Err(Error::config(
+                "restart_quarantine",
+                "a zero period quarantines nothing: use Quarantine::Off to mean that",
+            ));
+        }
         if self.node_timeout.is_zero() {
             return Err(Error::config("node_timeout", "must be greater than zero"));
         }
@@ -333,6 +369,7 @@ impl Builder {
             acquire_timeout: self.acquire_timeout,
             connect_timeout: self.connect_timeout,
             keep_alive_at: self.keep_alive_at,
+            quarantine: self.quarantine,
         })
     }
 }

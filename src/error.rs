@@ -58,6 +58,20 @@ pub enum Error {
         votes: Votes,
     },
 
+    /// A quorum granted the lock, but its fencing token could not be written back to a
+    /// quorum of nodes that still hold it (the lock was lost in between, or nodes
+    /// failed). No token is handed out and the keys are removed again.
+    #[error(
+        "lock on `{resource}` was granted but its fencing token could not be recorded on a \
+         quorum: {votes}"
+    )]
+    FencingFailed {
+        /// The resource that was asked for.
+        resource: String,
+        /// Every node's answer to the write-back.
+        votes: Votes,
+    },
+
     /// The lock has expired or is no longer held by this owner: its validity ran out
     /// before the operation, or nodes answered that the key no longer holds our token.
     #[error("lock on `{resource}` has expired or is no longer ours: {votes}")]
@@ -114,6 +128,7 @@ impl Error {
             Error::Taken { votes, .. }
             | Error::NoQuorum { votes, .. }
             | Error::TooLate { votes, .. }
+            | Error::FencingFailed { votes, .. }
             | Error::Expired { votes, .. }
             | Error::Connect { votes } => Some(votes),
             Error::Lost { reason, .. } => match reason {
@@ -125,12 +140,16 @@ impl Error {
     }
 
     /// Whether another acquisition attempt may succeed: [`Error::Taken`],
-    /// [`Error::NoQuorum`] and [`Error::TooLate`]. Invalid input, [`Error::Expired`] and
-    /// [`Error::Connect`] (a `build()` failure) are not.
+    /// [`Error::NoQuorum`], [`Error::TooLate`] and [`Error::FencingFailed`]. Invalid
+    /// input, [`Error::Expired`], [`Error::Lost`] and [`Error::Connect`] (a `build()`
+    /// failure) are not.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Taken { .. } | Error::NoQuorum { .. } | Error::TooLate { .. }
+            Error::Taken { .. }
+                | Error::NoQuorum { .. }
+                | Error::TooLate { .. }
+                | Error::FencingFailed { .. }
         )
     }
 

@@ -36,6 +36,8 @@ impl fmt::Display for LostReason {
 /// The state a lock shares with its leases and its keep-alive task.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The lock's fencing tokens, one per resource.
+    pub(crate) fences: Arc<[u64]>,
     valid_until: Mutex<Instant>,
     /// `None` while the lock is trusted. Also bumped (unchanged) when the validity
     /// moves, so that waiters re-read it.
@@ -43,8 +45,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(valid_until: Instant) -> Arc<Self> {
+    pub(crate) fn new(valid_until: Instant, fences: Arc<[u64]>) -> Arc<Self> {
         Arc::new(Shared {
+            fences,
             valid_until: Mutex::new(valid_until),
             lost: watch::Sender::new(None),
         })
@@ -149,6 +152,12 @@ impl Lease {
     /// The lock's random token.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The lock's fencing token (the first resource's, for several); see
+    /// [`Lock::fencing_token`](crate::Lock::fencing_token).
+    pub fn fencing_token(&self) -> u64 {
+        self.shared.fences.first().copied().unwrap_or(0)
     }
 
     /// The validity left on the monotonic clock; zero once it ran out.

@@ -53,6 +53,9 @@ pub struct Lock {
     armed: bool,
 }
 
+/// The fencing tokens of a lock: one per resource.
+pub(crate) type Fences = Arc<[u64]>;
+
 impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lock")
@@ -71,12 +74,13 @@ impl Lock {
         request: &Request,
         token: Arc<str>,
         valid_until: Instant,
+        fences: Fences,
     ) -> Self {
         Lock {
             redlock,
             request: request.clone(),
             token,
-            shared: Shared::new(valid_until),
+            shared: Shared::new(valid_until, fences),
             extending: Arc::default(),
             keep_alive: None,
             armed: true,
@@ -109,6 +113,21 @@ impl Lock {
     /// resource can compare it to tell this holder's writes from another's.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The fencing token: a number strictly greater than that of every earlier holder
+    /// of the resource, as long as the nodes keep their data (docs/fencing.md). Pass it
+    /// with every write to the protected resource, which rejects a token lower than
+    /// the highest it has seen. For a lock over several resources, the first one's
+    /// (see [`fencing_tokens`](Lock::fencing_tokens)).
+    pub fn fencing_token(&self) -> u64 {
+        self.shared.fences.first().copied().unwrap_or(0)
+    }
+
+    /// The fencing tokens, one per resource in the order of
+    /// [`resources`](Lock::resources).
+    pub fn fencing_tokens(&self) -> &[u64] {
+        &self.shared.fences
     }
 
     /// The TTL of the last successful acquire or extend, in whole milliseconds.

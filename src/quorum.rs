@@ -225,6 +225,27 @@ pub(crate) fn validity(ttl: Duration, elapsed: Duration, drift: Duration) -> Dur
     ttl.saturating_sub(elapsed).saturating_sub(drift)
 }
 
+/// The fencing tokens to hand out, from the counters that the nodes that voted yes
+/// returned (one list per node, one counter per resource): per resource, the maximum.
+/// Also whether they must be written back to a quorum first: not when, for every
+/// resource, at least `quorum` of those nodes already hold its maximum. `None` without any yes
+/// vote or with lists of different lengths.
+pub(crate) fn fencing_tokens(yes: &[&[u64]], quorum: usize) -> Option<(Vec<u64>, bool)> {
+    let first = yes.first()?;
+    if yes.iter().any(|f| f.len() != first.len()) {
+        return None;
+    }
+    let tokens: Vec<u64> = (0..first.len())
+        .map(|i| yes.iter().map(|f| f[i]).max().unwrap_or(0))
+        .collect();
+    // Per resource: does a quorum of the yes voters already hold its maximum?
+    let write_back = tokens
+        .iter()
+        .enumerate()
+        .any(|(i, max)| yes.iter().filter(|f| f[i] == *max).count() < quorum);
+    Some((tokens, write_back))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +378,36 @@ mod tests {
             validity(Duration::ZERO, Duration::ZERO, Duration::ZERO),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn fencing_tokens_take_the_maximum_and_write_back_only_when_needed() {
+        // All of the quorum already at the maximum: nothing to write back.
+        assert_eq!(
+            fencing_tokens(&[&[7], &[7], &[7]], 3),
+            Some((vec![7], false))
+        );
+        // A lagging node in the quorum: write back.
+        assert_eq!(
+            fencing_tokens(&[&[7], &[5], &[7]], 3),
+            Some((vec![7], true))
+        );
+        // More yes votes than the quorum: enough already at the maximum.
+        assert_eq!(
+            fencing_tokens(&[&[7], &[5], &[7], &[7]], 3),
+            Some((vec![7], false))
+        );
+        // Per resource.
+        assert_eq!(
+            fencing_tokens(&[&[3, 9], &[4, 8], &[4, 9]], 2),
+            Some((vec![4, 9], false))
+        );
+        assert_eq!(
+            fencing_tokens(&[&[3, 9], &[4, 8], &[4, 7]], 2),
+            Some((vec![4, 9], true))
+        );
+        assert_eq!(fencing_tokens(&[], 1), None);
+        assert_eq!(fencing_tokens(&[&[1], &[1, 2]], 1), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! [`Redlock`]: the client that acquires locks over N independent masters.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -9,13 +10,14 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
-use crate::config::{Builder, Settings, retry_pause};
+use crate::config::{Builder, Quarantine, Settings, retry_pause};
 use crate::error::Error;
 use crate::lease::Lease;
 use crate::lock::Lock;
 use crate::node::Node;
-use crate::quorum::{Decision, Tally, Vote, Votes, drift, quorum, validity};
-use crate::round::{Ballot, Round};
+use crate::node::{Quarantined, fencing_floor};
+use crate::quorum::{Decision, Tally, Vote, Votes, drift, fencing_tokens, quorum, validity};
+use crate::round::{Ballot, Outcome, Round};
 use crate::wakeup::Wakeup;
 
 /// The largest TTL accepted: 2^40 ms, about 34.8 years.
@@ -24,6 +26,9 @@ pub const MAX_TTL: Duration = Duration::from_millis(1 << 40);
 /// The most a waiter woken by a release waits before it tries, divided by the number
 /// of attempts it has made: spreads the woken waiters, favouring the older ones.
 const WAKE_JITTER: Duration = Duration::from_millis(2);
+
+/// A resource's fencing counter lives under its lock key followed by this suffix.
+pub const FENCE_SUFFIX: &str = ":fence";
 
 /// Bytes of CSPRNG output in a lock token (hex-encoded: 40 characters).
 const TOKEN_BYTES: usize = 20;
@@ -60,6 +65,10 @@ pub struct Redlock {
 struct Inner {
     nodes: Arc<[Arc<Node>]>,
     settings: Settings,
+    /// The key that marks a node whose data is old enough to count (restart quarantine).
+    marker: Arc<str>,
+    /// The largest TTL asked for so far, for the default quarantine period.
+    largest_ttl_ms: AtomicU64,
     /// Release notifications, started by the first `lock()` that has to wait.
     wakeup: OnceLock<Arc<Wakeup>>,
     /// Whether fredlock created the clients (and so closes them when dropped).
@@ -74,6 +83,8 @@ pub(crate) struct Request {
     pub(crate) resources: Arc<[Arc<str>]>,
     /// One key per resource: the key prefix followed by the resource name.
     pub(crate) keys: Arc<[Arc<str>]>,
+    /// One fencing-counter key per resource: the lock key followed by `:fence`.
+    pub(crate) fence_keys: Arc<[Arc<str>]>,
     /// The TTL sent to the nodes, whole milliseconds.
     pub(crate) ttl: Duration,
     pub(crate) ttl_ms: u64,
@@ -137,6 +148,8 @@ impl Redlock {
         Redlock {
             inner: Arc::new(Inner {
                 nodes,
+                marker: format!("{}fredlock:incarnation", settings.key_prefix).into(),
+                largest_ttl_ms: AtomicU64::new(0),
                 settings,
                 wakeup: OnceLock::new(),
                 owns_clients,
@@ -412,10 +425,25 @@ impl Redlock {
                 format!("{ttl:?} is not larger than the clock drift allowance {drift:?}"),
             ));
         }
+        if let Quarantine::Period(period) = self.inner.settings.quarantine {
+            if ttl > period {
+                return Err(Error::invalid(
+                    "ttl",
+                    format!(
+                        "{ttl:?} is longer than the restart quarantine period {period:?}: \
+                         a node restarted empty could grant a second lock"
+                    ),
+                ));
+            }
+        }
         let prefix = &self.inner.settings.key_prefix;
         let keys = resources
             .iter()
             .map(|r| Arc::from(format!("{prefix}{r}")))
+            .collect();
+        let fence_keys = resources
+            .iter()
+            .map(|r| Arc::from(format!("{prefix}{r}{FENCE_SUFFIX}")))
             .collect();
         let resource = resources
             .iter()
@@ -426,6 +454,7 @@ impl Redlock {
             resource: resource.into(),
             resources: resources.into(),
             keys,
+            fence_keys,
             ttl,
             ttl_ms,
             drift,
@@ -465,29 +494,44 @@ impl Redlock {
         // dropped mid-round the sender goes with it, which the node tasks read as
         // "abandoned": they remove the token.
         let (kept_tx, kept_rx) = watch::channel(None::<bool>);
+        let quarantine = self.quarantine_period(request);
+        let floor = fencing_floor();
         let (mut round, tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
             acquire_on(
                 node,
-                Arc::clone(&request.keys),
+                request.clone(),
                 Arc::clone(&token),
-                request.ttl_ms,
+                floor,
+                quarantine.map(|period| (Arc::clone(&self.inner.marker), period)),
                 ballot,
                 kept_rx.clone(),
             )
         });
         let mut outcome = round.decide().await;
-        let elapsed = start.elapsed();
-        let validity = validity(request.ttl, elapsed, request.drift);
+        let mut elapsed = start.elapsed();
+        let mut validity = validity(request.ttl, elapsed, request.drift);
         let min_validity = self.inner.settings.min_validity;
-        span.record("validity_ms", validity.as_millis());
+        let mut fencing_failed = None;
 
         if outcome.decision == Decision::Quorum && validity > min_validity {
-            record(&span, &outcome.votes, elapsed);
-            kept_tx.send_replace(Some(true));
-            span.record("outcome", "acquired");
-            let valid_until = (start + elapsed).checked_add(validity).unwrap_or(start);
-            return Ok(Lock::new(self.clone(), request, token, valid_until));
+            match self.fence(request, &token, &outcome).await {
+                Ok(fences) => {
+                    // A write-back round took time too: the validity counts it.
+                    elapsed = start.elapsed();
+                    validity = crate::quorum::validity(request.ttl, elapsed, request.drift);
+                    if validity > min_validity {
+                        record(&span, &outcome.votes, elapsed);
+                        span.record("validity_ms", validity.as_millis());
+                        kept_tx.send_replace(Some(true));
+                        span.record("outcome", "acquired");
+                        let valid_until = (start + elapsed).checked_add(validity).unwrap_or(start);
+                        return Ok(Lock::new(self.clone(), request, token, valid_until, fences));
+                    }
+                }
+                Err(votes) => fencing_failed = Some(votes),
+            }
         }
+        span.record("validity_ms", validity.as_millis());
 
         kept_tx.send_replace(Some(false));
         // Wait for the nodes that set our key to remove it (they answered quickly, so
@@ -507,7 +551,9 @@ impl Redlock {
         record(&span, &outcome.votes, elapsed);
         let resource = request.resource.to_string();
         let votes = outcome.votes;
-        let error = if outcome.decision == Decision::Quorum {
+        let error = if let Some(votes) = fencing_failed {
+            Error::FencingFailed { resource, votes }
+        } else if outcome.decision == Decision::Quorum {
             Error::TooLate {
                 resource,
                 validity,
@@ -522,6 +568,58 @@ impl Redlock {
         span.record("outcome", outcome_label(&error));
         tracing::debug!(parent: &span, %error, "attempt failed");
         Err(Failed { error, cleanup })
+    }
+
+    /// The fencing tokens of a round that reached its quorum: per resource, the largest
+    /// counter among the yes votes, written back to a quorum of nodes that still hold
+    /// our lock unless enough of them already hold it (docs/fencing.md). `Err` with the
+    /// write-back's votes when that quorum cannot be reached.
+    async fn fence(
+        &self,
+        request: &Request,
+        token: &Arc<str>,
+        outcome: &Outcome,
+    ) -> Result<Arc<[u64]>, Votes> {
+        let yes: Vec<&[u64]> = outcome
+            .votes
+            .iter()
+            .zip(&outcome.fences)
+            .filter(|(vote, _)| vote.vote == Vote::Yes)
+            .map(|(_, fences)| fences.as_slice())
+            .collect();
+        let Some((fences, write_back)) = fencing_tokens(&yes, self.quorum()) else {
+            return Err(outcome.votes.clone());
+        };
+        let fences: Arc<[u64]> = fences.into();
+        if !write_back {
+            return Ok(fences);
+        }
+        let (mut round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
+            let (request, token, fences) =
+                (request.clone(), Arc::clone(token), Arc::clone(&fences));
+            async move { ballot.cast(node.fence(&request, &token, &fences).await) }
+        });
+        let written = round.decide().await;
+        match written.decision {
+            Decision::Quorum => Ok(fences),
+            Decision::NoQuorum => Err(written.votes),
+        }
+    }
+
+    /// How long a node that lost its data stays out of acquisitions, for this request.
+    fn quarantine_period(&self, request: &Request) -> Option<Duration> {
+        match self.inner.settings.quarantine {
+            Quarantine::Off => None,
+            Quarantine::Period(period) => Some(period),
+            Quarantine::LargestTtl => {
+                let largest = self
+                    .inner
+                    .largest_ttl_ms
+                    .fetch_max(request.ttl_ms, Ordering::Relaxed)
+                    .max(request.ttl_ms);
+                Some(Duration::from_millis(largest))
+            }
+        }
     }
 
     /// Runs a compare-and-delete round. Returns at the decision; the requests to the
@@ -634,6 +732,7 @@ pub(crate) fn outcome_label(error: &Error) -> &'static str {
         Error::Taken { .. } => "taken",
         Error::NoQuorum { .. } => "no_quorum",
         Error::TooLate { .. } => "too_late",
+        Error::FencingFailed { .. } => "fencing_failed",
         Error::Expired { .. } => "expired",
         _ => "error",
     }
@@ -683,17 +782,24 @@ pub(crate) fn new_token() -> String {
 /// then the removal.
 async fn acquire_on(
     node: Arc<Node>,
-    keys: Arc<[Arc<str>]>,
+    request: Request,
     token: Arc<str>,
-    ttl_ms: u64,
+    floor: u64,
+    quarantine: Option<(Arc<str>, Duration)>,
     ballot: Ballot,
     mut kept: watch::Receiver<Option<bool>>,
 ) {
-    let vote = node.acquire(&keys, &token, ttl_ms).await;
+    let quarantine = quarantine.as_ref().map(|(marker, period)| Quarantined {
+        marker,
+        period: *period,
+    });
+    let (vote, fences) = node
+        .acquire(&request, &token, floor, quarantine.as_ref())
+        .await;
     let may_be_set = vote != Vote::Taken;
-    ballot.cast(vote);
+    ballot.cast_with(vote, fences);
     if may_be_set && !is_kept(&mut kept).await {
-        node.remove(&keys, &token).await;
+        node.remove(&request.keys, &token).await;
     }
 }
 

@@ -17,13 +17,18 @@ use crate::quorum::{Decision, NodeVote, Tally, Vote, Votes};
 /// A node task's one vote in a round.
 pub(crate) struct Ballot {
     index: usize,
-    tx: mpsc::UnboundedSender<(usize, Vote)>,
+    tx: mpsc::UnboundedSender<(usize, Vote, Vec<u64>)>,
 }
 
 impl Ballot {
     /// Casts the vote. After the round is decided nobody listens, which is fine.
     pub(crate) fn cast(self, vote: Vote) {
-        let _ = self.tx.send((self.index, vote));
+        self.cast_with(vote, Vec::new());
+    }
+
+    /// Casts the vote with the fencing counters the node returned.
+    pub(crate) fn cast_with(self, vote: Vote, fences: Vec<u64>) {
+        let _ = self.tx.send((self.index, vote, fences));
     }
 }
 
@@ -33,12 +38,14 @@ pub(crate) struct Outcome {
     pub(crate) decision: Decision,
     pub(crate) tally: Tally,
     pub(crate) votes: Votes,
+    /// Per node, the fencing counters it returned with its vote (acquisitions only).
+    pub(crate) fences: Vec<Vec<u64>>,
 }
 
 /// A round in flight.
 pub(crate) struct Round {
     names: Vec<Arc<str>>,
-    rx: mpsc::UnboundedReceiver<(usize, Vote)>,
+    rx: mpsc::UnboundedReceiver<(usize, Vote, Vec<u64>)>,
 }
 
 impl Round {
@@ -72,15 +79,19 @@ impl Round {
         let n = self.names.len();
         let mut tally = Tally::new(n);
         let mut votes = vec![Vote::Pending; n];
+        let mut fences = vec![Vec::new(); n];
         let decision = loop {
             if let Some(decision) = tally.decision() {
                 break decision;
             }
             match self.rx.recv().await {
-                Some((index, vote)) => {
+                Some((index, vote, node_fences)) => {
                     tally.add(&vote);
                     if let Some(slot) = votes.get_mut(index) {
                         *slot = vote;
+                    }
+                    if let Some(slot) = fences.get_mut(index) {
+                        *slot = node_fences;
                     }
                 }
                 // Every task ended without a vote (only possible if one panicked):
@@ -100,13 +111,14 @@ impl Round {
             decision,
             tally,
             votes,
+            fences,
         }
     }
 
     /// Counts the votes that arrived since the decision (without waiting), so an error
     /// built later describes every answer known by then. The decision stays as it was.
     pub(crate) fn absorb_late_votes(&mut self, outcome: &mut Outcome) {
-        while let Ok((index, vote)) = self.rx.try_recv() {
+        while let Ok((index, vote, _)) = self.rx.try_recv() {
             if let Some(slot) = outcome.votes.0.get_mut(index) {
                 if slot.vote == Vote::Pending {
                     outcome.tally.add(&vote);

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use fredlock::{Error, Redlock, Vote, quorum};
+use fredlock::{Error, Quarantine, Redlock, Vote, quorum};
 
 use crate::support::{Nodes, TestResult, resource};
 
@@ -16,6 +16,7 @@ async fn quorum_is_a_majority_for_every_n() -> TestResult {
     let urls = nodes.urls();
     for n in 1..=5usize {
         let redlock = Redlock::builder(urls[..n].to_vec())
+            .restart_quarantine(Quarantine::Off)
             .node_timeout(Duration::from_millis(500))
             .build()
             .await?;
@@ -81,10 +82,7 @@ async fn key_is_the_resource_name_and_holds_the_token() -> TestResult {
     lock.release().await?;
     nodes.assert_released(&[0, 1, 2], &res).await;
 
-    let prefixed = Redlock::builder(nodes.urls())
-        .key_prefix("app:")
-        .build()
-        .await?;
+    let prefixed = nodes.builder().key_prefix("app:").build().await?;
     let lock = prefixed.lock(&res, TTL).await?;
     assert_eq!(lock.key(), format!("app:{res}"));
     assert_eq!(
@@ -148,7 +146,8 @@ async fn returns_at_the_decision_not_after_the_slowest_node() -> TestResult {
 async fn lock_retries_until_freed_and_respects_the_deadline() -> TestResult {
     let nodes = Nodes::start(3).await?;
     let holder = nodes.redlock(Duration::from_millis(200)).await;
-    let waiter = Redlock::builder(nodes.urls())
+    let waiter = nodes
+        .builder()
         .node_timeout(Duration::from_millis(200))
         .retry_delay(Duration::from_millis(20))
         .retry_jitter(Duration::from_millis(20))
@@ -173,7 +172,8 @@ async fn lock_retries_until_freed_and_respects_the_deadline() -> TestResult {
     assert_eq!(nodes.get(0, &res).await.as_deref(), Some(got.token()));
 
     // Now the resource stays held: a 600 ms deadline ends the wait with Taken.
-    let short = Redlock::builder(nodes.urls())
+    let short = nodes
+        .builder()
         .node_timeout(Duration::from_millis(200))
         .retry_delay(Duration::from_millis(20))
         .retry_jitter(Duration::from_millis(20))

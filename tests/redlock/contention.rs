@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fredlock::Redlock;
-
 use crate::support::{Nodes, TestResult, resource};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,7 +15,8 @@ async fn two_instances_never_hold_the_same_resource_at_once() -> TestResult {
     let mut workers = Vec::new();
     for instance in 0..2 {
         // Separate instances: separate connections, as two services would have.
-        let redlock = Redlock::builder(nodes.urls())
+        let redlock = nodes
+            .builder()
             .node_timeout(Duration::from_millis(200))
             .retry_delay(Duration::from_millis(1))
             .retry_jitter(Duration::from_millis(5))

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fredlock::{Error, Redlock, Vote};
+use fredlock::{Error, Vote};
 
 use crate::support::{Nodes, TestResult, resource};
 
@@ -197,7 +197,8 @@ async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
     nodes.config_set(3, "maxmemory", "1").await?;
     // Node 4: requires a password that fredlock's connection does not send.
     nodes.config_set(4, "requirepass", "sesame").await?;
-    let redlock = Redlock::builder(nodes.urls())
+    let redlock = nodes
+        .builder()
         .node_timeout(Duration::from_millis(200))
         .build()
         .await?;
@@ -224,7 +225,8 @@ async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
     nodes.config_set(4, "requirepass", "").await?;
     // A new client, so that node 4 is connected again (the old one reconnects on its
     // own schedule).
-    let redlock = Redlock::builder(nodes.urls())
+    let redlock = nodes
+        .builder()
         .node_timeout(Duration::from_millis(200))
         .build()
         .await?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::{Builder as FredBuilder, Client, ClientLike, Config, ReconnectPolicy, Value};
 use fred::types::CustomCommand;
-use fredlock::Redlock;
+use fredlock::{Builder, Quarantine, Redlock};
 use fredlock_testcluster::Cluster;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -52,9 +52,16 @@ impl Nodes {
         self.cluster.urls()
     }
 
+    /// A builder over all nodes, without the restart quarantine: these nodes have just
+    /// started, so with it every node would sit out its first TTL. The quarantine tests
+    /// turn it on themselves.
+    pub fn builder(&self) -> Builder {
+        Redlock::builder(self.urls()).restart_quarantine(Quarantine::Off)
+    }
+
     /// A fredlock client over all nodes with the given per-node timeout.
     pub async fn redlock(&self, node_timeout: Duration) -> Redlock {
-        Redlock::builder(self.urls())
+        self.builder()
             .node_timeout(node_timeout)
             .build()
             .await

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use fredlock::Redlock;
-
 use crate::support::{Nodes, TestResult, resource};
 
 /// A waiter polling only every 5 s gets the lock right after the holder releases it:
@@ -15,7 +13,8 @@ async fn a_release_wakes_the_waiter_long_before_its_next_poll() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let holder = nodes.redlock(Duration::from_millis(100)).await;
     let poll_every = Duration::from_secs(5);
-    let waiter = Redlock::builder(nodes.urls())
+    let waiter = nodes
+        .builder()
         .node_timeout(Duration::from_millis(100))
         .retry_delay(poll_every)
         .retry_jitter(Duration::ZERO)
@@ -55,7 +54,8 @@ async fn no_waiter_starves_under_steady_contention() -> TestResult {
     let stop_at = Instant::now() + run;
     let mut workers = Vec::new();
     for _ in 0..6 {
-        let redlock = Redlock::builder(nodes.urls())
+        let redlock = nodes
+            .builder()
             .node_timeout(Duration::from_millis(100))
             .acquire_timeout(Duration::from_secs(10))
             .build()

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fredlock::{Error, Redlock};
+use fredlock::Error;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -33,6 +33,8 @@ struct Window {
     client: usize,
     from: u128,
     until: u128,
+    /// The holder's fencing token.
+    token: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,6 +104,7 @@ fn overlap_detection_finds_only_real_overlaps() {
         client,
         from,
         until,
+        token: 0,
     };
     assert!(overlaps(&mut [w(0, 0, 10), w(1, 10, 20), w(2, 20, 30)]).is_empty());
     assert_eq!(overlaps(&mut [w(0, 0, 10), w(1, 9, 20)]).len(), 1);
@@ -125,7 +128,8 @@ async fn contention_under_minority_faults_keeps_mutual_exclusion() -> TestResult
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         clients.push(
-            Redlock::builder(nodes.urls())
+            nodes
+                .builder()
                 .node_timeout(NODE_TIMEOUT)
                 .retry_delay(Duration::from_millis(5))
                 .retry_jitter(Duration::from_millis(20))
@@ -168,6 +172,7 @@ async fn contention_under_minority_faults_keeps_mutual_exclusion() -> TestResult
                     client: id,
                     from,
                     until: end,
+                    token: lock.fencing_token(),
                 });
                 match lock.release().await {
                     Ok(()) | Err(Error::Expired { .. } | Error::NoQuorum { .. }) => {}
@@ -223,20 +228,32 @@ async fn contention_under_minority_faults_keeps_mutual_exclusion() -> TestResult
     let acquisitions = windows.len();
     let extensions = *extensions.lock().expect("poisoned");
     let violations = overlaps(&mut windows);
+    // `overlaps` sorted the windows by start: the order the holders acquired in.
+    let token_violations: Vec<(Window, Window)> = windows
+        .windows(2)
+        .filter(|pair| pair[1].token <= pair[0].token)
+        .map(|pair| (pair[0], pair[1]))
+        .collect();
     // A majority is healthy throughout, so progress is measured over the whole run.
     let rate = acquisitions as f64 / length.as_secs_f64();
     println!(
         "safety: acquisitions={acquisitions} extensions={extensions} faults: kill={} pause={} \
-         partition={} latency={} violations={} rate={rate:.1}/s seed={seed}",
+         partition={} latency={} violations={} token_violations={} rate={rate:.1}/s \
+         seed={seed}",
         counts.kill,
         counts.pause,
         counts.partition,
         counts.latency,
-        violations.len()
+        violations.len(),
+        token_violations.len()
     );
     assert!(
         violations.is_empty(),
         "overlapping holders: {violations:?} (seed {seed})"
+    );
+    assert!(
+        token_violations.is_empty(),
+        "fencing tokens not strictly increasing: {token_violations:?} (seed {seed})"
     );
     assert!(
         rate >= MIN_RATE,

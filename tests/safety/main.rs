@@ -3,6 +3,7 @@
 //! docs/safety.md reports the figures of a long run.
 
 mod checker;
+mod fencing;
 mod scenarios;
 #[path = "../redlock/support.rs"]
 mod support;

@@ -7,13 +7,12 @@ use fredlock::{Error, Redlock};
 
 use crate::support::{Nodes, TestResult, resource};
 
-const NODE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Generous for a loaded 2-core machine running containers; the slow-node scenario
+/// sets the 50 ms the issue asks for itself.
+const NODE_TIMEOUT: Duration = Duration::from_millis(150);
 
 async fn client(nodes: &Nodes) -> Result<Redlock, Error> {
-    Redlock::builder(nodes.urls())
-        .node_timeout(NODE_TIMEOUT)
-        .build()
-        .await
+    nodes.builder().node_timeout(NODE_TIMEOUT).build().await
 }
 
 /// The spec's known hazard: a node restarted without its data while a lock is held on
@@ -65,14 +64,22 @@ async fn restart_without_data_lets_a_second_client_win_a_second_majority() -> Te
 }
 
 /// A majority cut off by a partition: the attempt fails after about one node timeout.
-/// Its SETs, stuck in TCP retransmission, reach the nodes after the heal, and so do the
-/// removals queued behind them: no key is left. Redis's command counters prove the
-/// late SETs did run.
+/// Its acquisitions, stuck in TCP retransmission, reach the nodes after the heal, and
+/// so do the removals queued behind them: no key is left. Redis's command counters
+/// prove the late acquisitions did run.
 #[tokio::test(flavor = "multi_thread")]
 async fn late_sets_after_a_partition_heals_are_removed() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let redlock = client(&nodes).await?;
     let res = resource("late-sets");
+    // One lock first, so that every node has the acquisition script cached: a node
+    // without it answers the late EVALSHA with NOSCRIPT and sets nothing.
+    redlock
+        .lock(&res, Duration::from_secs(30))
+        .await?
+        .release()
+        .await?;
+    let before: Vec<(u64, u64)> = script_counts(&nodes).await;
     for i in 0..3 {
         nodes.cluster.partition(i).await?;
     }
@@ -91,11 +98,13 @@ async fn late_sets_after_a_partition_heals_are_removed() -> TestResult {
         nodes.cluster.heal(i).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for i in 0..3 {
-        while calls(&nodes, i, "set").await == 0 || calls(&nodes, i, "eval").await == 0 {
+    for (i, &(acquired, removed)) in before.iter().enumerate().take(3) {
+        while calls(&nodes, i, "evalsha").await <= acquired
+            || calls(&nodes, i, "eval").await <= removed
+        {
             assert!(
                 Instant::now() < deadline,
-                "node {i} never got the late SET and removal"
+                "node {i} never got the late acquisition and removal"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -105,6 +114,18 @@ async fn late_sets_after_a_partition_heals_are_removed() -> TestResult {
         "a late SET was left"
     );
     Ok(())
+}
+
+/// Per node: how many acquisitions (`EVALSHA`) and removals (`EVAL`) it has run.
+async fn script_counts(nodes: &Nodes) -> Vec<(u64, u64)> {
+    let mut counts = Vec::new();
+    for i in 0..5 {
+        counts.push((
+            calls(nodes, i, "evalsha").await,
+            calls(nodes, i, "eval").await,
+        ));
+    }
+    counts
 }
 
 /// How many times node `i` has run `command` (from `INFO commandstats`); zero while
@@ -133,7 +154,8 @@ async fn holder_stalled_past_its_validity_finds_its_lock_expired() -> TestResult
     let mut stalled = a.lock(&res, Duration::from_millis(400)).await?;
 
     // While A "pauses", B waits for the lock and gets it once A's keys expire.
-    let waiter = Redlock::builder(nodes.urls())
+    let waiter = nodes
+        .builder()
         .node_timeout(NODE_TIMEOUT)
         .retry_delay(Duration::from_millis(20))
         .retry_jitter(Duration::from_millis(20))
@@ -210,7 +232,8 @@ async fn extend_survives_a_minority_partition_but_not_a_majority() -> TestResult
 #[tokio::test(flavor = "multi_thread")]
 async fn one_slow_node_does_not_slow_acquisition() -> TestResult {
     let nodes = Nodes::start_with_proxies(5).await?;
-    let redlock = client(&nodes).await?;
+    let node_timeout = Duration::from_millis(50);
+    let redlock = nodes.builder().node_timeout(node_timeout).build().await?;
     nodes.cluster.set_latency(2, Duration::from_millis(200));
     let res = resource("slow-node");
     let mut slowest = Duration::ZERO;
@@ -221,7 +244,7 @@ async fn one_slow_node_does_not_slow_acquisition() -> TestResult {
         lock.release().await?;
     }
     assert!(
-        slowest < NODE_TIMEOUT + Duration::from_millis(50),
+        slowest < node_timeout + Duration::from_millis(50),
         "slowest {slowest:?}"
     );
     nodes.cluster.set_latency(2, Duration::ZERO);
