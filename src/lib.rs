@@ -40,15 +40,29 @@
 //! * [`Error::NoQuorum`]: too many nodes were unreachable, failed or timed out.
 //! * [`Error::TooLate`]: a quorum agreed but too little validity was left.
 //! * [`Error::Expired`]: at extend or release, the lock is no longer ours.
+//! * [`Error::Lost`]: the lock was lost while [`Redlock::with_lock`] ran the work.
 //!
 //! Every round error carries each node's [`Vote`]. Acquire, extend and release run in
 //! `tracing` spans (`fredlock.acquire`, `fredlock.extend`, `fredlock.release`, at DEBUG
 //! level) that record the resource, the votes, the elapsed time and the outcome.
 //!
+//! # Beyond acquire and release
+//! * Long work: [`Lock::keep_alive`] extends in the background, [`Lease::lost`] says
+//!   at once when the lock can no longer be trusted, and [`Redlock::with_lock`] runs a
+//!   future under a kept-alive lock and cancels it if the lock is lost. A dropped
+//!   [`Lock`] is released in the background.
+//! * Waiting: a `lock()` that finds the resource taken is woken by its release.
+//! * [`Redlock::lock_many`]: several resources, all or nothing on each node.
+//! * [`Lock::fencing_token`]: strictly increasing from one holder to the next, for
+//!   resources that refuse stale writers.
+//! * [`Quarantine`]: nodes that lost their data sit out acquisitions until every lock
+//!   they granted has expired.
+//!
 //! # Safety
 //! Redlock's guarantees rest on assumptions about clocks, node persistence and process
-//! pauses that no client can check. Read `docs/design.md` in the repository before
-//! relying on a lock for correctness rather than efficiency.
+//! pauses that no client can check. Read `docs/design.md`, `docs/safety.md` and
+//! `docs/fencing.md` in the repository before relying on a lock for correctness rather
+//! than efficiency.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
