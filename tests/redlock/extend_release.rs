@@ -10,7 +10,7 @@ use crate::support::{Nodes, TestResult, resource};
 #[tokio::test(flavor = "multi_thread")]
 async fn extend_renews_the_keys_and_recomputes_validity() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(Duration::from_millis(500)).await;
     let res = resource("extend");
     let mut lock = redlock.lock(&res, Duration::from_secs(2)).await?;
     assert!(lock.remaining() <= Duration::from_secs(2) - redlock.drift(Duration::from_secs(2)));

@@ -18,7 +18,7 @@ impl Drop for DropFlag {
 }
 
 /// With keep-alive, a 1 s lock outlives several TTLs while the work runs, and its keys
-/// stay on every node with our token (without renewal they would be gone).
+/// stay on a quorum of nodes with our token (without renewal they would be gone).
 #[tokio::test(flavor = "multi_thread")]
 async fn kept_alive_lock_outlives_several_ttls() -> TestResult {
     let nodes = Nodes::start(5).await?;
@@ -35,10 +35,14 @@ async fn kept_alive_lock_outlives_several_ttls() -> TestResult {
             while start.elapsed() < ttl * 3 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 assert!(lease.is_valid(), "lost after {:?}", start.elapsed());
+                // A quorum of nodes still holds our key (without renewal, none would).
+                let mut holding = 0;
                 for i in 0..5 {
-                    assert_eq!(nodes.get(i, res_ref).await.as_deref(), Some(lease.token()));
-                    assert!(nodes.pttl(i, res_ref).await > 0);
+                    if nodes.get(i, res_ref).await.as_deref() == Some(lease.token()) {
+                        holding += 1;
+                    }
                 }
+                assert!(holding >= 3, "only {holding} nodes hold the key");
                 checks += 1;
             }
             checks

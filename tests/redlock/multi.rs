@@ -12,7 +12,7 @@ const ALL: [usize; 5] = [0, 1, 2, 3, 4];
 #[tokio::test(flavor = "multi_thread")]
 async fn every_key_is_set_extended_and_released_together() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(Duration::from_millis(500)).await;
     let (a, b, c) = (
         resource("multi-a"),
         resource("multi-b"),
@@ -40,7 +40,7 @@ async fn every_key_is_set_extended_and_released_together() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_holding_one_resource_elsewhere_sets_nothing() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(Duration::from_millis(500)).await;
     let (a, b) = (resource("partial-a"), resource("partial-b"));
     nodes.set(0, &b, "someone-else", 30_000).await;
     let lock = redlock.lock_many(&[&a, &b], TTL).await?;
@@ -63,7 +63,7 @@ async fn a_node_holding_one_resource_elsewhere_sets_nothing() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn partial_holds_are_cleaned_up_on_failure() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(Duration::from_millis(500)).await;
     let (a, b) = (resource("cleanup-a"), resource("cleanup-b"));
     for i in 0..3 {
         nodes.set(i, &b, "someone-else", 30_000).await;
@@ -86,7 +86,7 @@ async fn partial_holds_are_cleaned_up_on_failure() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn extend_renews_nothing_on_a_node_where_one_key_is_no_longer_ours() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(Duration::from_millis(500)).await;
     let (a, b) = (resource("ext-a"), resource("ext-b"));
     let mut lock = redlock.lock_many(&[&a, &b], TTL).await?;
     for key in [&a, &b] {
@@ -112,7 +112,7 @@ async fn extend_renews_nothing_on_a_node_where_one_key_is_no_longer_ours() -> Te
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_resource_lists_name_the_argument() -> TestResult {
     let nodes = Nodes::start(1).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(Duration::from_millis(500)).await;
     let a = resource("bad-list");
     for list in [vec![], vec![a.as_str(), a.as_str()], vec![a.as_str(), ""]] {
         match redlock.lock_many(&list, TTL).await {
