@@ -1,0 +1,60 @@
+//! One acquire/release cycle end to end (`try_lock` + `release`) against a throwaway
+//! cluster of Redis containers on this host, for 1, 3 and 5 nodes. Needs Docker and the
+//! image named by `FREDLOCK_REDIS_IMAGE` (see `scripts/redis-image.sh`); without Docker
+//! it says so and measures nothing.
+//!
+//! ```sh
+//! FREDLOCK_REDIS_IMAGE=$(scripts/redis-image.sh) cargo bench --bench end_to_end
+//! ```
+//!
+//! The full comparison with the floor and the peers is `quorum-bench` (bench/).
+
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use fredlock::Redlock;
+use fredlock_testcluster::Cluster;
+
+fn acquire_release(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cluster = match runtime.block_on(Cluster::start(5)) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            eprintln!("end_to_end: skipped, cannot start the Redis containers: {e}");
+            return;
+        }
+    };
+    let mut group = c.benchmark_group("acquire_release");
+    group.measurement_time(Duration::from_secs(5));
+    for n in [1, 3, 5] {
+        let urls: Vec<String> = cluster.urls().into_iter().take(n).collect();
+        let redlock = runtime
+            .block_on(
+                Redlock::builder(urls)
+                    .node_timeout(Duration::from_millis(50))
+                    .retry_count(0)
+                    .build(),
+            )
+            .expect("connects");
+        let resource = format!("criterion-e2e-{n}");
+        group.bench_function(format!("nodes={n}"), |b| {
+            b.to_async(&runtime).iter(|| async {
+                let lock = redlock
+                    .try_lock(&resource, Duration::from_secs(10))
+                    .await
+                    .expect("uncontended lock");
+                lock.release().await.expect("release");
+            })
+        });
+        runtime.block_on(redlock.quit());
+    }
+    group.finish();
+    // The containers are removed by the cluster's drop, inside the runtime.
+    runtime.block_on(async move { drop(cluster) });
+}
+
+criterion_group!(benches, acquire_release);
+criterion_main!(benches);
