@@ -17,7 +17,7 @@ async fn two_instances_never_hold_the_same_resource_at_once() -> TestResult {
         // Separate instances: separate connections, as two services would have.
         let redlock = nodes
             .builder()
-            .node_timeout(Duration::from_millis(200))
+            .node_timeout(Duration::from_millis(500))
             .retry_delay(Duration::from_millis(1))
             .retry_jitter(Duration::from_millis(5))
             .acquire_timeout(Duration::from_secs(10))
