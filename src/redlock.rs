@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike};
 use rand::RngCore;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
@@ -496,6 +496,9 @@ impl Redlock {
         let (kept_tx, kept_rx) = watch::channel(None::<bool>);
         let quarantine = self.quarantine_period(request);
         let floor = fencing_floor();
+        // One permit per node task once its acquisition has been handed to the
+        // connection (see `acquire_on`).
+        let sent = Arc::new(Semaphore::new(0));
         let (mut round, tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
             acquire_on(
                 node,
@@ -504,7 +507,10 @@ impl Redlock {
                 floor,
                 quarantine.map(|period| (Arc::clone(&self.inner.marker), period)),
                 ballot,
-                kept_rx.clone(),
+                Signals {
+                    kept: kept_rx.clone(),
+                    sent: Arc::clone(&sent),
+                },
             )
         });
         let mut outcome = round.decide().await;
@@ -520,6 +526,14 @@ impl Redlock {
                     elapsed = start.elapsed();
                     validity = crate::quorum::validity(request.ttl, elapsed, request.drift);
                     if validity > min_validity {
+                        // The quorum can be reached before every node task has even
+                        // run: wait until each has handed its acquisition to its
+                        // connection, so that a release sent next is queued behind it
+                        // on every node (else a late SET would outlive the release).
+                        let n = u32::try_from(self.inner.nodes.len()).unwrap_or(u32::MAX);
+                        let all_sent = sent.acquire_many(n);
+                        let _ =
+                            tokio::time::timeout(self.inner.settings.node_timeout, all_sent).await;
                         record(&span, &outcome.votes, elapsed);
                         span.record("validity_ms", validity.as_millis());
                         kept_tx.send_replace(Some(true));
@@ -787,20 +801,35 @@ async fn acquire_on(
     floor: u64,
     quarantine: Option<(Arc<str>, Duration)>,
     ballot: Ballot,
-    mut kept: watch::Receiver<Option<bool>>,
+    signals: Signals,
 ) {
+    let Signals { mut kept, sent } = signals;
     let quarantine = quarantine.as_ref().map(|(marker, period)| Quarantined {
         marker,
         period: *period,
     });
-    let (vote, fences) = node
-        .acquire(&request, &token, floor, quarantine.as_ref())
-        .await;
+    let acquire = node.acquire(&request, &token, floor, quarantine.as_ref());
+    tokio::pin!(acquire);
+    // The first poll hands the command to the connection (fred writes commands in the
+    // order they are handed over); only then may the round hand out the lock.
+    let first = futures::poll!(&mut acquire);
+    sent.add_permits(1);
+    let (vote, fences) = match first {
+        std::task::Poll::Ready(answer) => answer,
+        std::task::Poll::Pending => acquire.await,
+    };
     let may_be_set = vote != Vote::Taken;
     ballot.cast_with(vote, fences);
     if may_be_set && !is_kept(&mut kept).await {
         node.remove(&request.keys, &token).await;
     }
+}
+
+/// How a node task of an acquisition talks with its round: the round's verdict comes
+/// in, the news that the acquisition was handed to the connection goes out.
+struct Signals {
+    kept: watch::Receiver<Option<bool>>,
+    sent: Arc<Semaphore>,
 }
 
 /// Waits for the round's verdict: whether the lock is kept. A round whose owner went
