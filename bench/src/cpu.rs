@@ -15,6 +15,9 @@ const OURS: [&str; 6] = [
     "dockerd",
 ];
 
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 pub struct Snapshot {
     at: Instant,
     /// user + nice + system jiffies of the whole machine.
@@ -49,10 +52,16 @@ impl Snapshot {
                 continue;
             };
             let comm = &text[open + 1..close];
-            if !OURS.iter().any(|o| comm.starts_with(o)) {
+            let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+            // Kernel threads (ksoftirqd, kworker) mostly carry the loopback traffic of
+            // the measurement itself: counted as ours.
+            let kernel_thread = fields
+                .get(6)
+                .and_then(|f| f.parse::<u64>().ok())
+                .is_some_and(|flags| flags & PF_KTHREAD != 0);
+            if !kernel_thread && !OURS.iter().any(|o| comm.starts_with(o)) {
                 continue;
             }
-            let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
             // After the comm: state is field 0, utime field 11, stime field 12.
             let jiffies = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
             ours += jiffies(11).unwrap_or(0) + jiffies(12).unwrap_or(0);
@@ -70,7 +79,7 @@ impl Snapshot {
         let hz = 100.0; // USER_HZ, fixed at 100 on Linux
         let cores = std::thread::available_parallelism().ok()?.get() as f64;
         let wall = later.at.duration_since(self.at).as_secs_f64();
-        let machine = later.machine.checked_sub(self.machine)? as f64;
+        let machine = later.machine.saturating_sub(self.machine) as f64;
         let ours = later.ours.saturating_sub(self.ours) as f64;
         (wall > 0.0).then(|| ((machine - ours).max(0.0) / hz / (wall * cores)).min(1.0))
     }

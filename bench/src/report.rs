@@ -39,7 +39,7 @@ pub struct Environment {
 impl Environment {
     pub async fn collect(_args: &Args, target: &Target) -> Environment {
         let ours = match target {
-            Target::Cluster(c) => c.len(),
+            Target::Cluster(c, _) => c.len(),
             Target::Endpoints(_) => 0,
         };
         let redis_version = redis_version(&target.urls(1, None)).await;
@@ -73,7 +73,7 @@ impl Environment {
                 .ok()
                 .map(|s| s.trim().to_string()),
             target: match target {
-                Target::Cluster(c) => format!(
+                Target::Cluster(c, _) => format!(
                     "throwaway cluster: {} Redis containers on this host, reached on 127.0.0.1",
                     c.len()
                 ),
@@ -83,7 +83,7 @@ impl Environment {
                 ),
             },
             redis_image: match target {
-                Target::Cluster(_) => std::env::var(fredlock_testcluster::IMAGE_ENV)
+                Target::Cluster(..) => std::env::var(fredlock_testcluster::IMAGE_ENV)
                     .ok()
                     .or_else(|| Some(fredlock_testcluster::DEFAULT_IMAGE.to_string())),
                 Target::Endpoints(_) => None,
@@ -284,6 +284,7 @@ impl Report {
             env.target,
             self.elapsed_s
         );
+        let _ = writeln!(out, "{}", self.disturbance());
         for scenario in self
             .scenarios
             .iter()

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use fredlock_testcluster::{Cluster, IMAGE_ENV};
@@ -82,34 +82,37 @@ pub struct Scenario {
 /// Where the nodes are.
 pub enum Target {
     /// A throwaway cluster; every node has a proxy, used only for the latency fault.
-    Cluster(Arc<Cluster>),
+    /// With the instant its youngest node (started or restarted) came up.
+    Cluster(Arc<Cluster>, std::sync::Mutex<Instant>),
     /// The user's masters: no faults.
     Endpoints(Vec<String>),
 }
 
 impl Target {
     pub async fn start_cluster(n: usize) -> Result<Target, fredlock_testcluster::Error> {
-        Ok(Target::Cluster(Arc::new(
-            Cluster::start_with_proxies(n).await?,
-        )))
+        let cluster = Cluster::start_with_proxies(n).await?;
+        Ok(Target::Cluster(
+            Arc::new(cluster),
+            std::sync::Mutex::new(Instant::now()),
+        ))
     }
 
     pub fn max_nodes(&self) -> usize {
         match self {
-            Target::Cluster(c) => c.len(),
+            Target::Cluster(c, _) => c.len(),
             Target::Endpoints(e) => e.len(),
         }
     }
 
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Target::Cluster(_))
+        matches!(self, Target::Cluster(..))
     }
 
     /// The URLs of the first `n` nodes: each node's own port, except `proxied`, which is
     /// reached through its latency proxy.
     pub fn urls(&self, n: usize, proxied: Option<usize>) -> Vec<String> {
         match self {
-            Target::Cluster(c) => (0..n)
+            Target::Cluster(c, _) => (0..n)
                 .map(|i| {
                     if Some(i) == proxied {
                         c.url(i)
@@ -122,8 +125,23 @@ impl Target {
         }
     }
 
+    /// fredlock keeps a node that lost its data (a fresh or restarted node without its
+    /// marker key) out of acquisitions until it has been up for the largest TTL asked
+    /// for (its default restart quarantine). Its runs on a throwaway cluster wait until
+    /// every node is older than that, so that they measure the steady state; returns
+    /// how long it waited.
+    pub async fn settle(&self, ttl: Duration) -> Duration {
+        let Target::Cluster(_, youngest) = self else {
+            return Duration::ZERO;
+        };
+        let since = youngest.lock().map_or(Duration::MAX, |at| at.elapsed());
+        let wait = (ttl + Duration::from_secs(1)).saturating_sub(since);
+        tokio::time::sleep(wait).await;
+        wait
+    }
+
     pub async fn inject(&self, fault: &Fault) -> Result<(), String> {
-        let Target::Cluster(c) = self else {
+        let Target::Cluster(c, _) = self else {
             return match fault {
                 Fault::None => Ok(()),
                 _ => Err("faults need the throwaway cluster".into()),
@@ -141,13 +159,19 @@ impl Target {
     }
 
     pub async fn clear(&self, fault: &Fault) -> Result<(), String> {
-        let Target::Cluster(c) = self else {
+        let Target::Cluster(c, youngest) = self else {
             return Ok(());
         };
         let result = match *fault {
             Fault::None => Ok(()),
             Fault::Latency { node, .. } => c.try_set_latency(node, Duration::ZERO),
-            Fault::Kill { node } => c.restart(node).await,
+            Fault::Kill { node } => {
+                let restarted = c.restart(node).await;
+                if let Ok(mut at) = youngest.lock() {
+                    *at = Instant::now();
+                }
+                restarted
+            }
             Fault::Pause { node } => c.unpause(node).await,
         };
         result.map_err(|e| e.to_string())
