@@ -8,7 +8,7 @@ use fred::prelude::{Client, ClientLike, Config, EventInterface};
 use rand::Rng;
 
 use crate::error::Error;
-use crate::node::{ClientSettings, Node, server_name};
+use crate::node::{ClientSettings, Node, load_scripts, server_name};
 use crate::quorum::{NodeVote, Vote, Votes, quorum};
 use crate::redlock::Redlock;
 
@@ -307,6 +307,13 @@ impl Builder {
                     }
                 }
                 let nodes = to_nodes(clients, settings.node_timeout);
+                futures::future::join_all(
+                    nodes
+                        .iter()
+                        .filter(|node| node.client().is_connected())
+                        .map(|node| load_scripts(node.client().clone())),
+                )
+                .await;
                 Ok(Redlock::new(nodes, settings, false))
             }
         }
@@ -462,6 +469,11 @@ async fn connect(nodes: &[Arc<Node>], timeout: Duration) -> Result<(), Error> {
             Ok(Some(e)) => Vote::Error(e.details().to_string()),
             Err(_) => Vote::Timeout,
         };
+        if vote == Vote::Yes {
+            // The node loads them on each connection too, but in the background: wait
+            // for them here, so that the first acquisition finds them.
+            load_scripts(client.clone()).await;
+        }
         NodeVote {
             node: Arc::clone(node.name()),
             vote,

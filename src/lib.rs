@@ -67,6 +67,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod acquisition;
 mod config;
 mod error;
 mod lease;

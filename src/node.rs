@@ -3,15 +3,14 @@
 //! Every method returns a [`Vote`] and never waits longer than the node's timeout: a
 //! node's error or timeout is a failed vote, never an abort.
 
-use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use fred::clients::WithOptions;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, EventInterface, Key, KeysInterface, LuaInterface, Options,
+    Builder, Client, ClientLike, Config, EventInterface, Key, LuaInterface, Options,
     ReconnectPolicy, ServerConfig, Value,
 };
-use fred::types::CustomCommand;
 use fred::types::scripts::Script;
 
 use crate::quorum::Vote;
@@ -29,6 +28,9 @@ const ACQUIRE_LUA: &str = include_str!("scripts/acquire.lua");
 const FENCE_LUA: &str = include_str!("scripts/fence.lua");
 /// Compare-and-pexpire, see `scripts/extend.lua`.
 const EXTEND_LUA: &str = include_str!("scripts/extend.lua");
+
+/// The bound on loading the scripts into a node, in the background.
+const SCRIPT_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(RELEASE_LUA));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(EXTEND_LUA));
@@ -71,8 +73,12 @@ impl Node {
             async { Ok(()) }
         }));
         let on_reconnect = Arc::clone(&connection_error);
+        let loader = client.clone();
         drop(client.on_reconnect(move |_| {
             set(&on_reconnect, None);
+            // A restarted node has an empty script cache: fill it before the next
+            // acquisition needs it (fred fires this on every new connection).
+            tokio::spawn(load_scripts(loader.clone()));
             async { Ok(()) }
         }));
         Node {
@@ -86,10 +92,10 @@ impl Node {
 
     /// Per-command options for a request that must end by `deadline`.
     ///
-    /// fred's own command timeout (not only ours around it) must fire: it marks the
-    /// command as timed out, so fred never writes it later from its retry buffer
-    /// after a reconnection. A SET replayed that way would set a key that nobody
-    /// removes.
+    /// fred's command timeout is the only one around a request: when it fires it marks
+    /// the command as timed out, so fred never writes it later from its retry buffer
+    /// after a reconnection (a SET replayed that way would set a key that nobody
+    /// removes). So a request's future must be polled until it ends.
     fn options(deadline: Instant) -> Options {
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -153,17 +159,16 @@ impl Node {
         &self.client
     }
 
-    /// The acquisition script: all-or-nothing `SET NX PX` of the request's keys, raising
-    /// their fencing counters to at least `fencing_floor`. With `quarantine`, a node without its incarnation marker
-    /// (it lost its data) sets nothing until it has been up for the quarantine period.
-    /// Returns the vote and, on `Yes`, the raised counters.
-    pub(crate) async fn acquire(
-        &self,
-        request: &Request,
-        token: &str,
-        fencing_floor: u64,
-        quarantine: Option<&Quarantined<'_>>,
-    ) -> (Vote, Vec<u64>) {
+    /// The acquisition script, one `EVALSHA`: all-or-nothing `SET NX PX` of the
+    /// request's keys, raising their fencing counters, and with the restart quarantine
+    /// on, the check of the node's incarnation marker. Returns the vote and, on `Yes`,
+    /// the raised counters.
+    ///
+    /// It is always exactly one command, never followed by another: the round hands out
+    /// the lock once every node's acquisition is on its connection, so a release sent
+    /// next is queued behind it. A node that answers `NOSCRIPT` (restarted or flushed)
+    /// votes no for this attempt and reloads the scripts in the background.
+    pub(crate) async fn acquire(&self, call: &AcquireCall) -> (Vote, Vec<u64>) {
         if let Some(until) = self.quarantined_until() {
             return (
                 Vote::Error(format!(
@@ -173,92 +178,59 @@ impl Node {
                 Vec::new(),
             );
         }
-        let px = i64::try_from(request.ttl_ms).unwrap_or(i64::MAX);
-        let n = request.keys.len();
-        let mut keys: Vec<Arc<str>> = Vec::with_capacity(2 * n + 1);
-        keys.extend(request.keys.iter().cloned());
-        keys.extend(request.fence_keys.iter().cloned());
-        if let Some(q) = quarantine {
-            keys.push(Arc::clone(q.marker));
-        }
-        let args = vec![
-            Value::from(token),
-            Value::Integer(px),
-            Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
-            Value::from(if quarantine.is_some() { "1" } else { "0" }),
-            Value::from(fencing_floor.to_string()),
-        ];
-        let outcome = self
-            .bounded(|deadline| async move {
-                let mut reply = self
-                    .eval(deadline, &ACQUIRE, ACQUIRE_LUA, &keys, args.clone())
-                    .await?;
-                if let (Value::Integer(-1), Some(q)) = (&reply, quarantine) {
-                    // No marker: the node lost its data since it was last checked.
-                    match self.check_incarnation(deadline, q).await? {
-                        Some(refusal) => return Ok(Err(refusal)),
-                        None => {
-                            reply = self
-                                .eval(deadline, &ACQUIRE, ACQUIRE_LUA, &keys, args)
-                                .await?
-                        }
-                    }
-                }
-                Ok(Ok(reply))
-            })
+        let client = match self.request_client() {
+            Ok(client) => client,
+            Err(vote) => return (vote, Vec::new()),
+        };
+        let reply: Result<Value, _> = client
+            .evalsha(ACQUIRE.sha1().clone(), call.keys.clone(), call.args.clone())
             .await;
-        match outcome {
-            Err(vote) => (vote, Vec::new()),
-            Ok(Err(refusal)) => (Vote::Error(refusal), Vec::new()),
-            Ok(Ok(Value::Array(fences))) => (
-                Vote::Yes,
-                fences.iter().map(|f| f.as_u64().unwrap_or(0)).collect(),
-            ),
-            Ok(Ok(Value::Integer(0))) => (Vote::Taken, Vec::new()),
-            Ok(Ok(other)) => (
-                Vote::Error(format!(
-                    "unexpected reply to the acquisition script: {other:?}"
-                )),
-                Vec::new(),
-            ),
-        }
+        let vote = match reply {
+            Ok(Value::Array(fences)) => {
+                return (
+                    Vote::Yes,
+                    fences.iter().map(|f| f.as_u64().unwrap_or(0)).collect(),
+                );
+            }
+            Ok(Value::Integer(0)) => Vote::Taken,
+            Ok(other) => Vote::Error(format!(
+                "unexpected reply to the acquisition script: {other:?}"
+            )),
+            Err(e) => {
+                let details = e.details();
+                if let Some(refusal) = details.strip_prefix("QUARANTINED ") {
+                    Vote::Error(self.quarantine(refusal))
+                } else if details.starts_with("NOSCRIPT") {
+                    tokio::spawn(load_scripts(self.client.clone()));
+                    Vote::Error(
+                        "NOSCRIPT: the node lost its scripts (restarted or flushed); \
+                         reloading them for the next attempt"
+                            .to_string(),
+                    )
+                } else {
+                    self.failed(&e)
+                }
+            }
+        };
+        (vote, Vec::new())
     }
 
-    /// A node without its incarnation marker: if it has been up for the quarantine
-    /// period, its data loss is older than any lock it granted before; mark it and go
-    /// on (`None`). Otherwise it is quarantined until then, and the refusal says so.
-    async fn check_incarnation(
-        &self,
-        deadline: Instant,
-        q: &Quarantined<'_>,
-    ) -> Result<Option<String>, fred::error::Error> {
-        let client = self.client.with_options(&Self::options(deadline));
-        let info: String = client
-            .custom(
-                CustomCommand::new_static("INFO", None::<u16>, false),
-                vec!["server"],
-            )
-            .await?;
-        let uptime = info
-            .lines()
-            .find_map(|line| line.strip_prefix("uptime_in_seconds:"))
-            .and_then(|secs| secs.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::ZERO);
-        // Uptime counts whole seconds: treat it as up to one second shorter.
-        let up = uptime.saturating_sub(Duration::from_secs(1));
-        if up >= q.period {
-            let client = self.client.with_options(&Self::options(deadline));
-            let _: Value = client.set(&**q.marker, "1", None, None, false).await?;
-            return Ok(None);
-        }
-        let left = q.period - up;
+    /// Remembers a node that refused an acquisition with `QUARANTINED <ms left>
+    /// <uptime s>`, so that it is not asked again before then. Returns the vote's
+    /// message.
+    fn quarantine(&self, refusal: &str) -> String {
+        let mut parts = refusal.split(' ').map(str::parse::<u64>);
+        let (Some(Ok(left_ms)), Some(Ok(uptime))) = (parts.next(), parts.next()) else {
+            return format!("quarantined after a restart: {refusal}");
+        };
+        let left = Duration::from_millis(left_ms);
         if let Ok(mut until) = self.quarantined_until.lock() {
             *until = Instant::now().checked_add(left);
         }
-        Ok(Some(format!(
-            "restarted without its data {uptime:?} ago: quarantined for another {left:?}"
-        )))
+        format!(
+            "restarted without its data {:?} ago: quarantined for another {left:?}",
+            Duration::from_secs(uptime)
+        )
     }
 
     fn quarantined_until(&self) -> Option<Instant> {
@@ -276,31 +248,23 @@ impl Node {
     /// Fencing write-back: while our lock keys hold `token`, raise the counters to at
     /// least `fences`.
     pub(crate) async fn fence(&self, request: &Request, token: &str, fences: &[u64]) -> Vote {
-        let mut keys: Vec<Arc<str>> = request.keys.to_vec();
-        keys.extend(request.fence_keys.iter().cloned());
-        let mut args = vec![Value::from(token)];
-        args.extend(fences.iter().map(|f| Value::from(f.to_string())));
-        yes_or_taken(
-            self.bounded(|deadline| async move {
-                let reply = self.eval(deadline, &FENCE, FENCE_LUA, &keys, args).await?;
-                Ok(reply.as_i64() == Some(1))
-            })
-            .await,
-        )
+        self.compare(&FENCE, FENCE_LUA, || {
+            let mut keys = fred_keys(&request.keys);
+            keys.extend(request.fence_keys.iter().map(|k| Key::from(&**k)));
+            let mut args = vec![Value::from(token)];
+            args.extend(fences.iter().map(|f| Value::from(f.to_string())));
+            (keys, args)
+        })
+        .await
     }
 
     /// Compare-and-delete, announcing each deleted key on its release channel.
     pub(crate) async fn release(&self, keys: &[Arc<str>], token: &str) -> Vote {
-        let args = vec![Value::from(token), Value::from(RELEASE_CHANNEL_PREFIX)];
-        yes_or_taken(
-            self.bounded(|deadline| async move {
-                let reply = self
-                    .eval(deadline, &RELEASE, RELEASE_LUA, keys, args)
-                    .await?;
-                Ok(reply.as_i64() == Some(1))
-            })
-            .await,
-        )
+        self.compare(&RELEASE, RELEASE_LUA, || {
+            let args = vec![Value::from(token), Value::from(RELEASE_CHANNEL_PREFIX)];
+            (fred_keys(keys), args)
+        })
+        .await
     }
 
     /// Compare-and-delete by `EVAL` with the script's text, for removing the token of
@@ -308,82 +272,81 @@ impl Node {
     /// late, queued behind a SET on a node that was frozen or cut off, there is no time
     /// left to answer a `NOSCRIPT` with a reload.
     pub(crate) async fn remove(&self, keys: &[Arc<str>], token: &str) -> Vote {
-        yes_or_taken(
-            self.bounded(|deadline| async move {
-                let client = self.client.with_options(&Self::options(deadline));
-                let removed: i64 = client
-                    .eval(RELEASE_LUA, fred_keys(keys), vec![Value::from(token)])
-                    .await?;
-                Ok(removed == 1)
-            })
-            .await,
-        )
+        let client = match self.request_client() {
+            Ok(client) => client,
+            Err(vote) => return vote,
+        };
+        let removed: Result<i64, _> = client
+            .eval(RELEASE_LUA, fred_keys(keys), vec![Value::from(token)])
+            .await;
+        match removed {
+            Ok(1) => Vote::Yes,
+            Ok(_) => Vote::Taken,
+            Err(e) => self.failed(&e),
+        }
     }
 
     /// Compare-and-pexpire.
     pub(crate) async fn extend(&self, keys: &[Arc<str>], token: &str, ttl_ms: u64) -> Vote {
         let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-        let args = vec![Value::from(token), Value::Integer(px)];
-        yes_or_taken(
-            self.bounded(|deadline| async move {
-                let reply = self.eval(deadline, &EXTEND, EXTEND_LUA, keys, args).await?;
-                Ok(reply.as_i64() == Some(1))
-            })
-            .await,
-        )
+        self.compare(&EXTEND, EXTEND_LUA, || {
+            (
+                fred_keys(keys),
+                vec![Value::from(token), Value::Integer(px)],
+            )
+        })
+        .await
     }
 
-    /// `EVALSHA`, loading the script and trying once more when the node answers
-    /// `NOSCRIPT` (a restarted or flushed node). Returns the script's reply.
-    async fn eval(
-        &self,
-        deadline: Instant,
-        script: &Script,
-        lua: &'static str,
-        keys: &[Arc<str>],
-        args: Vec<Value>,
-    ) -> Result<Value, fred::error::Error> {
-        let sha = script.sha1().clone();
-        let key = fred_keys(keys);
+    /// Runs a compare-and-something script (1: done on every key, else not ours) by
+    /// `EVALSHA`, within the node's timeout. A node that answers `NOSCRIPT` (restarted
+    /// or flushed) gets the script's text by `EVAL` at once, and its scripts are loaded
+    /// again in the background. A second command is harmless here: these scripts
+    /// only act on keys holding our token.
+    async fn compare<F>(&self, script: &Script, lua: &'static str, call: F) -> Vote
+    where
+        F: Fn() -> (Vec<Key>, Vec<Value>),
+    {
+        if !self.client.is_connected() {
+            return self.not_connected("the connection is down");
+        }
+        let deadline = Instant::now() + self.timeout;
         let client = self.client.with_options(&Self::options(deadline));
-        let first: Result<Value, _> = client.evalsha(sha.clone(), key.clone(), args.clone()).await;
-        match first {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let client = self.client.with_options(&Self::options(deadline));
-                let _: String = client.script_load(lua).await?;
-                let client = self.client.with_options(&Self::options(deadline));
-                client.evalsha(sha, key, args).await
-            }
-            other => other,
+        let (keys, args) = call();
+        let mut reply: Result<i64, _> = client.evalsha(script.sha1().clone(), keys, args).await;
+        if matches!(&reply, Err(e) if e.details().starts_with("NOSCRIPT")) {
+            tokio::spawn(load_scripts(self.client.clone()));
+            let client = self.client.with_options(&Self::options(deadline));
+            let (keys, args) = call();
+            reply = client.eval(lua, keys, args).await;
+        }
+        match reply {
+            Ok(1) => Vote::Yes,
+            Ok(_) => Vote::Taken,
+            Err(e) => self.failed(&e),
         }
     }
 
-    /// Runs one request under the node's timeout and turns its outcome into a vote.
-    ///
-    /// The request's commands carry the deadline to fred, whose timeout fires first;
-    /// the outer timeout, a little later, is only a backstop.
-    async fn bounded<T, F, Fut>(&self, request: F) -> Result<T, Vote>
-    where
-        F: FnOnce(Instant) -> Fut,
-        Fut: Future<Output = Result<T, fred::error::Error>>,
-    {
+    /// A client for one request, carrying the node's timeout (see
+    /// [`options`](Node::options)), or the vote of a node that is not connected.
+    fn request_client(&self) -> Result<WithOptions<Client>, Vote> {
         // fred's per-command fail-fast does not cover every command (an EVALSHA to a
         // disconnected client waited for its timeout): check the connection first.
         if !self.client.is_connected() {
             return Err(self.not_connected("the connection is down"));
         }
-        let deadline = Instant::now() + self.timeout;
-        let backstop = self.timeout + (self.timeout / 10).max(Duration::from_millis(5));
-        let failed = match tokio::time::timeout(backstop, request(deadline)).await {
-            Ok(Ok(answer)) => return Ok(answer),
-            Err(_) => Vote::Timeout,
-            Ok(Err(e)) if *e.kind() == fred::error::ErrorKind::Timeout => Vote::Timeout,
-            Ok(Err(e)) if *e.kind() == fred::error::ErrorKind::Canceled => {
-                self.not_connected(&error_message(&e))
-            }
-            Ok(Err(e)) => Vote::Error(error_message(&e)),
-        };
-        Err(failed)
+        Ok(self
+            .client
+            .with_options(&Self::options(Instant::now() + self.timeout)))
+    }
+
+    /// The vote of a request that failed.
+    fn failed(&self, e: &fred::error::Error) -> Vote {
+        match e.kind() {
+            fred::error::ErrorKind::Timeout => Vote::Timeout,
+            fred::error::ErrorKind::Canceled => self.not_connected(&error_message(e)),
+            _ => Vote::Error(error_message(e)),
+        }
     }
 
     /// The vote of a node that is not connected: its last connection error if known.
@@ -411,21 +374,62 @@ pub(crate) fn fencing_floor() -> u64 {
         .unwrap_or(0)
 }
 
-/// The vote of a compare-and-something script: 1 is yes, anything else not ours.
-fn yes_or_taken(reply: Result<bool, Vote>) -> Vote {
-    match reply {
-        Ok(true) => Vote::Yes,
-        Ok(false) => Vote::Taken,
-        Err(vote) => vote,
+/// Loads the lock scripts into the node's script cache, so that `EVALSHA` finds them.
+/// Failures are only logged: a node without its scripts answers `NOSCRIPT`, which costs
+/// it one vote and loads them again.
+pub(crate) async fn load_scripts(client: Client) {
+    let options = Options {
+        max_attempts: Some(1),
+        timeout: Some(SCRIPT_LOAD_TIMEOUT),
+        ..Options::default()
+    };
+    let client = client.with_options(&options);
+    let loads = [ACQUIRE_LUA, RELEASE_LUA, EXTEND_LUA, FENCE_LUA].map(|lua| {
+        let client = &client;
+        async move { client.script_load::<String, _>(lua).await }
+    });
+    for outcome in futures::future::join_all(loads).await {
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "loading the lock scripts failed");
+        }
     }
 }
 
-/// What the restart quarantine needs for one acquisition.
-pub(crate) struct Quarantined<'a> {
-    /// The node's incarnation marker key (with the key prefix).
-    pub(crate) marker: &'a Arc<str>,
-    /// How long a node that lost its data stays out of the votes.
-    pub(crate) period: Duration,
+/// One attempt's acquisition script call, built once and sent to every node.
+pub(crate) struct AcquireCall {
+    keys: Vec<Key>,
+    args: Vec<Value>,
+}
+
+impl AcquireCall {
+    /// The call for `request` with `token`: `quarantine` is the restart quarantine
+    /// period with the marker key, if it is on.
+    pub(crate) fn new(
+        request: &Request,
+        token: &str,
+        fencing_floor: u64,
+        quarantine: Option<(&str, Duration)>,
+    ) -> Self {
+        let n = request.keys.len();
+        let mut keys = Vec::with_capacity(2 * n + 1);
+        keys.extend(request.keys.iter().map(|k| Key::from(&**k)));
+        keys.extend(request.fence_keys.iter().map(|k| Key::from(&**k)));
+        let period_ms = match quarantine {
+            Some((marker, period)) => {
+                keys.push(Key::from(marker));
+                i64::try_from(period.as_millis()).unwrap_or(i64::MAX)
+            }
+            None => -1,
+        };
+        let args = vec![
+            Value::from(token),
+            Value::Integer(i64::try_from(request.ttl_ms).unwrap_or(i64::MAX)),
+            Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
+            Value::Integer(period_ms),
+            Value::from(fencing_floor.to_string()),
+        ];
+        AcquireCall { keys, args }
+    }
 }
 
 /// The lock keys as fred keys.

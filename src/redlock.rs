@@ -6,18 +6,17 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike};
 use rand::RngCore;
-use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
+use crate::acquisition::{Acquired, Acquisition};
 use crate::config::{Builder, Quarantine, Settings, retry_pause};
 use crate::error::Error;
 use crate::lease::Lease;
 use crate::lock::Lock;
-use crate::node::Node;
-use crate::node::{Quarantined, fencing_floor};
+use crate::node::{AcquireCall, Node, fencing_floor};
 use crate::quorum::{Decision, Tally, Vote, Votes, drift, fencing_tokens, quorum, validity};
-use crate::round::{Ballot, Outcome, Round};
+use crate::round::Round;
 use crate::wakeup::Wakeup;
 
 /// The largest TTL accepted: 2^40 ms, about 34.8 years.
@@ -241,8 +240,13 @@ impl Redlock {
                 }
             };
             // The next attempt starts after the wait and after every node of this one
-            // has removed our token (each node task is bounded by two node timeouts).
-            tokio::join!(wait, futures::future::join_all(cleanup));
+            // has removed our token (bounded by two node timeouts).
+            let cleanup = async {
+                if let Some(cleanup) = cleanup {
+                    let _ = cleanup.await;
+                }
+            };
+            tokio::join!(wait, cleanup);
             if time_left().is_some_and(|left| left.is_zero()) {
                 return Err(error);
             }
@@ -490,54 +494,43 @@ impl Redlock {
     async fn attempt_in(&self, request: &Request, span: tracing::Span) -> Result<Lock, Failed> {
         let token: Arc<str> = new_token().into();
         let start = Instant::now();
-        // None while the round runs; then whether the lock is kept. If this future is
-        // dropped mid-round the sender goes with it, which the node tasks read as
-        // "abandoned": they remove the token.
-        let (kept_tx, kept_rx) = watch::channel(None::<bool>);
         let quarantine = self.quarantine_period(request);
-        let floor = fencing_floor();
-        // One permit per node task once its acquisition has been handed to the
-        // connection (see `acquire_on`).
-        let sent = Arc::new(Semaphore::new(0));
-        let (mut round, tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
-            acquire_on(
-                node,
-                request.clone(),
-                Arc::clone(&token),
-                floor,
-                quarantine.map(|period| (Arc::clone(&self.inner.marker), period)),
-                ballot,
-                Signals {
-                    kept: kept_rx.clone(),
-                    sent: Arc::clone(&sent),
-                },
-            )
-        });
-        let mut outcome = round.decide().await;
+        let call = AcquireCall::new(
+            request,
+            &token,
+            fencing_floor(),
+            quarantine.map(|period| (&*self.inner.marker, period)),
+        );
+        // Dropped before its verdict (this future was dropped), it removes our token
+        // from every node in the background.
+        let mut acquisition = Acquisition::new(&self.inner.nodes, call, &request.keys, &token);
+        let decision = acquisition.decide().await;
         let mut elapsed = start.elapsed();
         let mut validity = validity(request.ttl, elapsed, request.drift);
         let min_validity = self.inner.settings.min_validity;
         let mut fencing_failed = None;
 
-        if outcome.decision == Decision::Quorum && validity > min_validity {
-            match self.fence(request, &token, &outcome).await {
+        if decision == Decision::Quorum && validity > min_validity {
+            let fenced = match self.fencing(acquisition.round().answers()) {
+                None => Err(acquisition.round().votes()),
+                Some((fences, false)) => Ok(fences),
+                Some((fences, true)) => self
+                    .write_back(request, &token, &fences)
+                    .await
+                    .map(|()| fences),
+            };
+            match fenced {
                 Ok(fences) => {
                     // A write-back round took time too: the validity counts it.
                     elapsed = start.elapsed();
                     validity = crate::quorum::validity(request.ttl, elapsed, request.drift);
                     if validity > min_validity {
-                        // The quorum can be reached before every node task has even
-                        // run: wait until each has handed its acquisition to its
-                        // connection, so that a release sent next is queued behind it
-                        // on every node (else a late SET would outlive the release).
-                        let n = u32::try_from(self.inner.nodes.len()).unwrap_or(u32::MAX);
-                        let all_sent = sent.acquire_many(n);
-                        let _ =
-                            tokio::time::timeout(self.inner.settings.node_timeout, all_sent).await;
-                        record(&span, &outcome.votes, elapsed);
-                        span.record("validity_ms", validity.as_millis());
-                        kept_tx.send_replace(Some(true));
-                        span.record("outcome", "acquired");
+                        if !span.is_disabled() {
+                            record(&span, &acquisition.round().votes(), elapsed);
+                            span.record("validity_ms", validity.as_millis());
+                            span.record("outcome", "acquired");
+                        }
+                        acquisition.keep();
                         let valid_until = (start + elapsed).checked_add(validity).unwrap_or(start);
                         return Ok(Lock::new(self.clone(), request, token, valid_until, fences));
                     }
@@ -546,35 +539,23 @@ impl Redlock {
             }
         }
         span.record("validity_ms", validity.as_millis());
-
-        kept_tx.send_replace(Some(false));
-        // Wait for the nodes that set our key to remove it (they answered quickly, so
-        // this is one more fast round trip). The others remove it in the background,
-        // after their own request, so a late SET is undone too.
-        let mut cleanup = Vec::new();
-        for (vote, task) in outcome.votes.iter().zip(tasks) {
-            if vote.vote == Vote::Yes {
-                let _ = task.await;
-            } else {
-                cleanup.push(task);
-            }
-        }
-        // Answers that came in meanwhile (often the "taken" of fast nodes when a dead
-        // node decided the round) make the error more precise.
-        round.absorb_late_votes(&mut outcome);
-        record(&span, &outcome.votes, elapsed);
+        // Our token is removed from the nodes that set it before the error is returned
+        // (they answered quickly, so this is one more fast round trip); the others
+        // remove it in the background, after their own request, so a late SET is
+        // undone too.
+        let (votes, tally, cleanup) = acquisition.give_up().await;
+        record(&span, &votes, elapsed);
         let resource = request.resource.to_string();
-        let votes = outcome.votes;
         let error = if let Some(votes) = fencing_failed {
             Error::FencingFailed { resource, votes }
-        } else if outcome.decision == Decision::Quorum {
+        } else if decision == Decision::Quorum {
             Error::TooLate {
                 resource,
                 validity,
                 min_validity,
                 votes,
             }
-        } else if outcome.tally.taken_rules_out_quorum() {
+        } else if tally.taken_rules_out_quorum() {
             Error::Taken { resource, votes }
         } else {
             Error::NoQuorum { resource, votes }
@@ -584,39 +565,41 @@ impl Redlock {
         Err(Failed { error, cleanup })
     }
 
-    /// The fencing tokens of a round that reached its quorum: per resource, the largest
-    /// counter among the yes votes, written back to a quorum of nodes that still hold
-    /// our lock unless enough of them already hold it (docs/fencing.md). `Err` with the
-    /// write-back's votes when that quorum cannot be reached.
-    async fn fence(
+    /// The fencing tokens of a round that reached its quorum, from its answers: per
+    /// resource, the largest counter among the yes votes, and whether they must be
+    /// written back (docs/fencing.md). `None` if no quorum of yes votes carries them.
+    fn fencing(&self, answers: &[Option<Acquired>]) -> Option<(Arc<[u64]>, bool)> {
+        let yes: Vec<&[u64]> = answers
+            .iter()
+            .flatten()
+            .filter(|(vote, _)| *vote == Vote::Yes)
+            .map(|(_, fences)| fences.as_slice())
+            .collect();
+        fencing_tokens(&yes, self.quorum()).map(|(fences, write_back)| (fences.into(), write_back))
+    }
+
+    /// Raises the fencing counters to `fences` on a quorum of nodes that still hold our
+    /// lock. `Err` with the votes when that quorum cannot be reached.
+    async fn write_back(
         &self,
         request: &Request,
         token: &Arc<str>,
-        outcome: &Outcome,
-    ) -> Result<Arc<[u64]>, Votes> {
-        let yes: Vec<&[u64]> = outcome
-            .votes
-            .iter()
-            .zip(&outcome.fences)
-            .filter(|(vote, _)| vote.vote == Vote::Yes)
-            .map(|(_, fences)| fences.as_slice())
-            .collect();
-        let Some((fences, write_back)) = fencing_tokens(&yes, self.quorum()) else {
-            return Err(outcome.votes.clone());
-        };
-        let fences: Arc<[u64]> = fences.into();
-        if !write_back {
-            return Ok(fences);
-        }
-        let (mut round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
-            let (request, token, fences) =
-                (request.clone(), Arc::clone(token), Arc::clone(&fences));
-            async move { ballot.cast(node.fence(&request, &token, &fences).await) }
+        fences: &Arc<[u64]>,
+    ) -> Result<(), Votes> {
+        let mut written = Round::new(&self.inner.nodes, |node| {
+            let (node, request, token, fences) = (
+                Arc::clone(node),
+                request.clone(),
+                Arc::clone(token),
+                Arc::clone(fences),
+            );
+            Box::pin(async move { node.fence(&request, &token, &fences).await })
         });
-        let written = round.decide().await;
-        match written.decision {
-            Decision::Quorum => Ok(fences),
-            Decision::NoQuorum => Err(written.votes),
+        // The write-backs still running are dropped with the round: one arriving late
+        // only raises counters under a key that holds our token.
+        match written.decide().await {
+            Decision::Quorum => Ok(()),
+            Decision::NoQuorum => Err(written.votes()),
         }
     }
 
@@ -654,20 +637,26 @@ impl Redlock {
             elapsed_us = Empty,
         );
         let start = Instant::now();
-        let (mut round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
-            let keys = Arc::clone(&request.keys);
-            let token = Arc::clone(token);
-            async move { ballot.cast(node.release(&keys, &token).await) }
+        let mut round = Round::new(&self.inner.nodes, |node| {
+            let (node, keys, token) = (
+                Arc::clone(node),
+                Arc::clone(&request.keys),
+                Arc::clone(token),
+            );
+            Box::pin(async move { node.release(&keys, &token).await })
         });
-        let outcome = round.decide().instrument(span.clone()).await;
-        record(&span, &outcome.votes, start.elapsed());
-        let result = match outcome.decision {
+        let decision = round.decide().instrument(span.clone()).await;
+        // The releases still running are dropped with the round: a late one only
+        // deletes keys that hold our token.
+        let votes = round.votes();
+        record(&span, &votes, start.elapsed());
+        let result = match decision {
             Decision::Quorum if was_valid => Ok(()),
             Decision::Quorum => Err(Error::Expired {
                 resource: request.resource.to_string(),
-                votes: outcome.votes,
+                votes,
             }),
-            Decision::NoQuorum => Err(lost(request, outcome.tally, outcome.votes)),
+            Decision::NoQuorum => Err(lost(request, *round.tally(), votes)),
         };
         span.record(
             "outcome",
@@ -686,21 +675,28 @@ impl Redlock {
     ) -> (Decision, Tally, Votes, Instant, Duration) {
         let start = Instant::now();
         let ttl_ms = request.ttl_ms;
-        let (mut round, _tasks) = Round::spawn(&self.inner.nodes, |node, ballot| {
-            let keys = Arc::clone(&request.keys);
-            let token = Arc::clone(token);
-            async move { ballot.cast(node.extend(&keys, &token, ttl_ms).await) }
+        let mut round = Round::new(&self.inner.nodes, |node| {
+            let (node, keys, token) = (
+                Arc::clone(node),
+                Arc::clone(&request.keys),
+                Arc::clone(token),
+            );
+            Box::pin(async move { node.extend(&keys, &token, ttl_ms).await })
         });
-        let outcome = round.decide().instrument(span.clone()).await;
+        let decision = round.decide().instrument(span.clone()).await;
         let elapsed = start.elapsed();
-        record(span, &outcome.votes, elapsed);
-        (
-            outcome.decision,
-            outcome.tally,
-            outcome.votes,
-            start,
-            elapsed,
-        )
+        let votes = round.votes();
+        record(span, &votes, elapsed);
+        let tally = *round.tally();
+        // The extensions still running are polled to their end in the background:
+        // one that fred replayed after a reconnection would keep our key longer.
+        let running = round.take_running();
+        if !running.is_empty() {
+            tokio::spawn(futures::future::join_all(
+                running.into_iter().map(|(_, call)| call),
+            ));
+        }
+        (decision, tally, votes, start, elapsed)
     }
 }
 
@@ -725,10 +721,11 @@ impl Drop for Inner {
     }
 }
 
-/// A failed attempt: its error, and the node tasks still removing its token.
+/// A failed attempt: its error, and the task still removing its token from the nodes
+/// that had not answered.
 struct Failed {
     error: Error,
-    cleanup: Vec<tokio::task::JoinHandle<()>>,
+    cleanup: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The error for a release or extend round that found no quorum.
@@ -785,61 +782,6 @@ pub(crate) fn new_token() -> String {
         hex.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
     }
     hex
-}
-
-/// One node's part of an acquisition: `SET NX PX`, the vote, and, if the round is
-/// abandoned, the removal of our token.
-///
-/// The removal is sent only once the SET has answered or timed out. A SET that timed
-/// out is either never written (fred drops timed-out commands) or was written on the
-/// open connection before the removal, so a frozen node that wakes runs the SET and
-/// then the removal.
-async fn acquire_on(
-    node: Arc<Node>,
-    request: Request,
-    token: Arc<str>,
-    floor: u64,
-    quarantine: Option<(Arc<str>, Duration)>,
-    ballot: Ballot,
-    signals: Signals,
-) {
-    let Signals { mut kept, sent } = signals;
-    let quarantine = quarantine.as_ref().map(|(marker, period)| Quarantined {
-        marker,
-        period: *period,
-    });
-    let acquire = node.acquire(&request, &token, floor, quarantine.as_ref());
-    tokio::pin!(acquire);
-    // The first poll hands the command to the connection (fred writes commands in the
-    // order they are handed over); only then may the round hand out the lock.
-    let first = futures::poll!(&mut acquire);
-    sent.add_permits(1);
-    let (vote, fences) = match first {
-        std::task::Poll::Ready(answer) => answer,
-        std::task::Poll::Pending => acquire.await,
-    };
-    let may_be_set = vote != Vote::Taken;
-    ballot.cast_with(vote, fences);
-    if may_be_set && !is_kept(&mut kept).await {
-        node.remove(&request.keys, &token).await;
-    }
-}
-
-/// How a node task of an acquisition talks with its round: the round's verdict comes
-/// in, the news that the acquisition was handed to the connection goes out.
-struct Signals {
-    kept: watch::Receiver<Option<bool>>,
-    sent: Arc<Semaphore>,
-}
-
-/// Waits for the round's verdict: whether the lock is kept. A round whose owner went
-/// away without a verdict (the `lock()` future was dropped) is abandoned.
-async fn is_kept(kept: &mut watch::Receiver<Option<bool>>) -> bool {
-    let verdict = kept.wait_for(Option::is_some).await.map(|v| *v);
-    match verdict {
-        Ok(verdict) => verdict == Some(true),
-        Err(_) => *kept.borrow() == Some(true),
-    }
 }
 
 #[cfg(test)]

@@ -1,130 +1,141 @@
-//! The fan-out of one round: one task per node, votes collected until the quorum
-//! decides.
+//! The fan-out of one round: every node's request, polled together in the caller's
+//! task, and the votes counted until the quorum decides.
 //!
-//! Each node's request runs in its own task, so the round returns as soon as the
-//! outcome is decided while the requests to the remaining nodes still run to completion
-//! or timeout in the background.
+//! No task is spawned for a round. Each time the caller's task is woken, every request
+//! still running is polled; so the first poll hands every request to its node's
+//! connection, in node order, before any vote can be counted. The round returns as
+//! soon as the outcome is decided; what happens to the requests still running is the
+//! caller's choice ([`Round::take_running`]).
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
-
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use std::task::{Context, Poll};
 
 use crate::node::Node;
 use crate::quorum::{Decision, NodeVote, Tally, Vote, Votes};
 
-/// A node task's one vote in a round.
-pub(crate) struct Ballot {
-    index: usize,
-    tx: mpsc::UnboundedSender<(usize, Vote, Vec<u64>)>,
+/// One node's request in a round.
+pub(crate) type NodeCall<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a node's request answers: a vote, and maybe more.
+pub(crate) trait Answer {
+    fn vote(&self) -> &Vote;
 }
 
-impl Ballot {
-    /// Casts the vote. After the round is decided nobody listens, which is fine.
-    pub(crate) fn cast(self, vote: Vote) {
-        self.cast_with(vote, Vec::new());
-    }
-
-    /// Casts the vote with the fencing counters the node returned.
-    pub(crate) fn cast_with(self, vote: Vote, fences: Vec<u64>) {
-        let _ = self.tx.send((self.index, vote, fences));
+impl Answer for Vote {
+    fn vote(&self) -> &Vote {
+        self
     }
 }
 
-/// The result of a decided round.
-#[derive(Debug)]
-pub(crate) struct Outcome {
-    pub(crate) decision: Decision,
-    pub(crate) tally: Tally,
-    pub(crate) votes: Votes,
-    /// Per node, the fencing counters it returned with its vote (acquisitions only).
-    pub(crate) fences: Vec<Vec<u64>>,
+/// An acquisition's answer: the vote and, on `Yes`, the raised fencing counters.
+impl Answer for (Vote, Vec<u64>) {
+    fn vote(&self) -> &Vote {
+        &self.0
+    }
 }
 
 /// A round in flight.
-pub(crate) struct Round {
-    names: Vec<Arc<str>>,
-    rx: mpsc::UnboundedReceiver<(usize, Vote, Vec<u64>)>,
+pub(crate) struct Round<T> {
+    nodes: Arc<[Arc<Node>]>,
+    /// Per node: its request while it runs.
+    running: Vec<Option<NodeCall<T>>>,
+    /// Per node: its answer once it came.
+    answers: Vec<Option<T>>,
+    tally: Tally,
 }
 
-impl Round {
-    /// Spawns `op` once per node. Each task gets a [`Ballot`] to cast its vote with.
-    /// Returns the round and the tasks' handles, in node order; dropping a handle lets
-    /// its task run on.
-    pub(crate) fn spawn<F, Fut>(nodes: &[Arc<Node>], op: F) -> (Round, Vec<JoinHandle<()>>)
+impl<T: Answer> Round<T> {
+    /// Makes every node's request. Nothing is sent before the round is polled.
+    pub(crate) fn new<F>(nodes: &Arc<[Arc<Node>]>, call: F) -> Self
     where
-        F: Fn(Arc<Node>, Ballot) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
+        F: FnMut(&Arc<Node>) -> NodeCall<T>,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handles = nodes
-            .iter()
-            .enumerate()
-            .map(|(index, node)| {
-                let ballot = Ballot {
-                    index,
-                    tx: tx.clone(),
-                };
-                tokio::spawn(op(Arc::clone(node), ballot))
-            })
-            .collect();
-        let names = nodes.iter().map(|n| Arc::clone(n.name())).collect();
-        (Round { names, rx }, handles)
+        let running = nodes.iter().map(call).map(Some).collect();
+        Round {
+            nodes: Arc::clone(nodes),
+            running,
+            answers: nodes.iter().map(|_| None).collect(),
+            tally: Tally::new(nodes.len()),
+        }
     }
 
-    /// Collects votes until the outcome can no longer change. Nodes that have not
-    /// answered by then are reported as [`Vote::Pending`].
-    pub(crate) async fn decide(&mut self) -> Outcome {
-        let n = self.names.len();
-        let mut tally = Tally::new(n);
-        let mut votes = vec![Vote::Pending; n];
-        let mut fences = vec![Vec::new(); n];
-        let decision = loop {
-            if let Some(decision) = tally.decision() {
-                break decision;
+    /// Polls the running requests until the outcome can no longer change. Nodes that
+    /// have not answered by then are [`Vote::Pending`] in [`votes`](Round::votes).
+    pub(crate) async fn decide(&mut self) -> Decision {
+        poll_fn(|cx| {
+            self.poll_running(cx);
+            match self.tally.decision() {
+                Some(decision) => Poll::Ready(decision),
+                // Every node has answered, so the tally has decided; but should it
+                // not have, what has not been counted is not a yes.
+                None if self.running.iter().all(Option::is_none) => Poll::Ready(Decision::NoQuorum),
+                None => Poll::Pending,
             }
-            match self.rx.recv().await {
-                Some((index, vote, node_fences)) => {
-                    tally.add(&vote);
-                    if let Some(slot) = votes.get_mut(index) {
-                        *slot = vote;
-                    }
-                    if let Some(slot) = fences.get_mut(index) {
-                        *slot = node_fences;
-                    }
+        })
+        .await
+    }
+
+    /// Polls every running request once and counts the answers.
+    fn poll_running(&mut self, cx: &mut Context<'_>) {
+        for (slot, answer) in self.running.iter_mut().zip(&mut self.answers) {
+            if let Some(call) = slot {
+                if let Poll::Ready(reply) = call.as_mut().poll(cx) {
+                    self.tally.add(reply.vote());
+                    *answer = Some(reply);
+                    *slot = None;
                 }
-                // Every task ended without a vote (only possible if one panicked):
-                // what has not been counted is not a yes.
-                None => break Decision::NoQuorum,
             }
-        };
-        let votes = Votes(
-            self.names
+        }
+    }
+
+    /// Runs `work` to its end while still counting the answers that come meanwhile
+    /// (the decision does not change), so that an error built afterwards describes
+    /// every answer known by then.
+    pub(crate) async fn listen_during<W: Future>(&mut self, work: W) -> W::Output {
+        let mut work = std::pin::pin!(work);
+        poll_fn(|cx| {
+            self.poll_running(cx);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    pub(crate) fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    pub(crate) fn nodes(&self) -> &Arc<[Arc<Node>]> {
+        &self.nodes
+    }
+
+    /// Per node, its answer if it came.
+    pub(crate) fn answers(&self) -> &[Option<T>] {
+        &self.answers
+    }
+
+    /// The votes so far, by node name.
+    pub(crate) fn votes(&self) -> Votes {
+        Votes(
+            self.nodes
                 .iter()
-                .cloned()
-                .zip(votes)
-                .map(|(node, vote)| NodeVote { node, vote })
+                .zip(&self.answers)
+                .map(|(node, answer)| NodeVote {
+                    node: Arc::clone(node.name()),
+                    vote: answer.as_ref().map_or(Vote::Pending, |a| a.vote().clone()),
+                })
                 .collect(),
-        );
-        Outcome {
-            decision,
-            tally,
-            votes,
-            fences,
-        }
+        )
     }
 
-    /// Counts the votes that arrived since the decision (without waiting), so an error
-    /// built later describes every answer known by then. The decision stays as it was.
-    pub(crate) fn absorb_late_votes(&mut self, outcome: &mut Outcome) {
-        while let Ok((index, vote, _)) = self.rx.try_recv() {
-            if let Some(slot) = outcome.votes.0.get_mut(index) {
-                if slot.vote == Vote::Pending {
-                    outcome.tally.add(&vote);
-                    slot.vote = vote;
-                }
-            }
-        }
+    /// Takes the requests still running, with their node's index. Dropping one
+    /// abandons its answer; the command may still run on the node.
+    pub(crate) fn take_running(&mut self) -> Vec<(usize, NodeCall<T>)> {
+        self.running
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(index, slot)| slot.take().map(|call| (index, call)))
+            .collect()
     }
 }

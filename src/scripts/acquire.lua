@@ -1,14 +1,26 @@
 -- Acquire: all-or-nothing SET NX PX of the lock keys, raising each resource's fencing
--- counter in the same step.
--- KEYS = the n lock keys, then the n fencing-counter keys, then (when ARGV[4] is "1")
--- the node's incarnation marker.
--- ARGV[1] = token, ARGV[2] = TTL in milliseconds, ARGV[3] = n, ARGV[4] = "1" to
--- require the incarnation marker (restart quarantine), ARGV[5] = the fencing floor.
--- Returns -1 if the marker is missing (this node lost its data: nothing is set), 0 if
--- a lock key is taken (nothing is set), else the n raised counters.
+-- counter in the same step. One command does everything, so that an acquisition never
+-- needs a second request that a later release could overtake.
+-- KEYS = the n lock keys, then the n fencing-counter keys, then (when ARGV[4] is not
+-- "-1") the node's incarnation marker.
+-- ARGV[1] = token, ARGV[2] = TTL in milliseconds, ARGV[3] = n, ARGV[4] = the restart
+-- quarantine period in milliseconds, or "-1" for none, ARGV[5] = the fencing floor.
+-- Returns 0 if a lock key is taken (nothing is set), else the n raised counters; the
+-- error "QUARANTINED <ms left> <uptime s>" if the node lost its data too recently
+-- (nothing is set).
 local n = tonumber(ARGV[3])
-if ARGV[4] == "1" and redis.call("EXISTS", KEYS[2 * n + 1]) == 0 then
-    return -1
+local quarantine = tonumber(ARGV[4])
+if quarantine >= 0 and redis.call("EXISTS", KEYS[2 * n + 1]) == 0 then
+    -- No marker: the node lost its data (or has never been used by fredlock). Every
+    -- lock it granted before is expired once it has been up for the quarantine period;
+    -- uptime counts whole seconds, so take it as up to one second shorter.
+    local info = redis.call("INFO", "server")
+    local uptime = tonumber(string.match(info, "uptime_in_seconds:(%d+)") or "0")
+    local up_ms = math.max(uptime - 1, 0) * 1000
+    if up_ms < quarantine then
+        return redis.error_reply(string.format("QUARANTINED %d %d", quarantine - up_ms, uptime))
+    end
+    redis.call("SET", KEYS[2 * n + 1], "1")
 end
 for i = 1, n do
     if redis.call("EXISTS", KEYS[i]) == 1 then
