@@ -648,15 +648,16 @@ impl Redlock {
         let decision = round.decide().instrument(span.clone()).await;
         // The releases still running are dropped with the round: a late one only
         // deletes keys that hold our token.
-        let votes = round.votes();
-        record(&span, &votes, start.elapsed());
+        if !span.is_disabled() {
+            record(&span, &round.votes(), start.elapsed());
+        }
         let result = match decision {
             Decision::Quorum if was_valid => Ok(()),
             Decision::Quorum => Err(Error::Expired {
                 resource: request.resource.to_string(),
-                votes,
+                votes: round.votes(),
             }),
-            Decision::NoQuorum => Err(lost(request, *round.tally(), votes)),
+            Decision::NoQuorum => Err(lost(request, *round.tally(), round.votes())),
         };
         span.record(
             "outcome",
