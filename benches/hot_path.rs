@@ -1,5 +1,6 @@
-//! The parts of the lock path that need no network, through the public API: the quorum
-//! size, the clock drift allowance (the validity arithmetic's non-trivial part) and the
+//! The parts of the lock path that need no network: token generation, vote counting,
+//! the validity arithmetic and fencing tokens (crate-private, reached through the hidden
+//! `fredlock::__bench` module), the quorum size, the clock drift allowance and the
 //! `Display` of a round error with its votes (what every failed attempt formats when it
 //! is logged).
 //!
@@ -11,8 +12,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use fredlock::__bench;
 use fredlock::fred::prelude::{Client, Config};
-use fredlock::{Error, Redlock};
+use fredlock::{Error, Redlock, Vote};
 
 /// A `Redlock` over clients that never connect: `from_clients(..).build()` does not
 /// connect, and `drift` does not touch the nodes.
@@ -27,6 +29,60 @@ fn offline_redlock(runtime: &tokio::runtime::Runtime, n: u16) -> Redlock {
             .await
             .expect("builds without connecting")
     })
+}
+
+fn token(c: &mut Criterion) {
+    c.bench_function("token", |b| b.iter(__bench::new_token));
+}
+
+fn votes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decide");
+    // A healthy round: the third yes of five decides.
+    let healthy = [Vote::Yes, Vote::Yes, Vote::Yes, Vote::Yes, Vote::Yes];
+    // Two nodes down and one taken: decided on the fifth vote.
+    let failing = [
+        Vote::Timeout,
+        Vote::Yes,
+        Vote::Error("not connected: Connection refused".into()),
+        Vote::Yes,
+        Vote::Taken,
+    ];
+    group.bench_function("n=5/quorum", |b| {
+        b.iter(|| __bench::decide(5, black_box(&healthy)))
+    });
+    group.bench_function("n=5/no_quorum", |b| {
+        b.iter(|| __bench::decide(5, black_box(&failing)))
+    });
+    group.finish();
+}
+
+fn validity(c: &mut Criterion) {
+    c.bench_function("validity", |b| {
+        b.iter(|| {
+            __bench::validity(
+                black_box(Duration::from_secs(10)),
+                black_box(Duration::from_micros(420)),
+                black_box(0.01),
+            )
+        })
+    });
+}
+
+fn fencing(c: &mut Criterion) {
+    let agreeing: [&[u64]; 3] = [&[1_764_300_000_000_001]; 3];
+    let differing: [&[u64]; 3] = [
+        &[1_764_300_000_000_001],
+        &[1_764_300_000_000_007],
+        &[1_764_300_000_000_003],
+    ];
+    let mut group = c.benchmark_group("fencing_tokens");
+    group.bench_function("agree", |b| {
+        b.iter(|| __bench::fencing_tokens(black_box(&agreeing), 3))
+    });
+    group.bench_function("write_back", |b| {
+        b.iter(|| __bench::fencing_tokens(black_box(&differing), 3))
+    });
+    group.finish();
 }
 
 fn quorum(c: &mut Criterion) {
@@ -69,5 +125,14 @@ fn error_display(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, quorum, drift, error_display);
+criterion_group!(
+    benches,
+    token,
+    votes,
+    validity,
+    fencing,
+    quorum,
+    drift,
+    error_display
+);
 criterion_main!(benches);

@@ -67,6 +67,9 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+#[path = "bench.rs"]
+pub mod __bench;
 mod acquisition;
 mod config;
 mod error;
