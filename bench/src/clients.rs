@@ -150,10 +150,10 @@ impl BenchClient {
                 Floor::connect(urls, settings.node_timeout).await?,
             )),
             ClientKind::Fredlock => {
-                // The restart quarantine only acts after a node lost its data; a
-                // throwaway cluster has just started, and would sit out its first TTL.
+                // Its defaults, restart quarantine included: the runs on a throwaway
+                // cluster first wait until every node is older than the TTL
+                // (`Target::settle`).
                 let mut builder = fredlock::Redlock::builder(urls.iter().cloned())
-                    .restart_quarantine(fredlock::Quarantine::Off)
                     .node_timeout(settings.node_timeout);
                 if contended {
                     builder = builder.acquire_timeout(settings.acquire_timeout);
