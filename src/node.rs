@@ -3,6 +3,7 @@
 //! Every method returns a [`Vote`] and never waits longer than the node's timeout: a
 //! node's error or timeout is a failed vote, never an abort.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,8 @@ pub(crate) struct Node {
     connection_error: Arc<Mutex<Option<String>>>,
     /// Set while the node is out of acquisition votes after losing its data.
     quarantined_until: Mutex<Option<Instant>>,
+    /// Set while the scripts are being loaded again after a `NOSCRIPT`.
+    reloading: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -87,6 +90,7 @@ impl Node {
             timeout,
             connection_error,
             quarantined_until: Mutex::new(None),
+            reloading: Arc::default(),
         }
     }
 
@@ -201,7 +205,7 @@ impl Node {
                 if let Some(refusal) = details.strip_prefix("QUARANTINED ") {
                     Vote::Error(self.quarantine(refusal))
                 } else if details.starts_with("NOSCRIPT") {
-                    tokio::spawn(load_scripts(self.client.clone()));
+                    self.reload_scripts();
                     Vote::Error(
                         "NOSCRIPT: the node lost its scripts (restarted or flushed); \
                          reloading them for the next attempt"
@@ -215,22 +219,30 @@ impl Node {
         (vote, Vec::new())
     }
 
+    /// Loads the scripts again in the background, once at a time however many requests
+    /// met `NOSCRIPT`.
+    fn reload_scripts(&self) {
+        if self.reloading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, reloading) = (self.client.clone(), Arc::clone(&self.reloading));
+        tokio::spawn(async move {
+            load_scripts(client).await;
+            reloading.store(false, Ordering::Release);
+        });
+    }
+
     /// Remembers a node that refused an acquisition with `QUARANTINED <ms left>
     /// <uptime s>`, so that it is not asked again before then. Returns the vote's
     /// message.
     fn quarantine(&self, refusal: &str) -> String {
-        let mut parts = refusal.split(' ').map(str::parse::<u64>);
-        let (Some(Ok(left_ms)), Some(Ok(uptime))) = (parts.next(), parts.next()) else {
+        let Some((left, uptime)) = parse_quarantine(refusal) else {
             return format!("quarantined after a restart: {refusal}");
         };
-        let left = Duration::from_millis(left_ms);
         if let Ok(mut until) = self.quarantined_until.lock() {
             *until = Instant::now().checked_add(left);
         }
-        format!(
-            "restarted without its data {:?} ago: quarantined for another {left:?}",
-            Duration::from_secs(uptime)
-        )
+        format!("restarted without its data {uptime:?} ago: quarantined for another {left:?}")
     }
 
     fn quarantined_until(&self) -> Option<Instant> {
@@ -315,7 +327,7 @@ impl Node {
         let (keys, args) = call();
         let mut reply: Result<i64, _> = client.evalsha(script.sha1().clone(), keys, args).await;
         if matches!(&reply, Err(e) if e.details().starts_with("NOSCRIPT")) {
-            tokio::spawn(load_scripts(self.client.clone()));
+            self.reload_scripts();
             let client = self.client.with_options(&Self::options(deadline));
             let (keys, args) = call();
             reply = client.eval(lua, keys, args).await;
@@ -372,6 +384,18 @@ pub(crate) fn fencing_floor() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// The time left and the uptime in the acquisition script's refusal
+/// `QUARANTINED <ms left> <uptime s>` (without its first word).
+fn parse_quarantine(refusal: &str) -> Option<(Duration, Duration)> {
+    let mut parts = refusal.split(' ').map(str::parse::<u64>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(left_ms)), Some(Ok(uptime)), None) => {
+            Some((Duration::from_millis(left_ms), Duration::from_secs(uptime)))
+        }
+        _ => None,
+    }
 }
 
 /// Loads the lock scripts into the node's script cache, so that `EVALSHA` finds them.
@@ -458,5 +482,22 @@ pub(crate) fn server_name(config: &Config) -> Arc<str> {
     match &config.server {
         ServerConfig::Centralized { server } => server.to_string().into(),
         other => format!("{other:?}").into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantine_refusals_parse_or_are_kept_as_text() {
+        assert_eq!(
+            parse_quarantine("2650 3"),
+            Some((Duration::from_millis(2650), Duration::from_secs(3)))
+        );
+        assert_eq!(parse_quarantine("2650"), None);
+        assert_eq!(parse_quarantine("2650 3 4"), None);
+        assert_eq!(parse_quarantine("-1 3"), None);
+        assert_eq!(parse_quarantine("soon 3"), None);
     }
 }
