@@ -61,16 +61,10 @@ impl Acquisition {
     }
 
     /// The lock is kept. The requests still running no longer matter, but are polled
-    /// to their end in the background, so that fred sees their timeout (see
-    /// `Node::options`).
+    /// to their end in the background.
     pub(crate) fn keep(mut self) {
         self.settled = true;
-        let running = self.round.take_running();
-        if !running.is_empty() {
-            tokio::spawn(futures::future::join_all(
-                running.into_iter().map(|(_, call)| call),
-            ));
-        }
+        self.round.finish_in_background();
     }
 
     /// The attempt failed: removes our token from the nodes that voted yes, waiting

@@ -691,12 +691,7 @@ impl Redlock {
         let tally = *round.tally();
         // The extensions still running are polled to their end in the background:
         // one that fred replayed after a reconnection would keep our key longer.
-        let running = round.take_running();
-        if !running.is_empty() {
-            tokio::spawn(futures::future::join_all(
-                running.into_iter().map(|(_, call)| call),
-            ));
-        }
+        round.finish_in_background();
         (decision, tally, votes, start, elapsed)
     }
 }

@@ -129,6 +129,20 @@ impl<T: Answer> Round<T> {
         )
     }
 
+    /// Polls the requests still running to their end in one background task, so that
+    /// fred sees their timeout (see `Node::options`); their answers are dropped.
+    pub(crate) fn finish_in_background(&mut self)
+    where
+        T: Send + 'static,
+    {
+        let running = self.take_running();
+        if !running.is_empty() {
+            tokio::spawn(futures::future::join_all(
+                running.into_iter().map(|(_, call)| call),
+            ));
+        }
+    }
+
     /// Takes the requests still running, with their node's index. Dropping one
     /// abandons its answer; the command may still run on the node.
     pub(crate) fn take_running(&mut self) -> Vec<(usize, NodeCall<T>)> {
