@@ -10,7 +10,7 @@ use rand::Rng;
 use crate::error::Error;
 use crate::node::{ClientSettings, Node, load_scripts, server_name};
 use crate::quorum::{NodeVote, Vote, Votes, quorum};
-use crate::redlock::Redlock;
+use crate::redlock::{MAX_TTL, Redlock};
 
 /// Default number of retries after the first attempt when no acquire timeout is set.
 pub const DEFAULT_RETRY_COUNT: u32 = 3;
@@ -189,8 +189,8 @@ impl Builder {
     }
 
     /// The bound on every request to one node (acquire, extend, release). A node that
-    /// does not answer within it is a failed vote. Should be small next to the TTL.
-    /// Default: 50 ms.
+    /// does not answer within it is a failed vote. Should be small next to the TTL;
+    /// at most [`MAX_TTL`](crate::MAX_TTL). Default: 50 ms.
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
@@ -221,7 +221,7 @@ impl Builder {
     }
 
     /// How long `build()` waits for the nodes to connect, and the bound on each
-    /// reconnection attempt. Default: 2 s.
+    /// reconnection attempt; at most [`MAX_TTL`](crate::MAX_TTL). Default: 2 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -258,6 +258,10 @@ impl Builder {
     /// nodes that are down while a quorum is up keep reconnecting in the background.
     /// From clients: the clients are used as they are (they should already be
     /// connected; see [`Redlock::from_clients`]).
+    ///
+    /// Either way, it then loads the lock scripts into every connected node (`SCRIPT
+    /// LOAD`, bounded by 2 s), so that the first acquisition finds them; fredlock
+    /// loads them again on every reconnection.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first invalid option, or [`Error::Connect`].
@@ -340,14 +344,20 @@ impl Builder {
                 "a zero period quarantines nothing: use Quarantine::Off to mean that",
             ));
         }
-        if self.node_timeout.is_zero() {
-            return Err(Error::config("node_timeout", "must be greater than zero"));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(Error::config(
-                "connect_timeout",
-                "must be greater than zero",
-            ));
+        for (name, timeout) in [
+            ("node_timeout", self.node_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(Error::config(name, "must be greater than zero"));
+            }
+            // Deadlines are `Instant::now() + timeout`: keep that far from overflowing.
+            if timeout > MAX_TTL {
+                return Err(Error::config(
+                    name,
+                    format!("{timeout:?} is longer than the longest TTL ({MAX_TTL:?})"),
+                ));
+            }
         }
         if let Some(deadline) = self.acquire_timeout {
             if deadline < self.node_timeout {
@@ -603,6 +613,12 @@ mod tests {
             ),
             "connect_timeout"
         );
+        for huge in [MAX_TTL + Duration::from_millis(1), Duration::MAX] {
+            let node = builder().node_timeout(huge).settings().unwrap_err();
+            assert_eq!(field(node), "node_timeout");
+            let connect = builder().connect_timeout(huge).settings().unwrap_err();
+            assert_eq!(field(connect), "connect_timeout");
+        }
         let short = builder()
             .node_timeout(Duration::from_millis(50))
             .acquire_timeout(Duration::from_millis(49));
