@@ -15,7 +15,7 @@ use fred::prelude::{
 use fred::types::scripts::Script;
 
 use crate::quorum::Vote;
-use crate::redlock::Request;
+use crate::redlock::{MAX_TTL, Request};
 
 /// Compare-and-delete, see `scripts/release.lua`.
 const RELEASE_LUA: &str = include_str!("scripts/release.lua");
@@ -441,7 +441,9 @@ impl AcquireCall {
         let period_ms = match quarantine {
             Some((marker, period)) => {
                 keys.push(Key::from(marker));
-                i64::try_from(period.as_millis()).unwrap_or(i64::MAX)
+                // No lock outlives MAX_TTL, so a longer period means no more; capped,
+                // it stays exact in Lua's doubles.
+                i64::try_from(period.min(MAX_TTL).as_millis()).unwrap_or(i64::MAX)
             }
             None => -1,
         };

@@ -117,8 +117,11 @@ impl Redlock {
     /// Starts configuring a client over fred clients the service already holds, one per
     /// master. fredlock bounds every request by its own node timeout; configure the
     /// clients with a reconnect policy so that a node that restarts is used again (with
-    /// fred's defaults a killed node is never reconnected). fredlock does not close
-    /// these clients.
+    /// fred's defaults a killed node is never reconnected). Do not use these clients
+    /// for blocking commands (`BLPOP` and the like): a blocked connection holds
+    /// fredlock's requests back until they time out, and with
+    /// `Blocking::Interrupt` an acquisition may reach the node after the lock was
+    /// handed out. fredlock does not close these clients.
     ///
     /// ```no_run
     /// use fred::prelude::*;

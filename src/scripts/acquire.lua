@@ -5,9 +5,10 @@
 -- "-1") the node's incarnation marker.
 -- ARGV[1] = token, ARGV[2] = TTL in milliseconds, ARGV[3] = n, ARGV[4] = the restart
 -- quarantine period in milliseconds, or "-1" for none, ARGV[5] = the fencing floor.
--- Returns 0 if a lock key is taken (nothing is set), else the n raised counters; the
--- error "QUARANTINED <ms left> <uptime s>" if the node lost its data too recently
--- (nothing is set).
+-- Returns 0 if a lock key is taken (no lock key or counter is set), else the n raised
+-- counters; the error "QUARANTINED <ms left> <uptime s>" if the node lost its data too
+-- recently (nothing is set). The marker may be written in both cases: it only says the
+-- node has been up for the quarantine period.
 local n = tonumber(ARGV[3])
 local quarantine = tonumber(ARGV[4])
 if quarantine >= 0 and redis.call("EXISTS", KEYS[2 * n + 1]) == 0 then
@@ -28,7 +29,7 @@ for i = 1, n do
     end
 end
 -- Fencing counters first: a counter key of another type fails the script before any
--- SET. Each counter moves to max(counter + 1, ARGV[5]), the floor the client proposes
+-- lock key is set (counters raised before it only go up, which is harmless). Each counter moves to max(counter + 1, ARGV[5]), the floor the client proposes
 -- (its clock in microseconds): nodes that saw the same acquisitions return the same
 -- value, and a node that lost its counters comes back at the floor, above the tokens
 -- handed out before as long as the clients' clocks roughly agree (docs/fencing.md).
