@@ -188,6 +188,64 @@ async fn quarantine_stops_the_second_majority_after_a_restart() -> TestResult {
     Ok(())
 }
 
+/// A node that lost its incarnation marker but has been up longer than the quarantine
+/// period is marked and locked by the acquisition script in one command: the first
+/// attempt wins every node, and a release sent right after it returns leaves no key
+/// behind (a second acquisition command, as fredlock once sent, could be overtaken by
+/// that release).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_marker_is_rewritten_by_the_acquisition_itself() -> TestResult {
+    const MARKER: &str = "fredlock:incarnation";
+    let nodes = Nodes::start(5).await?;
+    // The default quarantine: the largest TTL asked for. The TTL is long enough that a
+    // key left behind would outlast the checks below.
+    let ttl = Duration::from_secs(8);
+    let redlock = nodes
+        .builder()
+        .restart_quarantine(Quarantine::LargestTtl)
+        // Every node must answer in time below.
+        .node_timeout(Duration::from_millis(500))
+        .build()
+        .await?;
+    let res = resource("marker");
+    // Wait until every node has been up for the TTL (uptime counts whole seconds, so
+    // up to 10 s after start): from then on each acquisition marks it.
+    let start = Instant::now();
+    loop {
+        let lock = redlock.try_lock(&res, ttl).await;
+        let marked = nodes.holding(0..5, MARKER).await.len();
+        if let Ok(lock) = lock {
+            lock.release().await?;
+            if marked == 5 {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the nodes were never all marked"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    for round in 0..20 {
+        for i in 0..5 {
+            nodes.cmd(i, "DEL", vec![MARKER.into()]).await?;
+        }
+        let lock = redlock.try_lock(&res, ttl).await?;
+        nodes
+            .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
+            .await;
+        lock.release().await?;
+        nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
+        assert_eq!(
+            nodes.holding(0..5, MARKER).await.len(),
+            5,
+            "round {round}: every node is marked again"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn quarantine_period_zero_or_shorter_than_the_ttl_is_rejected() -> TestResult {
     let built = fredlock::Redlock::builder(["redis://127.0.0.1:7001"])
