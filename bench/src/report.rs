@@ -408,16 +408,19 @@ impl Report {
         for client in self.clients_in(sizes.iter().map(|(_, id)| id.as_str())) {
             let mut line = format!("  {:<9}", client.name());
             for (_, id) in &sizes {
-                let cell = self
-                    .result(id, client)
-                    .and_then(|r| r.acquire.as_ref())
-                    .map_or("-".to_string(), |a| {
-                        format!("{} / {}", fmt_ms(a.p50_us), fmt_ms(a.p99_us))
-                    });
-                let _ = write!(line, " {cell:>15}");
+                let _ = write!(line, " {:>15}", self.scaling_cell(id, client));
             }
             let _ = writeln!(out, "{line}");
         }
+    }
+
+    /// One client's acquire latency in one scaling run: `p50 / p99` in ms, or `-`.
+    fn scaling_cell(&self, id: &str, client: ClientKind) -> String {
+        self.result(id, client)
+            .and_then(|r| r.acquire.as_ref())
+            .map_or("-".to_string(), |a| {
+                format!("{} / {}", fmt_ms(a.p50_us), fmt_ms(a.p99_us))
+            })
     }
 
     /// `(N, scenario id)` of the scaling runs, in order.
@@ -595,13 +598,7 @@ impl Report {
             for &client in &clients {
                 let mut row = format!("| {} |", client.name());
                 for (_, id) in &sizes {
-                    let cell = self
-                        .result(id, client)
-                        .and_then(|r| r.acquire.as_ref())
-                        .map_or("-".into(), |a| {
-                            format!("{} / {}", fmt_ms(a.p50_us), fmt_ms(a.p99_us))
-                        });
-                    let _ = write!(row, " {cell} |");
+                    let _ = write!(row, " {} |", self.scaling_cell(id, client));
                 }
                 let _ = writeln!(md, "{row}");
             }
