@@ -8,9 +8,12 @@ use fred::prelude::{Client, ClientLike, Config, EventInterface};
 use rand::Rng;
 
 use crate::error::Error;
-use crate::node::{ClientSettings, Node, load_scripts, server_name};
+use crate::node::{
+    ClientSettings, Node, SCRIPT_LOAD_TIMEOUT, error_message, is_acl_refusal, load_scripts,
+    server_name,
+};
 use crate::quorum::{NodeVote, Vote, Votes, quorum};
-use crate::redlock::{MAX_TTL, Redlock};
+use crate::redlock::{MAX_TTL, RESERVED_PREFIX, Redlock};
 
 /// Default number of retries after the first attempt when no acquire timeout is set.
 pub const DEFAULT_RETRY_COUNT: u32 = 3;
@@ -29,21 +32,40 @@ pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Default share of the validity left when the keep-alive task extends a lock.
 pub const DEFAULT_KEEP_ALIVE_AT: f64 = 0.5;
 
-/// How long a node that lost its data (restarted without persistence, or flushed)
-/// stays out of acquisitions. A node that lost its data forgets the locks it granted;
-/// counted at once, it could help a second client win a second majority for a
-/// resource that is still locked. See docs/safety.md.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Default restart quarantine period, and so the longest TTL accepted by default.
+pub const DEFAULT_QUARANTINE_PERIOD: Duration = Duration::from_secs(60);
+/// Default time a resource's fencing counter outlives its last lock.
+pub const DEFAULT_FENCING_RETENTION: Duration = Duration::from_secs(600);
+
+/// The restart quarantine: how long a node that lost or changed its data stays out of
+/// acquisitions. Such a node may have forgotten locks it granted; counted at once, it
+/// could help a second client win a second majority for a resource that is still
+/// locked. See docs/safety.md.
+///
+/// The acquisition script compares the node's `run_id` (new on every start of the
+/// server process, and different on a promoted replica) with the one fredlock recorded
+/// on the node; a missing or different record (a restart, with or without a snapshot,
+/// a `FLUSHALL`, a failover) starts the quarantine on that node, for every client, in
+/// the same atomic step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Quarantine {
-    /// No quarantine: for nodes that keep their data across restarts
-    /// (`appendonly yes` with `appendfsync always`).
+    /// No quarantine: for nodes that keep every write across restarts (`appendonly yes`
+    /// with `appendfsync always`) and never fail over to a replica.
     Off,
-    /// As long as the largest TTL this client has asked for (the default).
-    #[default]
-    LargestTtl,
-    /// A fixed period. Locks with a longer TTL are refused (`InvalidArgument`).
+    /// Keep such a node out for this long from the moment any client notices. It must
+    /// be at least the longest TTL any client of the deployment uses, so locks with a
+    /// longer TTL (at acquire and at extend) are refused (`InvalidArgument` naming
+    /// `restart_quarantine`). Give every client the same period; the default,
+    /// [`DEFAULT_QUARANTINE_PERIOD`], is one all clients share without configuration.
     Period(Duration),
+}
+
+impl Default for Quarantine {
+    /// `Period(DEFAULT_QUARANTINE_PERIOD)`.
+    fn default() -> Self {
+        Quarantine::Period(DEFAULT_QUARANTINE_PERIOD)
+    }
 }
 
 /// Where the nodes come from.
@@ -87,6 +109,7 @@ pub struct Builder {
     reconnect_delay: Duration,
     keep_alive_at: f64,
     quarantine: Quarantine,
+    fencing_retention: Duration,
 }
 
 impl std::fmt::Debug for Builder {
@@ -109,6 +132,7 @@ impl std::fmt::Debug for Builder {
             .field("reconnect_delay", &self.reconnect_delay)
             .field("keep_alive_at", &self.keep_alive_at)
             .field("quarantine", &self.quarantine)
+            .field("fencing_retention", &self.fencing_retention)
             .finish()
     }
 }
@@ -128,6 +152,7 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) keep_alive_at: f64,
     pub(crate) quarantine: Quarantine,
+    pub(crate) fencing_retention: Duration,
 }
 
 impl Builder {
@@ -146,6 +171,7 @@ impl Builder {
             reconnect_delay: DEFAULT_RECONNECT_DELAY,
             keep_alive_at: DEFAULT_KEEP_ALIVE_AT,
             quarantine: Quarantine::default(),
+            fencing_retention: DEFAULT_FENCING_RETENTION,
         }
     }
 
@@ -242,12 +268,26 @@ impl Builder {
         self
     }
 
-    /// The restart quarantine: how long a node that lost its data stays out of
-    /// acquisitions (it is detected by a marker key that only data loss removes, then
-    /// by its uptime). Default: [`Quarantine::LargestTtl`]. While a node is
-    /// quarantined, the cluster tolerates one failure fewer.
+    /// The restart quarantine: how long a node that lost or changed its data stays out
+    /// of acquisitions, and so the longest TTL accepted. Default:
+    /// `Quarantine::Period(DEFAULT_QUARANTINE_PERIOD)` (60 s). While a node is
+    /// quarantined, the cluster tolerates one failure fewer. A fresh deployment's nodes
+    /// are quarantined by the first acquisition; see
+    /// [`Redlock::lift_restart_quarantine`](crate::Redlock::lift_restart_quarantine).
+    /// Every client of a deployment should use the same setting.
     pub fn restart_quarantine(mut self, quarantine: Quarantine) -> Self {
         self.quarantine = quarantine;
+        self
+    }
+
+    /// How long a resource's fencing counter outlives its lock on each node: every
+    /// acquisition and extension keeps it for the TTL plus this, so a resource used
+    /// once leaves no key behind after that. A counter that expired comes back at the
+    /// acquiring client's clock (docs/fencing.md): tokens keep increasing as long as no
+    /// two clients' clocks differ by more than this. Default: 10 minutes; at most
+    /// [`MAX_TTL`](crate::MAX_TTL).
+    pub fn fencing_retention(mut self, retention: Duration) -> Self {
+        self.fencing_retention = retention;
         self
     }
 
@@ -260,11 +300,16 @@ impl Builder {
     /// connected; see [`Redlock::from_clients`]).
     ///
     /// Either way, it then loads the lock scripts into every connected node (`SCRIPT
-    /// LOAD`, bounded by 2 s), so that the first acquisition finds them; fredlock
-    /// loads them again on every reconnection.
+    /// LOAD`, bounded by 2 s), so that the first acquisition finds them (fredlock loads
+    /// them again on every reconnection), and runs every command the scripts use
+    /// (`SET`, `GET`, `EXISTS`, `PTTL`, `PEXPIRE`, `DEL`, `PUBLISH`, and `INFO` when the
+    /// restart quarantine is on) on a probe key in fredlock's namespace, so that a
+    /// node whose ACL denies one of them is an error now rather than a lock that can
+    /// never be taken.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the first invalid option, or [`Error::Connect`].
+    /// [`Error::Config`] naming the first invalid option, [`Error::Connect`], or
+    /// [`Error::Denied`] naming the node and the command its ACL refuses.
     pub async fn build(self) -> Result<Redlock, Error> {
         let settings = self.settings()?;
         let client_settings = ClientSettings {
@@ -285,6 +330,11 @@ impl Builder {
                 // Nodes first: they listen for connection errors from the start.
                 let nodes = to_nodes(clients, settings.node_timeout);
                 connect(&nodes, settings.connect_timeout).await?;
+                if let Err(denied) = prepare(&nodes, &settings).await {
+                    let timeout = settings.connect_timeout;
+                    futures::future::join_all(nodes.iter().map(|n| n.close(timeout))).await;
+                    return Err(denied);
+                }
                 Ok(Redlock::new(nodes, settings, true))
             }
             Source::Clients(clients) => {
@@ -311,13 +361,7 @@ impl Builder {
                     }
                 }
                 let nodes = to_nodes(clients, settings.node_timeout);
-                futures::future::join_all(
-                    nodes
-                        .iter()
-                        .filter(|node| node.client().is_connected())
-                        .map(|node| load_scripts(node.client().clone())),
-                )
-                .await;
+                prepare(&nodes, &settings).await?;
                 Ok(Redlock::new(nodes, settings, false))
             }
         }
@@ -338,10 +382,27 @@ impl Builder {
                 format!("must be in (0, 1), got {}", self.keep_alive_at),
             ));
         }
-        if self.quarantine == Quarantine::Period(Duration::ZERO) {
+        if let Quarantine::Period(period) = self.quarantine {
+            if period.is_zero() {
+                return Err(Error::config(
+                    "restart_quarantine",
+                    "a zero period quarantines nothing: use Quarantine::Off to mean that",
+                ));
+            }
+            if period > MAX_TTL {
+                return Err(Error::config(
+                    "restart_quarantine",
+                    format!("{period:?} is longer than the longest TTL ({MAX_TTL:?})"),
+                ));
+            }
+        }
+        if self.fencing_retention > MAX_TTL {
             return Err(Error::config(
-                "restart_quarantine",
-                "a zero period quarantines nothing: use Quarantine::Off to mean that",
+                "fencing_retention",
+                format!(
+                    "{:?} is longer than the longest TTL ({MAX_TTL:?})",
+                    self.fencing_retention
+                ),
             ));
         }
         for (name, timeout) in [
@@ -387,6 +448,7 @@ impl Builder {
             connect_timeout: self.connect_timeout,
             keep_alive_at: self.keep_alive_at,
             quarantine: self.quarantine,
+            fencing_retention: self.fencing_retention,
         })
     }
 }
@@ -464,8 +526,8 @@ async fn connect(nodes: &[Arc<Node>], timeout: Duration) -> Result<(), Error> {
         let client = node.client();
         // Subscribed before the connection task starts, so no outcome is missed.
         let mut errors = client.error_rx();
-        // The connection task runs until `quit`; dropping its handle detaches it.
-        drop(client.connect());
+        // The connection task runs until the node is closed.
+        node.connect();
         let first = tokio::time::timeout(timeout, async {
             tokio::select! {
                 connected = client.wait_for_connect() => connected.err(),
@@ -476,14 +538,9 @@ async fn connect(nodes: &[Arc<Node>], timeout: Duration) -> Result<(), Error> {
         let vote = match first {
             _ if client.is_connected() => Vote::Yes,
             Ok(None) => Vote::Yes,
-            Ok(Some(e)) => Vote::Error(e.details().to_string()),
+            Ok(Some(e)) => Vote::Error(error_message(&e)),
             Err(_) => Vote::Timeout,
         };
-        if vote == Vote::Yes {
-            // The node loads them on each connection too, but in the background: wait
-            // for them here, so that the first acquisition finds them.
-            load_scripts(client.clone()).await;
-        }
         NodeVote {
             node: Arc::clone(node.name()),
             vote,
@@ -494,19 +551,54 @@ async fn connect(nodes: &[Arc<Node>], timeout: Duration) -> Result<(), Error> {
     if votes.yes() >= quorum(nodes.len()) {
         return Ok(());
     }
-    futures::future::join_all(
-        nodes
-            .iter()
-            .map(|n| tokio::time::timeout(timeout, n.client().quit())),
-    )
-    .await;
+    futures::future::join_all(nodes.iter().map(|n| n.close(timeout))).await;
     Err(Error::Connect { votes })
+}
+
+/// On every connected node: loads the scripts (the node loads them on each connection
+/// too, but in the background: waiting here means the first acquisition finds them),
+/// then checks that its ACL allows every command fredlock needs.
+async fn prepare(nodes: &[Arc<Node>], settings: &Settings) -> Result<(), Error> {
+    let probe = format!("{}{RESERVED_PREFIX}probe", settings.key_prefix);
+    let quarantine = settings.quarantine != Quarantine::Off;
+    let checks = nodes
+        .iter()
+        .filter(|node| node.client().is_connected())
+        .map(|node| {
+            let probe = &probe;
+            async move {
+                let denied = match load_scripts(node.client().clone()).await {
+                    Some(message) if is_acl_refusal(&message) => {
+                        Err(("SCRIPT LOAD".to_string(), message))
+                    }
+                    _ => node.check(probe, quarantine, SCRIPT_LOAD_TIMEOUT).await,
+                };
+                denied.map_err(|(command, message)| Error::Denied {
+                    node: node.name().to_string(),
+                    command,
+                    message,
+                })
+            }
+        });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, Error>>()
+        .map(drop)
 }
 
 /// The pause before the next attempt: `delay + uniform(0..=jitter)`.
 pub(crate) fn retry_pause(delay: Duration, jitter: Duration, rng: &mut impl Rng) -> Duration {
     let jitter_ns = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
     delay.saturating_add(Duration::from_nanos(rng.random_range(0..=jitter_ns)))
+}
+
+/// The pause of a waiter woken by a release before it tries: up to one round trip
+/// (`round_trip`, its last attempt's), divided by the attempts it has made. Woken
+/// waiters then reach the nodes spread over about a round trip instead of splitting
+/// the votes, and those that have waited longer go first.
+pub(crate) fn wake_jitter(round_trip: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
+    retry_pause(Duration::ZERO, round_trip, rng) / attempt.saturating_add(1)
 }
 
 #[cfg(test)]
@@ -637,6 +729,21 @@ mod tests {
             .acquire_timeout(Duration::from_secs(1))
             .retry_count(5);
         assert_eq!(both.settings().unwrap().retry_count, 5);
+    }
+
+    #[test]
+    fn wake_jitter_scales_with_the_round_trip_and_favours_older_waiters() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for rtt in [Duration::from_micros(200), Duration::from_millis(40)] {
+            let first: Vec<Duration> = (0..1000).map(|_| wake_jitter(rtt, 0, &mut rng)).collect();
+            assert!(first.iter().all(|j| *j <= rtt));
+            // Spread over the round trip: some near its end, not all near zero.
+            assert!(first.iter().any(|j| *j > rtt * 3 / 4), "{rtt:?}");
+            let later: Vec<Duration> = (0..1000).map(|_| wake_jitter(rtt, 3, &mut rng)).collect();
+            assert!(later.iter().all(|j| *j <= rtt / 4), "{rtt:?}");
+        }
+        assert_eq!(wake_jitter(Duration::ZERO, 0, &mut rng), Duration::ZERO);
+        assert!(wake_jitter(Duration::MAX, u32::MAX, &mut rng) <= Duration::MAX);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::quorum::Votes;
 ///
 /// Round errors carry every node's [`Vote`](crate::Vote), so a log line says which node
 /// failed and how.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Nodes answered that the resource's key holds another token: another owner has
@@ -112,6 +112,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// At `build()`, a node's ACL refused a command fredlock needs (for example `INFO`,
+    /// which the restart quarantine uses to read the node's `run_id`). Grant it to the
+    /// user fredlock connects as, or turn off what needs it.
+    #[error("node {node} refuses the command `{command}` that fredlock needs: {message}")]
+    Denied {
+        /// The node's address, `host:port`.
+        node: String,
+        /// The command refused, as the node's reply names it.
+        command: String,
+        /// The node's reply (`NOPERM ...`).
+        message: String,
+    },
+
     /// `build()` could not connect to a quorum of the endpoints within the connect
     /// timeout. Carries each node's connection outcome.
     #[error("could not connect to a quorum of nodes: {votes}")]
@@ -135,14 +148,14 @@ impl Error {
                 LostReason::ExtendFailed(error) => error.votes(),
                 _ => None,
             },
-            Error::Config { .. } | Error::InvalidArgument { .. } => None,
+            Error::Config { .. } | Error::InvalidArgument { .. } | Error::Denied { .. } => None,
         }
     }
 
     /// Whether another acquisition attempt may succeed: [`Error::Taken`],
     /// [`Error::NoQuorum`], [`Error::TooLate`] and [`Error::FencingFailed`]. Invalid
-    /// input, [`Error::Expired`], [`Error::Lost`] and [`Error::Connect`] (a `build()`
-    /// failure) are not.
+    /// input, [`Error::Expired`], [`Error::Lost`], [`Error::Connect`] and
+    /// [`Error::Denied`] (`build()` failures) are not.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

@@ -82,15 +82,16 @@ mod round;
 mod wakeup;
 
 pub use config::{
-    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_KEEP_ALIVE_AT,
-    DEFAULT_NODE_TIMEOUT, DEFAULT_RECONNECT_DELAY, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY,
-    DEFAULT_RETRY_JITTER, Quarantine,
+    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_FENCING_RETENTION,
+    DEFAULT_KEEP_ALIVE_AT, DEFAULT_NODE_TIMEOUT, DEFAULT_QUARANTINE_PERIOD,
+    DEFAULT_RECONNECT_DELAY, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_JITTER,
+    Quarantine,
 };
 pub use error::Error;
 pub use lease::{Lease, LostReason};
 pub use lock::Lock;
 pub use quorum::{DRIFT_FLOOR, NodeVote, Vote, Votes, quorum};
-pub use redlock::{FENCE_SUFFIX, MAX_TTL, Redlock};
+pub use redlock::{MAX_TTL, RESERVED_PREFIX, Redlock};
 
 /// The fred crate fredlock is built on, for [`Redlock::from_clients`].
 pub use fred;

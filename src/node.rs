@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::task::{AbortHandle, JoinHandle};
+
 use fred::clients::WithOptions;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, EventInterface, Key, LuaInterface, Options,
@@ -29,9 +31,13 @@ const ACQUIRE_LUA: &str = include_str!("scripts/acquire.lua");
 const FENCE_LUA: &str = include_str!("scripts/fence.lua");
 /// Compare-and-pexpire, see `scripts/extend.lua`.
 const EXTEND_LUA: &str = include_str!("scripts/extend.lua");
+/// Lifting the restart quarantine, see `scripts/lift.lua`.
+const LIFT_LUA: &str = include_str!("scripts/lift.lua");
+/// The permission check of `build()`, see `scripts/check.lua`.
+const CHECK_LUA: &str = include_str!("scripts/check.lua");
 
 /// The bound on loading the scripts into a node, in the background.
-const SCRIPT_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const SCRIPT_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(RELEASE_LUA));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(EXTEND_LUA));
@@ -60,6 +66,12 @@ pub(crate) struct Node {
     quarantined_until: Mutex<Option<Instant>>,
     /// Set while the scripts are being loaded again after a `NOSCRIPT`.
     reloading: Arc<AtomicBool>,
+    /// The tasks that follow the client's connection events; they hold a clone of the
+    /// client, so they are ended with the node.
+    listeners: [AbortHandle; 2],
+    /// The client's connection task, when fredlock started it (see
+    /// [`connect`](Node::connect)).
+    connection: Mutex<Option<JoinHandle<Result<(), fred::error::Error>>>>,
 }
 
 impl Node {
@@ -71,19 +83,20 @@ impl Node {
         let name = server_name(&client.client_config());
         let connection_error = Arc::new(Mutex::new(None));
         let on_error = Arc::clone(&connection_error);
-        drop(client.on_error(move |(error, _)| {
+        let errors = client.on_error(move |(error, _)| {
             set(&on_error, Some(error_message(&error)));
             async { Ok(()) }
-        }));
+        });
         let on_reconnect = Arc::clone(&connection_error);
         let loader = client.clone();
-        drop(client.on_reconnect(move |_| {
+        let reconnects = client.on_reconnect(move |_| {
             set(&on_reconnect, None);
             // A restarted node has an empty script cache: fill it before the next
-            // acquisition needs it (fred fires this on every new connection).
+            // acquisition needs it (fred fires this on every new connection). Bounded
+            // by the script load timeout.
             tokio::spawn(load_scripts(loader.clone()));
             async { Ok(()) }
-        }));
+        });
         Node {
             client,
             name,
@@ -91,6 +104,42 @@ impl Node {
             connection_error,
             quarantined_until: Mutex::new(None),
             reloading: Arc::default(),
+            listeners: [errors.abort_handle(), reconnects.abort_handle()],
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// Starts the client's connection task (for a client fredlock created), kept so
+    /// that [`close`](Node::close) can end it.
+    pub(crate) fn connect(&self) {
+        let task = self.client.connect();
+        if let Ok(mut slot) = self.connection.lock() {
+            *slot = Some(task);
+        }
+    }
+
+    /// Closes a client fredlock created: `QUIT` within `timeout`, then the connection
+    /// task is ended whether or not the node answered (a frozen node never does).
+    pub(crate) async fn close(&self, timeout: Duration) {
+        self.closing(timeout).await;
+    }
+
+    /// [`close`](Node::close) in the background, for `Drop`; outside a runtime there
+    /// is no task left to end.
+    pub(crate) fn close_in_background(&self, timeout: Duration) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.closing(timeout));
+        }
+    }
+
+    fn closing(&self, timeout: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let connection = self.connection.lock().ok().and_then(|mut slot| slot.take());
+        let client = self.client.clone();
+        async move {
+            let _ = tokio::time::timeout(timeout, client.quit()).await;
+            if let Some(connection) = connection {
+                connection.abort();
+            }
         }
     }
 
@@ -204,6 +253,12 @@ impl Node {
                 let details = e.details();
                 if let Some(refusal) = details.strip_prefix("QUARANTINED ") {
                     Vote::Error(self.quarantine(refusal))
+                } else if let Some(index) = details.strip_prefix("FENCE_EXHAUSTED ") {
+                    Vote::Error(format!(
+                        "the fencing counter of resource {index} reached 2^53 - 1, the \
+                         largest a Lua number counts exactly: no larger token can be \
+                         made until the counter expires"
+                    ))
                 } else if details.starts_with("NOSCRIPT") {
                     self.reload_scripts();
                     Vote::Error(
@@ -232,17 +287,19 @@ impl Node {
         });
     }
 
-    /// Remembers a node that refused an acquisition with `QUARANTINED <ms left>
-    /// <uptime s>`, so that it is not asked again before then. Returns the vote's
-    /// message.
+    /// Remembers a node that refused an acquisition with `QUARANTINED <ms left>`, so
+    /// that it is not asked again before then. Returns the vote's message.
     fn quarantine(&self, refusal: &str) -> String {
-        let Some((left, uptime)) = parse_quarantine(refusal) else {
-            return format!("quarantined after a restart: {refusal}");
+        let Some(left) = parse_quarantine(refusal) else {
+            return format!("quarantined after a lost or changed incarnation: {refusal}");
         };
         if let Ok(mut until) = self.quarantined_until.lock() {
             *until = Instant::now().checked_add(left);
         }
-        format!("restarted without its data {uptime:?} ago: quarantined for another {left:?}")
+        format!(
+            "quarantined for another {left:?}: the node lost or changed its data \
+             (restart, flush, failover) and may have forgotten locks it granted"
+        )
     }
 
     fn quarantined_until(&self) -> Option<Instant> {
@@ -258,14 +315,19 @@ impl Node {
     }
 
     /// Fencing write-back: while our lock keys hold `token`, raise the counters to at
-    /// least `fences`.
-    pub(crate) async fn fence(&self, request: &Request, token: &str, fences: &[u64]) -> Vote {
+    /// least `fences`, keeping them for the TTL plus `retention_ms`.
+    pub(crate) async fn fence(
+        &self,
+        request: &Request,
+        token: &str,
+        fences: &[u64],
+        retention_ms: u64,
+    ) -> Vote {
+        let keep = ms_arg(request.ttl_ms.saturating_add(retention_ms));
         self.compare(&FENCE, FENCE_LUA, || {
-            let mut keys = fred_keys(&request.keys);
-            keys.extend(request.fence_keys.iter().map(|k| Key::from(&**k)));
-            let mut args = vec![Value::from(token)];
+            let mut args = vec![Value::from(token), Value::Integer(keep)];
             args.extend(fences.iter().map(|f| Value::from(f.to_string())));
-            (keys, args)
+            (lock_and_fence_keys(request), args)
         })
         .await
     }
@@ -298,16 +360,80 @@ impl Node {
         }
     }
 
-    /// Compare-and-pexpire.
-    pub(crate) async fn extend(&self, keys: &[Arc<str>], token: &str, ttl_ms: u64) -> Vote {
-        let px = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+    /// Compare-and-pexpire of the lock keys to `request.ttl_ms`; the fencing counters
+    /// are kept for that plus `retention_ms`.
+    pub(crate) async fn extend(&self, request: &Request, token: &str, retention_ms: u64) -> Vote {
+        let (px, retention) = (ms_arg(request.ttl_ms), ms_arg(retention_ms));
         self.compare(&EXTEND, EXTEND_LUA, || {
-            (
-                fred_keys(keys),
-                vec![Value::from(token), Value::Integer(px)],
-            )
+            let args = vec![
+                Value::from(token),
+                Value::Integer(px),
+                Value::Integer(retention),
+            ];
+            (lock_and_fence_keys(request), args)
         })
         .await
+    }
+
+    /// Lifts the restart quarantine on this node (`scripts/lift.lua`): records its
+    /// current incarnation in `marker` and deletes `guard`.
+    pub(crate) async fn lift(&self, marker: &str, guard: &str) -> Vote {
+        let client = match self.request_client() {
+            Ok(client) => client,
+            Err(vote) => return vote,
+        };
+        let keys = vec![Key::from(marker), Key::from(guard)];
+        let reply: Result<Value, _> = client.eval(LIFT_LUA, keys, Vec::<Value>::new()).await;
+        match reply {
+            Ok(_) => {
+                if let Ok(mut until) = self.quarantined_until.lock() {
+                    *until = None;
+                }
+                Vote::Yes
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Runs every command fredlock needs on this node (`scripts/check.lua`), within
+    /// `timeout`. `Err((command, message))` for the first one the node's ACL denies;
+    /// other failures (a node that is read-only, out of memory, slow) are left to the
+    /// votes of the lock rounds.
+    pub(crate) async fn check(
+        &self,
+        probe: &str,
+        quarantine: bool,
+        timeout: Duration,
+    ) -> Result<(), (String, String)> {
+        let options = Options {
+            max_attempts: Some(1),
+            timeout: Some(timeout),
+            ..Options::default()
+        };
+        let client = self.client.with_options(&options);
+        let args = vec![
+            Value::from(RELEASE_CHANNEL_PREFIX),
+            Value::from(if quarantine { "1" } else { "0" }),
+        ];
+        let reply: Result<Value, _> = client.eval(CHECK_LUA, vec![Key::from(probe)], args).await;
+        match reply {
+            Ok(Value::Array(refused)) => match refused.as_slice() {
+                [command, message] => {
+                    let message = message.as_string().unwrap_or_default();
+                    if is_acl_refusal(&message) {
+                        Err((command.as_string().unwrap_or_default(), message))
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => Ok(()),
+            },
+            Ok(_) => Ok(()),
+            Err(e) if is_acl_refusal(e.details()) => {
+                Err(("EVAL".to_string(), e.details().to_string()))
+            }
+            Err(_) => Ok(()),
+        }
     }
 
     /// Runs a compare-and-something script (1: done on every key, else not ours) by
@@ -357,6 +483,12 @@ impl Node {
         match e.kind() {
             fred::error::ErrorKind::Timeout => Vote::Timeout,
             fred::error::ErrorKind::Canceled => self.not_connected(&error_message(e)),
+            _ if is_acl_refusal(e.details()) => Vote::Error(format!(
+                "{}: the node's ACL refuses a command fredlock's scripts use (EVAL, EVALSHA, \
+                 SCRIPT LOAD, SET, GET, EXISTS, PTTL, PEXPIRE, DEL, PUBLISH, and INFO for the \
+                 restart quarantine)",
+                error_message(e)
+            )),
             _ => Vote::Error(error_message(e)),
         }
     }
@@ -375,33 +507,55 @@ impl Node {
     }
 }
 
-/// The floor proposed for fencing counters: this client's clock in microseconds since
-/// the Unix epoch (0 if the clock is before it), taken once per attempt so that every
-/// node gets the same one. Only a floor: the counters, not the clock, make the tokens
-/// increase.
-pub(crate) fn fencing_floor() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// The time left and the uptime in the acquisition script's refusal
-/// `QUARANTINED <ms left> <uptime s>` (without its first word).
-fn parse_quarantine(refusal: &str) -> Option<(Duration, Duration)> {
-    let mut parts = refusal.split(' ').map(str::parse::<u64>);
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(Ok(left_ms)), Some(Ok(uptime)), None) => {
-            Some((Duration::from_millis(left_ms), Duration::from_secs(uptime)))
+impl Drop for Node {
+    fn drop(&mut self) {
+        for listener in &self.listeners {
+            listener.abort();
         }
-        _ => None,
     }
 }
 
+/// The floor proposed for fencing counters: this client's clock in microseconds since
+/// the Unix epoch (0 if the clock is before it), taken once per attempt so that every
+/// node gets the same one, and at most [`MAX_FENCING_FLOOR`]. Only a floor: the
+/// counters, not the clock, make the tokens increase.
+pub(crate) fn fencing_floor() -> u64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    clamp_floor(micros)
+}
+
+/// The largest fencing floor sent: 2^53 - 2^40. Lua's numbers are doubles, exact up to
+/// 2^53; a clock far in the future (past the year 2250) is held here, leaving 2^40
+/// increments below the limit where the script refuses to count further.
+pub(crate) const MAX_FENCING_FLOOR: u64 = (1 << 53) - (1 << 40);
+
+fn clamp_floor(micros: u64) -> u64 {
+    micros.min(MAX_FENCING_FLOOR)
+}
+
+/// Whether a reply is an ACL refusal: `NOPERM ...` for a command sent directly, and
+/// Redis's message for a command a script called.
+pub(crate) fn is_acl_refusal(message: &str) -> bool {
+    message.starts_with("NOPERM") || message.contains("user executing the script can't run")
+}
+
+/// The time left in the acquisition script's refusal `QUARANTINED <ms left>` (without
+/// its first word).
+fn parse_quarantine(refusal: &str) -> Option<Duration> {
+    refusal
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+}
+
 /// Loads the lock scripts into the node's script cache, so that `EVALSHA` finds them.
-/// Failures are only logged: a node without its scripts answers `NOSCRIPT`, which costs
-/// it one vote and loads them again.
-pub(crate) async fn load_scripts(client: Client) {
+/// Returns the first failure's message; a node without its scripts answers `NOSCRIPT`,
+/// which costs it one vote and loads them again.
+pub(crate) async fn load_scripts(client: Client) -> Option<String> {
     let options = Options {
         max_attempts: Some(1),
         timeout: Some(SCRIPT_LOAD_TIMEOUT),
@@ -412,11 +566,14 @@ pub(crate) async fn load_scripts(client: Client) {
         let client = &client;
         async move { client.script_load::<String, _>(lua).await }
     });
+    let mut first = None;
     for outcome in futures::future::join_all(loads).await {
         if let Err(e) = outcome {
             tracing::debug!(error = %e, "loading the lock scripts failed");
+            first.get_or_insert_with(|| error_message(&e));
         }
     }
+    first
 }
 
 /// One attempt's acquisition script call, built once and sent to every node.
@@ -427,35 +584,54 @@ pub(crate) struct AcquireCall {
 
 impl AcquireCall {
     /// The call for `request` with `token`: `quarantine` is the restart quarantine
-    /// period with the marker key, if it is on.
+    /// period with the marker and guard keys, if it is on; `retention` is how long a
+    /// fencing counter outlives the lock.
     pub(crate) fn new(
         request: &Request,
         token: &str,
         fencing_floor: u64,
-        quarantine: Option<(&str, Duration)>,
+        quarantine: Option<(&str, &str, Duration)>,
+        retention: Duration,
     ) -> Self {
         let n = request.keys.len();
-        let mut keys = Vec::with_capacity(2 * n + 1);
+        let mut keys = Vec::with_capacity(2 * n + 2);
         keys.extend(request.keys.iter().map(|k| Key::from(&**k)));
         keys.extend(request.fence_keys.iter().map(|k| Key::from(&**k)));
         let period_ms = match quarantine {
-            Some((marker, period)) => {
+            Some((marker, guard, period)) => {
                 keys.push(Key::from(marker));
-                // No lock outlives MAX_TTL, so a longer period means no more; capped,
-                // it stays exact in Lua's doubles.
-                i64::try_from(period.min(MAX_TTL).as_millis()).unwrap_or(i64::MAX)
+                keys.push(Key::from(guard));
+                duration_arg(period)
             }
             None => -1,
         };
         let args = vec![
             Value::from(token),
-            Value::Integer(i64::try_from(request.ttl_ms).unwrap_or(i64::MAX)),
+            Value::Integer(ms_arg(request.ttl_ms)),
             Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
             Value::Integer(period_ms),
             Value::from(fencing_floor.to_string()),
+            Value::Integer(duration_arg(retention)),
         ];
         AcquireCall { keys, args }
     }
+}
+
+/// Milliseconds for a script argument. Every duration fredlock sends is at most
+/// [`MAX_TTL`] (2^40 ms), or a sum of two such: exact in Lua's doubles.
+fn ms_arg(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn duration_arg(d: Duration) -> i64 {
+    ms_arg(u64::try_from(d.min(MAX_TTL).as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The lock keys, then the fencing-counter keys.
+fn lock_and_fence_keys(request: &Request) -> Vec<Key> {
+    let mut keys = fred_keys(&request.keys);
+    keys.extend(request.fence_keys.iter().map(|k| Key::from(&**k)));
+    keys
 }
 
 /// The lock keys as fred keys.
@@ -469,21 +645,69 @@ fn set(slot: &Mutex<Option<String>>, value: Option<String>) {
     }
 }
 
-/// The server's reply text when there is one (`WRONGTYPE ...`), else fred's message.
-fn error_message(e: &fred::error::Error) -> String {
+/// The server's reply text when there is one (`WRONGTYPE ...`), else fred's message;
+/// an I/O error as its text.
+pub(crate) fn error_message(e: &fred::error::Error) -> String {
     let details = e.details();
     if details.is_empty() {
         format!("{:?}", e.kind())
+    } else if *e.kind() == fred::error::ErrorKind::IO {
+        io_text(details)
     } else {
         details.to_string()
     }
 }
 
-/// `host:port` for a centralized config; fred's debug form otherwise.
+/// fred keeps an I/O error as its debug form (`Os { code: 111, kind:
+/// ConnectionRefused, message: "Connection refused" }`); this gives it as
+/// `std::io::Error` displays it (`Connection refused (os error 111)`), and anything
+/// else unchanged.
+fn io_text(debug: &str) -> String {
+    let field = |name: &str| {
+        let start = debug.find(name)? + name.len();
+        let rest = &debug[start..];
+        let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
+        Some(rest[..end].trim_matches('"'))
+    };
+    let message = debug.find("message: \"").and_then(|start| {
+        let rest = &debug[start + "message: \"".len()..];
+        rest.find('"').map(|end| &rest[..end])
+    });
+    match (message, field("code: ")) {
+        (Some(message), Some(code)) if debug.starts_with("Os {") => {
+            format!("{message} (os error {code})")
+        }
+        (Some(message), _) => message.to_string(),
+        _ => match debug.find("error: \"") {
+            Some(start) => {
+                let rest = &debug[start + "error: \"".len()..];
+                rest.split('"').next().unwrap_or(rest).to_string()
+            }
+            None => debug.to_string(),
+        },
+    }
+}
+
+/// `host:port` for a centralized config; for the others (refused by the builder), their
+/// kind and hosts, never their credentials.
 pub(crate) fn server_name(config: &Config) -> Arc<str> {
+    let hosts = |hosts: &[fred::types::config::Server]| {
+        hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match &config.server {
         ServerConfig::Centralized { server } => server.to_string().into(),
-        other => format!("{other:?}").into(),
+        ServerConfig::Clustered { hosts: list, .. } => format!("cluster at {}", hosts(list)).into(),
+        ServerConfig::Sentinel {
+            hosts: list,
+            service_name,
+            ..
+        } => format!("sentinel service `{service_name}` at {}", hosts(list)).into(),
+        #[allow(unreachable_patterns)]
+        _ => "a non-TCP server".into(),
     }
 }
 
@@ -493,13 +717,32 @@ mod tests {
 
     #[test]
     fn quarantine_refusals_parse_or_are_kept_as_text() {
+        assert_eq!(parse_quarantine("2650"), Some(Duration::from_millis(2650)));
+        assert_eq!(parse_quarantine("2650 3"), None);
+        assert_eq!(parse_quarantine("-1"), None);
+        assert_eq!(parse_quarantine("soon"), None);
+    }
+
+    #[test]
+    fn the_fencing_floor_stays_exact_in_lua() {
+        assert_eq!(clamp_floor(1_700_000_000_000_000), 1_700_000_000_000_000);
+        assert_eq!(clamp_floor(1 << 53), MAX_FENCING_FLOOR);
+        assert_eq!(clamp_floor(u64::MAX), MAX_FENCING_FLOOR);
+        // The floor and every increment up to the script's limit are exact doubles.
+        assert_eq!((MAX_FENCING_FLOOR as f64) as u64, MAX_FENCING_FLOOR);
+        assert!(fencing_floor() <= MAX_FENCING_FLOOR);
+    }
+
+    #[test]
+    fn io_errors_read_as_text() {
         assert_eq!(
-            parse_quarantine("2650 3"),
-            Some((Duration::from_millis(2650), Duration::from_secs(3)))
+            io_text(r#"Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }"#),
+            "Connection refused (os error 111)"
         );
-        assert_eq!(parse_quarantine("2650"), None);
-        assert_eq!(parse_quarantine("2650 3 4"), None);
-        assert_eq!(parse_quarantine("-1 3"), None);
-        assert_eq!(parse_quarantine("soon 3"), None);
+        assert_eq!(
+            io_text(r#"Custom { kind: InvalidData, error: "bad frame" }"#),
+            "bad frame"
+        );
+        assert_eq!(io_text("Kind(UnexpectedEof)"), "Kind(UnexpectedEof)");
     }
 }

@@ -1,33 +1,32 @@
 //! [`Redlock`]: the client that acquires locks over N independent masters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use fred::prelude::{Client, ClientLike};
+use fred::prelude::Client;
 use rand::RngCore;
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
 use crate::acquisition::{Acquired, Acquisition};
-use crate::config::{Builder, Quarantine, Settings, retry_pause};
+use crate::config::{Builder, Quarantine, Settings, retry_pause, wake_jitter};
 use crate::error::Error;
 use crate::lease::Lease;
 use crate::lock::Lock;
 use crate::node::{AcquireCall, Node, fencing_floor};
-use crate::quorum::{Decision, Tally, Vote, Votes, drift, fencing_tokens, quorum, validity};
+use crate::quorum::{
+    Decision, NodeVote, Tally, Vote, Votes, drift, fencing_tokens, quorum, validity,
+};
 use crate::round::Round;
 use crate::wakeup::Wakeup;
 
 /// The largest TTL accepted: 2^40 ms, about 34.8 years.
 pub const MAX_TTL: Duration = Duration::from_millis(1 << 40);
 
-/// The most a waiter woken by a release waits before it tries, divided by the number
-/// of attempts it has made: spreads the woken waiters, favouring the older ones.
-const WAKE_JITTER: Duration = Duration::from_millis(2);
-
-/// A resource's fencing counter lives under its lock key followed by this suffix.
-pub const FENCE_SUFFIX: &str = ":fence";
+/// fredlock's own keys (fencing counters, each node's incarnation marker and
+/// quarantine guard) live under the key prefix followed by this; resource names that
+/// start with it are refused, so no resource's key is ever one of them.
+pub const RESERVED_PREFIX: &str = "fredlock:";
 
 /// Bytes of CSPRNG output in a lock token (hex-encoded: 40 characters).
 const TOKEN_BYTES: usize = 20;
@@ -64,10 +63,10 @@ pub struct Redlock {
 struct Inner {
     nodes: Arc<[Arc<Node>]>,
     settings: Settings,
-    /// The key that marks a node whose data is old enough to count (restart quarantine).
+    /// The key that records a node's incarnation (its `run_id`), for the quarantine.
     marker: Arc<str>,
-    /// The largest TTL asked for so far, for the default quarantine period.
-    largest_ttl_ms: AtomicU64,
+    /// The key whose life is a node's quarantine after a lost or changed incarnation.
+    guard: Arc<str>,
     /// Release notifications, started by the first `lock()` that has to wait.
     wakeup: OnceLock<Arc<Wakeup>>,
     /// Whether fredlock created the clients (and so closes them when dropped).
@@ -150,8 +149,8 @@ impl Redlock {
         Redlock {
             inner: Arc::new(Inner {
                 nodes,
-                marker: format!("{}fredlock:incarnation", settings.key_prefix).into(),
-                largest_ttl_ms: AtomicU64::new(0),
+                marker: format!("{}{RESERVED_PREFIX}incarnation", settings.key_prefix).into(),
+                guard: format!("{}{RESERVED_PREFIX}quarantine", settings.key_prefix).into(),
                 settings,
                 wakeup: OnceLock::new(),
                 owns_clients,
@@ -197,6 +196,7 @@ impl Redlock {
         let mut attempt = 0u32;
         let mut subscription = None;
         loop {
+            let attempt_start = Instant::now();
             let Failed { error, cleanup } = match self.attempt(&request, attempt).await {
                 Ok(lock) => return Ok(lock),
                 Err(failed) => failed,
@@ -204,6 +204,7 @@ impl Redlock {
             if attempt >= settings.retry_count {
                 return Err(error);
             }
+            let round_trip = attempt_start.elapsed().min(settings.node_timeout);
             // The pause before the next attempt, cut short so that the attempt can end
             // before the deadline.
             let mut pause = retry_pause(
@@ -234,10 +235,8 @@ impl Redlock {
                     Some(subscription) => tokio::select! {
                         () = tokio::time::sleep(pause) => {}
                         () = subscription.released() => {
-                            // Desynchronise the woken waiters a little, less so for
-                            // those that have waited longer.
-                            let jitter = retry_pause(Duration::ZERO, WAKE_JITTER, &mut rand::rng());
-                            tokio::time::sleep(jitter / (attempt + 1)).await;
+                            let jitter = wake_jitter(round_trip, attempt, &mut rand::rng());
+                            tokio::time::sleep(jitter).await;
                         }
                     },
                 }
@@ -375,14 +374,37 @@ impl Redlock {
     pub async fn quit(&self) {
         if self.inner.owns_clients {
             let timeout = self.inner.settings.connect_timeout;
-            futures::future::join_all(
-                self.inner
-                    .nodes
-                    .iter()
-                    .map(|n| tokio::time::timeout(timeout, n.client().quit())),
-            )
-            .await;
+            futures::future::join_all(self.inner.nodes.iter().map(|n| n.close(timeout))).await;
         }
+    }
+
+    /// Lifts the restart quarantine on every node: records each node's current
+    /// incarnation and deletes its quarantine guard, so that it votes at once.
+    ///
+    /// This is the operator's way through the wait of a **first deployment** (every
+    /// node is new to fredlock, so the first acquisition quarantines each one for the
+    /// period) and after a planned restart of **all** clients. Call it only when no
+    /// lock granted by these nodes can still be held: lifting the quarantine of a node
+    /// that forgot a live lock lets a second client in (docs/safety.md). Returns each
+    /// node's vote; a node that is down keeps its quarantine.
+    ///
+    /// ```no_run
+    /// # async fn run(redlock: fredlock::Redlock) {
+    /// // A new deployment: no client has ever held a lock on these nodes.
+    /// let votes = redlock.lift_restart_quarantine().await;
+    /// assert_eq!(votes.yes(), votes.len(), "{votes}");
+    /// # }
+    /// ```
+    pub async fn lift_restart_quarantine(&self) -> Votes {
+        let inner = &self.inner;
+        let votes = futures::future::join_all(inner.nodes.iter().map(|node| async move {
+            NodeVote {
+                node: Arc::clone(node.name()),
+                vote: node.lift(&inner.marker, &inner.guard).await,
+            }
+        }))
+        .await;
+        Votes(votes)
     }
 
     /// Validates a resource and TTL and derives the key, the TTL in milliseconds and
@@ -423,6 +445,20 @@ impl Redlock {
     }
 
     fn request_for(&self, resources: Vec<Arc<str>>, ttl: Duration) -> Result<Request, Error> {
+        let argument = if resources.len() == 1 {
+            "resource"
+        } else {
+            "resources"
+        };
+        if let Some(reserved) = resources.iter().find(|r| r.starts_with(RESERVED_PREFIX)) {
+            return Err(Error::invalid(
+                argument,
+                format!(
+                    "`{reserved}` is in fredlock's reserved namespace: names starting with \
+                     `{RESERVED_PREFIX}` hold its counters and markers"
+                ),
+            ));
+        }
         let ttl_ms = checked_ttl_ms(ttl)?;
         let ttl = Duration::from_millis(ttl_ms);
         let drift = self.drift(ttl);
@@ -437,8 +473,10 @@ impl Redlock {
                 return Err(Error::invalid(
                     "ttl",
                     format!(
-                        "{ttl:?} is longer than the restart quarantine period {period:?}: \
-                         a node restarted empty could grant a second lock"
+                        "{ttl:?} is longer than the restart_quarantine period {period:?}: a \
+                         node that lost its data would vote again while this lock may still \
+                         be held. Use a shorter TTL with keep_alive(), or raise \
+                         Builder::restart_quarantine on every client"
                     ),
                 ));
             }
@@ -450,7 +488,7 @@ impl Redlock {
             .collect();
         let fence_keys = resources
             .iter()
-            .map(|r| Arc::from(format!("{prefix}{r}{FENCE_SUFFIX}")))
+            .map(|r| Arc::from(format!("{prefix}{RESERVED_PREFIX}fence:{r}")))
             .collect();
         let resource = resources
             .iter()
@@ -466,6 +504,11 @@ impl Redlock {
             ttl_ms,
             drift,
         })
+    }
+
+    /// How long a fencing counter outlives its lock, in milliseconds.
+    fn retention_ms(&self) -> u64 {
+        u64::try_from(self.inner.settings.fencing_retention.as_millis()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -497,12 +540,16 @@ impl Redlock {
     async fn attempt_in(&self, request: &Request, span: tracing::Span) -> Result<Lock, Failed> {
         let token: Arc<str> = new_token().into();
         let start = Instant::now();
-        let quarantine = self.quarantine_period(request);
+        let quarantine = match self.inner.settings.quarantine {
+            Quarantine::Off => None,
+            Quarantine::Period(period) => Some((&*self.inner.marker, &*self.inner.guard, period)),
+        };
         let call = AcquireCall::new(
             request,
             &token,
             fencing_floor(),
-            quarantine.map(|period| (&*self.inner.marker, period)),
+            quarantine,
+            self.inner.settings.fencing_retention,
         );
         // Dropped before its verdict (this future was dropped), it removes our token
         // from every node in the background.
@@ -589,6 +636,7 @@ impl Redlock {
         token: &Arc<str>,
         fences: &Arc<[u64]>,
     ) -> Result<(), Votes> {
+        let retention_ms = self.retention_ms();
         let mut written = Round::new(&self.inner.nodes, |node| {
             let (node, request, token, fences) = (
                 Arc::clone(node),
@@ -596,27 +644,11 @@ impl Redlock {
                 Arc::clone(token),
                 Arc::clone(fences),
             );
-            Box::pin(async move { node.fence(&request, &token, &fences).await })
+            Box::pin(async move { node.fence(&request, &token, &fences, retention_ms).await })
         });
         match written.decide().await {
             Decision::Quorum => Ok(()),
             Decision::NoQuorum => Err(written.votes()),
-        }
-    }
-
-    /// How long a node that lost its data stays out of acquisitions, for this request.
-    fn quarantine_period(&self, request: &Request) -> Option<Duration> {
-        match self.inner.settings.quarantine {
-            Quarantine::Off => None,
-            Quarantine::Period(period) => Some(period),
-            Quarantine::LargestTtl => {
-                let largest = self
-                    .inner
-                    .largest_ttl_ms
-                    .fetch_max(request.ttl_ms, Ordering::Relaxed)
-                    .max(request.ttl_ms);
-                Some(Duration::from_millis(largest))
-            }
         }
     }
 
@@ -676,14 +708,10 @@ impl Redlock {
         span: &tracing::Span,
     ) -> (Decision, Tally, Votes, Instant, Duration) {
         let start = Instant::now();
-        let ttl_ms = request.ttl_ms;
+        let retention_ms = self.retention_ms();
         let mut round = Round::new(&self.inner.nodes, |node| {
-            let (node, keys, token) = (
-                Arc::clone(node),
-                Arc::clone(&request.keys),
-                Arc::clone(token),
-            );
-            Box::pin(async move { node.extend(&keys, &token, ttl_ms).await })
+            let (node, request, token) = (Arc::clone(node), request.clone(), Arc::clone(token));
+            Box::pin(async move { node.extend(&request, &token, retention_ms).await })
         });
         let decision = round.decide().instrument(span.clone()).await;
         let elapsed = start.elapsed();
@@ -696,21 +724,12 @@ impl Redlock {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(wakeup) = self.wakeup.get() {
-            wakeup.quit();
-        }
         if !self.owns_clients {
             return;
         }
         // Close our connections without blocking: only if a runtime is there to run it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let timeout = self.settings.connect_timeout;
-            for node in self.nodes.iter() {
-                let client = node.client().clone();
-                runtime.spawn(async move {
-                    let _ = tokio::time::timeout(timeout, client.quit()).await;
-                });
-            }
+        for node in self.nodes.iter() {
+            node.close_in_background(self.settings.connect_timeout);
         }
     }
 }

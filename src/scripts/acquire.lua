@@ -1,47 +1,70 @@
 -- Acquire: all-or-nothing SET NX PX of the lock keys, raising each resource's fencing
--- counter in the same step. One command does everything, so that an acquisition never
--- needs a second request that a later release could overtake.
+-- counter in the same step, and (with the restart quarantine on) the check of the
+-- node's incarnation. One command does everything, so that an acquisition never needs
+-- a second request that a later release could overtake.
 -- KEYS = the n lock keys, then the n fencing-counter keys, then (when ARGV[4] is not
--- "-1") the node's incarnation marker.
+-- "-1") the node's incarnation marker and its quarantine guard.
 -- ARGV[1] = token, ARGV[2] = TTL in milliseconds, ARGV[3] = n, ARGV[4] = the restart
--- quarantine period in milliseconds, or "-1" for none, ARGV[5] = the fencing floor.
--- Returns 0 if a lock key is taken (no lock key or counter is set), else the n raised
--- counters; the error "QUARANTINED <ms left> <uptime s>" if the node lost its data too
--- recently (nothing is set). The marker may be written in both cases: it only says the
--- node has been up for the quarantine period.
+-- quarantine period in milliseconds, or "-1" for none, ARGV[5] = the fencing floor,
+-- ARGV[6] = how long a counter outlives the lock, in milliseconds.
+-- Returns 0 if a lock key is taken (nothing is set), else the n raised counters.
+-- Errors (nothing of the lock is set): "QUARANTINED <ms left>" while the node sits
+-- out after a lost or changed incarnation; "FENCE_EXHAUSTED <i>" when counter i
+-- cannot grow by one any more in Lua's doubles.
 local n = tonumber(ARGV[3])
-local quarantine = tonumber(ARGV[4])
-if quarantine >= 0 and redis.call("EXISTS", KEYS[2 * n + 1]) == 0 then
-    -- No marker: the node lost its data (or has never been used by fredlock). Every
-    -- lock it granted before is expired once it has been up for the quarantine period;
-    -- uptime counts whole seconds, so take it as up to one second shorter.
-    local info = redis.call("INFO", "server")
-    local uptime = tonumber(string.match(info, "uptime_in_seconds:(%d+)") or "0")
-    local up_ms = math.max(uptime - 1, 0) * 1000
-    if up_ms < quarantine then
-        return redis.error_reply(string.format("QUARANTINED %d %d", quarantine - up_ms, uptime))
+local period = tonumber(ARGV[4])
+if period >= 0 then
+    local marker, guard = KEYS[2 * n + 1], KEYS[2 * n + 2]
+    -- run_id changes with every start of the server process; a replica promoted in
+    -- its place has its own. A marker that is missing (flushed, evicted, never
+    -- written) or holds another run_id means locks this node granted may be gone.
+    local run_id = string.match(redis.call("INFO", "server"), "run_id:(%x+)")
+    if not run_id then
+        return redis.error_reply("ERR fredlock: INFO server has no run_id")
     end
-    redis.call("SET", KEYS[2 * n + 1], "1")
+    if redis.call("GET", marker) ~= run_id then
+        -- Keep the node out for a whole period from now; never shorten a guard that
+        -- another client set with a longer period.
+        if redis.call("PTTL", guard) < period then
+            redis.call("SET", guard, run_id, "PX", period)
+        end
+        redis.call("SET", marker, run_id)
+    end
+    local left = redis.call("PTTL", guard)
+    if left == -1 then
+        left = period
+    end
+    if left > 0 then
+        return redis.error_reply(string.format("QUARANTINED %d", left))
+    end
 end
 for i = 1, n do
     if redis.call("EXISTS", KEYS[i]) == 1 then
         return 0
     end
 end
--- Fencing counters first: a counter key of another type fails the script before any
--- lock key is set (counters raised before it only go up, which is harmless). Each counter moves to max(counter + 1, ARGV[5]), the floor the client proposes
--- (its clock in microseconds): nodes that saw the same acquisitions return the same
--- value, and a node that lost its counters comes back at the floor, above the tokens
--- handed out before as long as the clients' clocks roughly agree (docs/fencing.md).
+-- Each counter moves to max(counter + 1, floor), the floor the client proposes (its
+-- clock in microseconds): nodes that saw the same acquisitions return the same value,
+-- and a node that lost its counter (or whose counter expired) comes back at the floor,
+-- above the tokens handed out before as long as the clients' clocks roughly agree
+-- (docs/fencing.md). Counters are read and checked before anything is written, so a
+-- counter of another type (WRONGTYPE) or an exhausted one fails the script with
+-- nothing set.
 local floor = tonumber(ARGV[5])
+local keep = tonumber(ARGV[2]) + tonumber(ARGV[6])
 local fences = {}
 for i = 1, n do
     local current = tonumber(redis.call("GET", KEYS[n + i]) or "0")
-    local fence = math.max(current + 1, floor)
-    redis.call("SET", KEYS[n + i], string.format("%d", fence))
-    fences[i] = fence
+    -- 2^53 - 1: the largest integer a double holds with its successor.
+    if current >= 9007199254740991 then
+        return redis.error_reply(string.format("FENCE_EXHAUSTED %d", i))
+    end
+    fences[i] = math.max(current + 1, floor)
 end
 for i = 1, n do
+    -- The counter outlives the lock by the retention, and never shortens a longer life.
+    local px = math.max(keep, redis.call("PTTL", KEYS[n + i]))
+    redis.call("SET", KEYS[n + i], string.format("%d", fences[i]), "PX", px)
     redis.call("SET", KEYS[i], ARGV[1], "PX", ARGV[2])
 end
 return fences

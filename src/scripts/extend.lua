@@ -1,13 +1,21 @@
 -- Compare-and-pexpire: renew the expiry of the lock keys only if every one of them
--- still holds our token; otherwise change nothing.
--- KEYS = the lock keys, ARGV[1] = token, ARGV[2] = new TTL in milliseconds.
+-- still holds our token; otherwise change nothing. The fencing counters are kept at
+-- least as long as the renewed lock plus the retention.
+-- KEYS = the n lock keys, then the n counter keys. ARGV[1] = token, ARGV[2] = new TTL
+-- in milliseconds, ARGV[3] = the counters' retention in milliseconds.
 -- Returns 1 if renewed, 0 if not ours.
-for _, key in ipairs(KEYS) do
-    if redis.call("GET", key) ~= ARGV[1] then
+local n = #KEYS / 2
+for i = 1, n do
+    if redis.call("GET", KEYS[i]) ~= ARGV[1] then
         return 0
     end
 end
-for _, key in ipairs(KEYS) do
-    redis.call("PEXPIRE", key, ARGV[2])
+local keep = tonumber(ARGV[2]) + tonumber(ARGV[3])
+for i = 1, n do
+    redis.call("PEXPIRE", KEYS[i], ARGV[2])
+    if redis.call("PTTL", KEYS[n + i]) < keep then
+        -- A counter lost meanwhile (PTTL -2) stays lost: PEXPIRE does not create it.
+        redis.call("PEXPIRE", KEYS[n + i], keep)
+    end
 end
 return 1

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fredlock::{Error, MAX_TTL, Redlock};
+use fredlock::{Error, MAX_TTL, Redlock, Vote};
 
 use crate::support::{Nodes, TestResult, resource};
 
@@ -114,5 +114,91 @@ async fn invalid_lock_arguments_name_the_argument_and_leave_nothing() -> TestRes
     }
     lock.release().await?;
     nodes.assert_released(&[0, 1, 2], &res).await;
+    Ok(())
+}
+
+/// fredlock's own keys live in a reserved namespace: a resource named like another's
+/// fencing counter is an ordinary resource, and names inside the namespace are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn fredlock_keys_never_collide_with_resources() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("x");
+    redlock
+        .lock(&res, Duration::from_secs(5))
+        .await?
+        .release()
+        .await?;
+    let lookalike = format!("{res}:fence");
+    let lock = redlock.try_lock(&lookalike, Duration::from_secs(5)).await?;
+    lock.release().await?;
+    let lock = redlock.try_lock(&res, Duration::from_secs(5)).await?;
+    lock.release().await?;
+    for reserved in ["fredlock:incarnation", "fredlock:fence:x", "fredlock:"] {
+        match redlock.try_lock(reserved, Duration::from_secs(5)).await {
+            Err(Error::InvalidArgument {
+                argument: "resource",
+                reason,
+            }) => assert!(reason.contains("fredlock:"), "{reason}"),
+            other => panic!("`{reserved}`: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// A sentinel client is refused by `from_clients`, and the refusal does not print
+/// the sentinel password (fred's debug form of the config would).
+#[tokio::test]
+async fn a_refused_sentinel_client_does_not_show_its_password() -> TestResult {
+    let config = fred::prelude::Config::from_url(
+        "redis-sentinel://user:hunter2@127.0.0.1:26379/0?sentinelServiceName=main&sentinelUsername=su&sentinelPassword=swordfish",
+    )?;
+    let client = fred::prelude::Builder::from_config(config).build()?;
+    let err = Redlock::from_clients([client])
+        .build()
+        .await
+        .expect_err("a sentinel client");
+    let text = format!("{err} {err:?}");
+    assert!(
+        !text.contains("swordfish") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(text.contains("127.0.0.1:26379"), "{text}");
+    Ok(())
+}
+
+/// A node that refuses connections votes with the OS error as text, not as the debug
+/// form of an `io::Error`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_connection_reads_as_text() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    nodes.cluster.kill(2).await?;
+    let res = resource("refused");
+    let start = std::time::Instant::now();
+    let message = loop {
+        // The node's vote is only in an error: make one with a held resource.
+        let held = redlock.lock(&res, Duration::from_secs(5)).await?;
+        let refused = redlock
+            .try_lock(&res, Duration::from_secs(5))
+            .await
+            .expect_err("held");
+        held.release().await?;
+        let vote = refused
+            .votes()
+            .and_then(|votes| votes.iter().nth(2).map(|nv| nv.vote.clone()));
+        if let Some(Vote::Error(m)) = &vote {
+            if m.contains("refused") || m.contains("Os {") {
+                break m.clone();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no connection error from the killed node: {vote:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!message.contains("Os {"), "{message}");
+    assert!(message.contains("Connection refused"), "{message}");
     Ok(())
 }

@@ -13,5 +13,6 @@ mod faults;
 mod lifecycle;
 mod multi;
 mod support;
+mod tasks;
 mod tracing_spans;
 mod waiting;

@@ -225,3 +225,55 @@ impl Nodes {
 pub fn resource(name: &str) -> String {
     format!("fredlock-test:{name}")
 }
+
+/// The key of a resource's fencing counter, in fredlock's reserved namespace.
+pub fn fence_key(prefix: &str, resource: &str) -> String {
+    format!("{prefix}fredlock:fence:{resource}")
+}
+
+/// The incarnation marker fredlock keeps on each node (for an empty key prefix).
+pub const MARKER: &str = "fredlock:incarnation";
+
+/// Lifts the restart quarantine of fresh nodes (the operator's step for a first
+/// deployment) and checks that every node took it.
+pub async fn lift_quarantine(redlock: &Redlock) {
+    let votes = redlock.lift_restart_quarantine().await;
+    assert_eq!(votes.yes(), votes.len(), "lifting the quarantine: {votes}");
+}
+
+/// Whether `err` is the typed error for a command the node's ACL denies, naming it.
+pub fn is_denied(err: &fredlock::Error, command: &str) -> bool {
+    matches!(err, fredlock::Error::Denied { command: c, .. } if c.eq_ignore_ascii_case(command))
+}
+
+/// How many keys matching `pattern` node `i` holds.
+pub async fn count_keys(nodes: &Nodes, i: usize, pattern: &str) -> usize {
+    match nodes
+        .cmd(i, "KEYS", vec![pattern.into()])
+        .await
+        .expect("KEYS")
+    {
+        Value::Array(keys) => keys.len(),
+        other => panic!("KEYS answered {other:?}"),
+    }
+}
+
+/// The number of tasks alive on the current runtime.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Polls until at most `limit` tasks are alive, for at most `within`; returns the
+/// last count.
+pub async fn settle_tasks(limit: usize, within: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let alive = alive_tasks();
+        if alive <= limit || start.elapsed() > within {
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,10 +1,10 @@
-//! Fencing tokens from the quorum, and the restart quarantine.
+//! Fencing tokens from the quorum, and their counters' bounded life.
 
 use std::time::{Duration, Instant};
 
-use fredlock::{Error, FENCE_SUFFIX, Quarantine, Vote};
+use fredlock::{DEFAULT_FENCING_RETENTION, Vote};
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, TestResult, count_keys, fence_key, resource};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -29,16 +29,19 @@ async fn tokens_strictly_increase_across_holders() -> TestResult {
         last = lock.fencing_token();
         lock.release().await?;
     }
-    // Every node keeps its counter (no TTL), and a quorum holds at least the latest
+    // Every node keeps its counter for the retention after the last lock, and a quorum
+    // holds at least the latest
     // token: the invariant the next holder's token rests on. (A node can hold more: a
     // failed attempt may have raised it, and it can hold less: it missed an
     // acquisition because a release was still on its way to it.)
-    let counter = format!("app:{res}{FENCE_SUFFIX}");
+    let counter = fence_key("app:", &res);
     let mut at_least_latest = 0;
     for i in 0..5 {
         let stored: u64 = nodes.get(i, &counter).await.expect("counter").parse()?;
         at_least_latest += usize::from(stored >= last);
-        assert_eq!(nodes.pttl(i, &counter).await, -1, "counters never expire");
+        let pttl = nodes.pttl(i, &counter).await;
+        let most = i64::try_from((TTL + DEFAULT_FENCING_RETENTION).as_millis())?;
+        assert!(pttl > 0 && pttl <= most, "node {i}: counter PTTL {pttl} ms");
     }
     assert!(
         at_least_latest >= 3,
@@ -55,7 +58,7 @@ async fn lagging_counters_are_written_back_before_the_token_is_handed_out() -> T
     let nodes = Nodes::start(5).await?;
     let redlock = nodes.redlock(Duration::from_millis(100)).await;
     let res = resource("write-back");
-    let counter = format!("{res}{FENCE_SUFFIX}");
+    let counter = fence_key("", &res);
     // Above any clock floor (microseconds since 1970), still exact in Lua's doubles:
     // the counters of nodes 0-2 now lead, and nodes 3 and 4 lag.
     let high = 1u64 << 52;
@@ -82,14 +85,14 @@ async fn a_counter_of_another_type_is_a_failed_vote() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let redlock = nodes.redlock(Duration::from_millis(200)).await;
     let res = resource("bad-counter");
-    nodes.make_list(0, &format!("{res}{FENCE_SUFFIX}")).await?;
+    nodes.make_list(0, &fence_key("", &res)).await?;
     let lock = redlock.try_lock(&res, TTL).await?;
     assert_eq!(nodes.get(0, &res).await, None, "node 0 set the lock key");
     nodes.assert_held(&[1, 2, 3, 4], &res, lock.token()).await;
     lock.release().await?;
 
     for i in 1..4 {
-        nodes.make_list(i, &format!("{res}{FENCE_SUFFIX}")).await?;
+        nodes.make_list(i, &fence_key("", &res)).await?;
     }
     let err = redlock
         .try_lock(&res, TTL)
@@ -105,175 +108,83 @@ async fn a_counter_of_another_type_is_a_failed_vote() -> TestResult {
     Ok(())
 }
 
-/// The incarnation marker fredlock keeps on each node (no key prefix in these tests).
-const MARKER: &str = "fredlock:incarnation";
-
-/// With the restart quarantine on, the double grant of the restart hazard
-/// (scenarios.rs shows it with the quarantine off) does not happen: the nodes that
-/// came back empty sit out until they have been up for the quarantine period.
+/// 300 one-off resources (a lock per job id) leave no key behind: each counter expires
+/// within the TTL plus the fencing retention after its lock, and a resource locked
+/// again after its counter expired still gets a larger token (the clock floor).
 #[tokio::test(flavor = "multi_thread")]
-async fn quarantine_stops_the_second_majority_after_a_restart() -> TestResult {
+async fn counters_of_one_off_resources_expire() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let period = Duration::from_secs(4);
-    let quarantined = |nodes: &Nodes| {
-        nodes
-            .builder()
-            .restart_quarantine(Quarantine::Period(period))
-            .node_timeout(Duration::from_millis(100))
-    };
-    let (a, b) = (
-        quarantined(&nodes).build().await?,
-        quarantined(&nodes).build().await?,
-    );
-    let res = resource("quarantine");
-    match a.lock(&res, period * 2).await {
-        Err(Error::InvalidArgument {
-            argument: "ttl", ..
-        }) => {}
-        other => panic!("a TTL above the quarantine period: {other:?}"),
-    }
-
-    // Fresh nodes are quarantined too until they have been up for the period. Wait
-    // until every node is out of it (an acquisition has marked it): the nodes started
-    // at different times, and the one-second grain of their uptime can keep one in
-    // quarantine for a while after the first lock succeeds.
-    let start = Instant::now();
-    loop {
-        match a.try_lock(&res, period).await {
-            Ok(lock) => {
-                lock.release().await?;
-                if nodes.holding(0..5, MARKER).await.len() == 5 {
-                    break;
-                }
-            }
-            Err(e) if e.is_retryable() => {
-                assert!(start.elapsed() < period * 3, "never out of quarantine: {e}");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        assert!(
-            start.elapsed() < period * 3,
-            "some node never out of quarantine"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    // The hazard's setup: A holds 0, 1, 2 while 3 and 4 are down; they come back
-    // empty, and so does node 0.
-    nodes.cluster.kill(3).await?;
-    nodes.cluster.kill(4).await?;
-    let held_by_a = a.lock(&res, period).await?;
-    for i in [3, 4, 0] {
-        if i == 0 {
-            nodes.cluster.kill(0).await?;
-        }
-        nodes.cluster.restart(i).await?;
-        nodes.wait_admin(i, Duration::from_secs(5)).await;
-    }
-    // B's connections come back on their own. Whenever B tries, it must not win a
-    // majority while A's lock is valid; and once B reaches the restarted nodes they
-    // answer "quarantined" (their data is younger than the quarantine period).
-    let mut saw_quarantine = false;
-    let start = Instant::now();
-    while !saw_quarantine {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the restarted nodes were never seen quarantined"
-        );
-        match b.try_lock(&res, period).await {
-            Ok(lock) => {
-                assert!(
-                    !held_by_a.is_valid(),
-                    "second majority while A holds the lock"
-                );
-                lock.release().await?;
-            }
-            Err(e) if e.is_retryable() => {
-                saw_quarantine |= e.votes().is_some_and(|votes| {
-                    votes
-                        .iter()
-                        .any(|nv| matches!(&nv.vote, Vote::Error(m) if m.contains("quarantined")))
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-/// A node that lost its incarnation marker but has been up longer than the quarantine
-/// period is marked and locked by the acquisition script in one command: the first
-/// attempt wins every node, and a release sent right after it returns leaves no key
-/// behind (a second acquisition command, as fredlock once sent, could be overtaken by
-/// that release).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_lost_marker_is_rewritten_by_the_acquisition_itself() -> TestResult {
-    let nodes = Nodes::start(5).await?;
-    // The default quarantine: the largest TTL asked for. The TTL is long enough that a
-    // key left behind would outlast the checks below.
-    let ttl = Duration::from_secs(8);
+    let retention = Duration::from_secs(1);
     let redlock = nodes
         .builder()
-        .restart_quarantine(Quarantine::LargestTtl)
-        // Every node must answer in time below.
+        .key_prefix("jobs:")
         .node_timeout(Duration::from_millis(500))
+        .fencing_retention(retention)
         .build()
         .await?;
-    let res = resource("marker");
-    // Wait until every node has been up for the TTL (uptime counts whole seconds, so
-    // up to 10 s after start): from then on each acquisition marks it.
-    let start = Instant::now();
-    loop {
-        let lock = redlock.try_lock(&res, ttl).await;
-        let marked = nodes.holding(0..5, MARKER).await.len();
-        if let Ok(lock) = lock {
-            lock.release().await?;
-            if marked == 5 {
-                break;
-            }
+    let ttl = Duration::from_millis(500);
+    let mut first_token = 0;
+    for job in 0..300 {
+        let lock = redlock.lock(&format!("job-{job}"), ttl).await?;
+        if job == 0 {
+            first_token = lock.fencing_token();
         }
+        lock.release().await?;
+    }
+    let mut left = vec![300; 5];
+    let start = Instant::now();
+    while left.iter().any(|&n| n > 0) {
         assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the nodes were never all marked"
+            start.elapsed() < ttl + retention + Duration::from_secs(8),
+            "keys of finished locks still on the nodes after {:?}: {left:?}",
+            start.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    for round in 0..20 {
-        for i in 0..5 {
-            nodes.cmd(i, "DEL", vec![MARKER.into()]).await?;
+        for (i, n) in left.iter_mut().enumerate() {
+            *n = count_keys(&nodes, i, "*job-*").await;
         }
-        let lock = redlock.try_lock(&res, ttl).await?;
-        nodes
-            .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
-            .await;
-        lock.release().await?;
-        nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
-        assert_eq!(
-            nodes.holding(0..5, MARKER).await.len(),
-            5,
-            "round {round}: every node is marked again"
-        );
     }
+    let again = redlock.lock("job-0", ttl).await?;
+    assert!(
+        again.fencing_token() > first_token,
+        "{} after {first_token}",
+        again.fencing_token()
+    );
+    again.release().await?;
     Ok(())
 }
 
-#[tokio::test]
-async fn quarantine_period_zero_or_shorter_than_the_ttl_is_rejected() -> TestResult {
-    let built = fredlock::Redlock::builder(["redis://127.0.0.1:7001"])
-        .restart_quarantine(Quarantine::Period(Duration::ZERO))
-        .build()
-        .await;
+/// Lua's numbers are doubles: above 2^53 `counter + 1` no longer changes the value.
+/// A counter that reached 2^53 - 1 refuses further tokens instead of repeating one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counter_at_the_limit_of_exact_numbers_refuses_rather_than_repeats() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("exhausted");
+    let counter = fence_key("", &res);
+    let near = (1u64 << 53) - 2;
+    for i in 0..3 {
+        nodes.set(i, &counter, &near.to_string(), 600_000).await;
+    }
+    let mut tokens = Vec::new();
+    let mut refusals = Vec::new();
+    for _ in 0..3 {
+        match redlock.try_lock(&res, TTL).await {
+            Ok(lock) => {
+                tokens.push(lock.fencing_token());
+                lock.release().await?;
+            }
+            Err(e) => refusals.push(e.to_string()),
+        }
+    }
     assert!(
-        matches!(
-            built,
-            Err(Error::Config {
-                field: "restart_quarantine",
-                ..
-            })
-        ),
-        "{built:?}"
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens repeat: {tokens:?}"
+    );
+    assert!(tokens.iter().all(|&t| t < 1u64 << 53), "{tokens:?}");
+    assert!(
+        refusals.iter().any(|e| e.contains("fencing counter")),
+        "tokens {tokens:?}, errors {refusals:?}"
     );
     Ok(())
 }

@@ -1,0 +1,109 @@
+//! No task outlives its `Redlock`: building and dropping clients leaves the runtime
+//! with the tasks it had, even when a node is frozen and cannot answer `QUIT`.
+//!
+//! The clients run on a runtime of their own, so that its task count is theirs alone
+//! (the cluster's containers and admin connections stay on the test's runtime).
+
+use std::future::Future;
+use std::time::Duration;
+
+use fred::prelude::{Builder as FredBuilder, ClientLike, Config, ReconnectPolicy};
+use fredlock::{Quarantine, Redlock};
+use tokio::sync::oneshot;
+
+use crate::support::{Nodes, TestResult, alive_tasks, resource, settle_tasks};
+
+/// Runs `work` on a new one-worker runtime in its own thread.
+async fn on_own_runtime<F, Fut>(work: F) -> TestResult
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = TestResult>,
+{
+    let thread = std::thread::spawn(move || -> TestResult {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        runtime.block_on(work())
+    });
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| "the client runtime's thread panicked")?
+}
+
+/// Twenty `from_clients` builds over the service's own five clients, each used and
+/// dropped: the tasks fredlock started for them end with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn from_clients_builds_leave_no_tasks_behind() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let urls = nodes.urls();
+    on_own_runtime(move || async move {
+        let mut clients = Vec::new();
+        for url in urls {
+            let client = FredBuilder::from_config(Config::from_url(&url)?)
+                .set_policy(ReconnectPolicy::new_constant(0, 100))
+                .build()?;
+            client.init().await?;
+            clients.push(client);
+        }
+        let baseline = alive_tasks();
+        for _ in 0..20 {
+            let redlock = Redlock::from_clients(clients.clone())
+                .restart_quarantine(Quarantine::Off)
+                .build()
+                .await?;
+            redlock
+                .lock(&resource("tasks"), Duration::from_secs(5))
+                .await?
+                .release()
+                .await?;
+            drop(redlock);
+        }
+        let alive = settle_tasks(baseline, Duration::from_secs(5)).await;
+        assert!(alive <= baseline, "{alive} tasks alive, {baseline} before");
+        Ok(())
+    })
+    .await
+}
+
+/// A `Redlock` dropped while one of its nodes is frozen: the `QUIT` to that node
+/// times out, and its tasks must end anyway. A waiter has started the wake-up
+/// connections too.
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_a_redlock_with_a_frozen_node_ends_its_tasks() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let urls = nodes.urls();
+    let (built_tx, built_rx) = oneshot::channel::<()>();
+    let (paused_tx, paused_rx) = oneshot::channel::<()>();
+    let clients = on_own_runtime(move || async move {
+        let baseline = alive_tasks();
+        let redlock = Redlock::builder(urls)
+            .restart_quarantine(Quarantine::Off)
+            .connect_timeout(Duration::from_millis(500))
+            .retry_delay(Duration::from_millis(100))
+            .build()
+            .await?;
+        let res = resource("frozen-quit");
+        let held = redlock.lock(&res, Duration::from_secs(5)).await?;
+        // A waiter that finds it taken subscribes to its release.
+        let _ = redlock.lock(&res, Duration::from_secs(5)).await;
+        held.release().await?;
+        let _ = built_tx.send(());
+        paused_rx.await?;
+        drop(redlock);
+        let alive = settle_tasks(baseline, Duration::from_secs(5)).await;
+        assert!(alive <= baseline, "{alive} tasks alive, {baseline} before");
+        Ok(())
+    });
+    let cluster = &nodes.cluster;
+    let freeze = async move {
+        built_rx.await?;
+        cluster.pause(2).await?;
+        let _ = paused_tx.send(());
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    let (clients, frozen) = tokio::join!(clients, freeze);
+    nodes.cluster.unpause(2).await?;
+    frozen?;
+    clients
+}
