@@ -39,18 +39,42 @@ pub(crate) struct Shared {
     /// The lock's fencing tokens, one per resource.
     pub(crate) fences: Arc<[u64]>,
     valid_until: Mutex<Instant>,
+    /// The TTL of the last successful acquire or extend, which the keep-alive renews.
+    ttl: Mutex<Duration>,
     /// `None` while the lock is trusted. Also bumped (unchanged) when the validity
-    /// moves, so that waiters re-read it.
+    /// or the TTL moves, so that waiters re-read them.
     lost: watch::Sender<Option<LostReason>>,
 }
 
 impl Shared {
-    pub(crate) fn new(valid_until: Instant, fences: Arc<[u64]>) -> Arc<Self> {
+    pub(crate) fn new(valid_until: Instant, ttl: Duration, fences: Arc<[u64]>) -> Arc<Self> {
         Arc::new(Shared {
             fences,
             valid_until: Mutex::new(valid_until),
+            ttl: Mutex::new(ttl),
             lost: watch::Sender::new(None),
         })
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        match self.ttl.lock() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Records the TTL of a successful extension, and wakes whoever follows the lock.
+    pub(crate) fn set_ttl(&self, ttl: Duration) {
+        match self.ttl.lock() {
+            Ok(mut guard) => *guard = ttl,
+            Err(poisoned) => *poisoned.into_inner() = ttl,
+        }
+        self.lost.send_modify(|_| {});
+    }
+
+    /// A receiver that sees every change of the validity, the TTL or the lost state.
+    pub(crate) fn changes(&self) -> watch::Receiver<Option<LostReason>> {
+        self.lost.subscribe()
     }
 
     pub(crate) fn valid_until(&self) -> Instant {

@@ -80,7 +80,7 @@ impl Lock {
             redlock,
             request: request.clone(),
             token,
-            shared: Shared::new(valid_until, fences),
+            shared: Shared::new(valid_until, request.ttl, fences),
             extending: Arc::default(),
             keep_alive: None,
             armed: true,
@@ -158,11 +158,14 @@ impl Lock {
 
     /// Keeps the lock alive in the background until it is released or dropped.
     ///
-    /// A task extends the lock by its current TTL whenever the share of the validity
-    /// set by [`Builder::keep_alive_at`](crate::Builder::keep_alive_at) (default: half)
-    /// is left. A failed extension is retried after a short random pause as long as
-    /// the validity left allows another attempt; when it does not, or the nodes
-    /// answer that the lock is no longer ours, the loss is signalled at once through
+    /// A task extends the lock by its current TTL (that of the last successful acquire
+    /// or [`extend`](Lock::extend)) whenever the share of the validity set by
+    /// [`Builder::keep_alive_at`](crate::Builder::keep_alive_at) (default: half) is
+    /// left, but never later than two node timeouts before the validity ends, so that
+    /// a renewal that fails is known in time. A manual `extend` moves its schedule at
+    /// once. A failed extension is retried after a short random pause as long as the
+    /// validity left allows another attempt; when it does not, or the nodes answer
+    /// that the lock is no longer ours, the loss is signalled at once through
     /// [`Lease::lost`], before the validity ends. Calling it again does nothing.
     pub fn keep_alive(&mut self) {
         if self.keep_alive.is_some() {
@@ -182,9 +185,11 @@ impl Lock {
     ///
     /// Succeeds only if a quorum of all N nodes renewed the key and the round ended
     /// within the validity still left; the validity is then recomputed from this round
-    /// trip: `ttl - elapsed - drift`. On failure the lock is not released and keeps its
-    /// former validity, shortened if some nodes applied a `ttl` shorter than what was
-    /// left.
+    /// trip: `ttl - elapsed - drift`, and a kept-alive lock is renewed with `ttl` from
+    /// then on. On failure the lock is not released and keeps its former validity,
+    /// shortened if some nodes applied a `ttl` shorter than what was left; when the
+    /// nodes answer that the key is no longer ours (`Expired`), the lock is lost:
+    /// [`is_valid`](Lock::is_valid) is false and [`Lease::lost`] fires.
     ///
     /// # Errors
     /// [`Error::Expired`] if the validity had already run out, the lock was signalled
@@ -195,6 +200,7 @@ impl Lock {
         let request = self.redlock.retimed(&self.request, ttl)?;
         let _serial = self.extending.lock().await;
         extend(&self.redlock, &request, &self.token, &self.shared).await?;
+        self.shared.set_ttl(request.ttl);
         self.request = request;
         Ok(())
     }
@@ -205,7 +211,8 @@ impl Lock {
     ///
     /// `Ok` means the lock was still valid on this client's clock when the release
     /// began and a quorum of nodes deleted our key: the lock was held without a gap
-    /// until now.
+    /// until now. Its leases stop being valid (and [`Lease::lost`] fires with
+    /// `Released`) before the first delete is sent.
     ///
     /// # Errors
     /// [`Error::Expired`] if the validity had already run out (the keys are still
@@ -216,12 +223,12 @@ impl Lock {
         self.armed = false;
         self.stop_keep_alive();
         let was_valid = self.is_valid();
-        let result = self
-            .redlock
-            .release_round(&self.request, &self.token, was_valid)
-            .await;
+        // Before the round: a waiter woken by a node's delete must not find this lock's
+        // leases still valid.
         self.shared.mark_lost(LostReason::Released);
-        result
+        self.redlock
+            .release_round(&self.request, &self.token, was_valid)
+            .await
     }
 
     fn stop_keep_alive(&mut self) {
@@ -285,6 +292,7 @@ async fn extend_in(
         votes,
     };
     if shared.remaining().is_zero() || shared.lost_reason().is_some() {
+        // Nothing is sent: the lock is already known lost (`lost()` says why).
         return Err(expired(Votes::default()));
     }
     let (decision, tally, votes, start, elapsed) = redlock.extend_round(request, token, span).await;
@@ -316,6 +324,11 @@ async fn extend_in(
         if renewed_until < shared.valid_until() {
             shared.set_valid_until(renewed_until);
         }
+        if matches!(error, Error::Expired { .. }) {
+            // The nodes say the key is no longer ours, or the quorum came too late:
+            // the lock cannot be trusted any more, whatever its deadline says.
+            shared.mark_lost(LostReason::ExtendFailed(Arc::new(error.clone())));
+        }
         return Err(error);
     }
     shared.set_valid_until((start + elapsed).checked_add(validity).unwrap_or(start));
@@ -332,18 +345,50 @@ struct KeepAlive {
 }
 
 impl KeepAlive {
-    async fn run(self) {
+    async fn run(mut self) {
         let settings = self.redlock.settings();
         let share = settings.keep_alive_at;
-        // The validity a fresh extension gives, about: what a share of is kept in hand.
-        let full = self.request.ttl.saturating_sub(self.request.drift);
-        let margin = full.mul_f64(share);
+        // Two node timeouts: one for a renewal that fails, one for a retry.
+        let floor = settings.node_timeout.saturating_mul(2);
+        let mut changes = self.shared.changes();
         loop {
+            if self.shared.lost_reason().is_some() {
+                return;
+            }
+            let ttl = self.shared.ttl();
+            if ttl != self.request.ttl {
+                match self.redlock.retimed(&self.request, ttl) {
+                    Ok(request) => self.request = request,
+                    // Cannot happen: an extension validated this TTL.
+                    Err(_) => return,
+                }
+            }
+            let margin = self.margin(share, floor);
             let due = self.shared.valid_until().checked_sub(margin);
-            if let Some(due) = due {
-                tokio::time::sleep_until(due.into()).await;
+            if due.is_some_and(|due| due > Instant::now()) {
+                let due = due.unwrap_or_else(Instant::now);
+                tokio::select! {
+                    () = tokio::time::sleep_until(due.into()) => {}
+                    // An extension, a shortened validity or a loss: look again.
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
             }
             let _serial = self.extending.lock().await;
+            // A manual extension may have run while this task waited for its turn.
+            if self.shared.ttl() != self.request.ttl
+                || self
+                    .shared
+                    .valid_until()
+                    .checked_sub(self.margin(share, floor))
+                    .is_some_and(|due| due > Instant::now())
+            {
+                continue;
+            }
             let error = match extend(&self.redlock, &self.request, &self.token, &self.shared).await
             {
                 Ok(()) => continue,
@@ -356,7 +401,7 @@ impl KeepAlive {
             )
             .min(margin / 4);
             // Another attempt only if it can end within the validity left.
-            let another = pause.saturating_add(settings.node_timeout.saturating_mul(2));
+            let another = pause.saturating_add(floor);
             if !error.is_retryable() || self.shared.remaining() <= another {
                 tracing::debug!(resource = %self.request.resource, %error, "keep-alive gave up");
                 self.shared
@@ -366,5 +411,12 @@ impl KeepAlive {
             drop(_serial);
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// How much validity is left when the next renewal starts: the configured share of
+    /// what a fresh extension gives, but at least `floor`, and at most all of it.
+    fn margin(&self, share: f64, floor: Duration) -> Duration {
+        let full = self.request.ttl.saturating_sub(self.request.drift);
+        full.mul_f64(share).max(floor).min(full)
     }
 }

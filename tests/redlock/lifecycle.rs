@@ -162,3 +162,145 @@ async fn keep_alive_share_outside_zero_one_is_rejected() {
         }
     }
 }
+
+/// The smallest PTTL of `key` over nodes `which` (-2 where it is absent).
+async fn min_pttl(nodes: &Nodes, which: std::ops::Range<usize>, key: &str) -> i64 {
+    let mut least = i64::MAX;
+    for i in which {
+        least = least.min(nodes.pttl(i, key).await);
+    }
+    least
+}
+
+/// `extend(10 s)` on a kept-alive 1 s lock: the keep-alive goes on with the new TTL.
+/// (It once renewed with the TTL it started with, setting the keys back to 1 s.)
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_follows_a_longer_manual_extend() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("keep-alive-longer");
+    let mut lock = redlock.lock(&res, Duration::from_secs(1)).await?;
+    lock.keep_alive();
+    lock.extend(Duration::from_secs(10)).await?;
+    assert_eq!(lock.ttl(), Duration::from_secs(10));
+    // At the 1 s schedule the keep-alive would have renewed several times by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let least = min_pttl(&nodes, 0..5, &res).await;
+    assert!(
+        least > 5_000,
+        "keys renewed at the old TTL: PTTL {least} ms"
+    );
+    assert!(lock.remaining() > Duration::from_secs(5), "{lock:?}");
+    lock.release().await?;
+    Ok(())
+}
+
+/// `extend(1 s)` on a kept-alive 10 s lock: the keep-alive wakes for the new, sooner
+/// deadline instead of sleeping to the one it computed before.
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_follows_a_shorter_manual_extend() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("keep-alive-shorter");
+    let mut lock = redlock.lock(&res, Duration::from_secs(10)).await?;
+    lock.keep_alive();
+    lock.extend(Duration::from_secs(1)).await?;
+    // The old schedule would renew at about 5 s; the 1 s lock is gone by then.
+    let lease = lock.lease();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(lease.is_valid(), "lost: {:?}", lease.lost().await);
+        assert!(!nodes.holding(0..5, &res).await.is_empty());
+    }
+    lock.release().await?;
+    Ok(())
+}
+
+/// A manual `extend` that finds the key taken over returns `Expired` and the lock is
+/// no longer valid: `is_valid()` is false and `Lease::lost` fires.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extend_that_finds_the_key_taken_marks_the_lock_lost() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("taken-over");
+    let mut lock = redlock.lock(&res, Duration::from_secs(30)).await?;
+    nodes
+        .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
+        .await;
+    for i in 0..5 {
+        nodes.set(i, &res, "another-owner", 30_000).await;
+    }
+    let lease = lock.lease();
+    assert!(matches!(
+        lock.extend(Duration::from_secs(30)).await,
+        Err(Error::Expired { .. })
+    ));
+    assert!(!lock.is_valid() && !lease.is_valid());
+    let reason = tokio::time::timeout(Duration::from_secs(1), lease.lost()).await?;
+    assert!(matches!(reason, LostReason::ExtendFailed(_)), "{reason}");
+    Ok(())
+}
+
+/// `keep_alive_at` with a margin below the node timeout: the keep-alive still renews
+/// early enough that a failed renewal is signalled before the validity ends, not
+/// after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_keep_alive_margin_still_signals_the_loss_before_expiry() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes
+        .builder()
+        .node_timeout(Duration::from_millis(300))
+        .keep_alive_at(0.05)
+        .build()
+        .await?;
+    let res = resource("small-margin");
+    let mut lock = redlock.lock(&res, Duration::from_secs(2)).await?;
+    lock.keep_alive();
+    let lease = lock.lease();
+    for i in 0..3 {
+        nodes.cluster.pause(i).await?;
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), lease.lost()).await?;
+    for i in 0..3 {
+        nodes.cluster.unpause(i).await?;
+    }
+    assert!(
+        matches!(reason, LostReason::ExtendFailed(_)),
+        "the loss was only seen at expiry: {reason}"
+    );
+    Ok(())
+}
+
+/// `release()` ends the lease before its round: a waiter woken by the release must not
+/// find the old lease still valid. Three of five nodes are 300 ms away, so the round
+/// lasts about 600 ms while the near nodes have already deleted the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn release_ends_the_lease_before_its_round() -> TestResult {
+    let nodes = Nodes::start_with_proxies(5).await?;
+    let redlock = nodes.redlock(Duration::from_secs(2)).await;
+    let res = resource("release-first");
+    let lock = redlock.lock(&res, Duration::from_secs(30)).await?;
+    nodes
+        .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
+        .await;
+    let lease = lock.lease();
+    for i in 2..5 {
+        nodes.cluster.set_latency(i, Duration::from_millis(300));
+    }
+    let releasing = tokio::spawn(lock.release());
+    let gone = nodes
+        .wait_absent(&[0, 1], &res, Duration::from_secs(2))
+        .await;
+    assert!(gone.is_empty(), "the near nodes did not delete the key");
+    let still_releasing = !releasing.is_finished();
+    assert!(
+        !lease.is_valid(),
+        "the lease is valid while its keys are deleted"
+    );
+    releasing.await??;
+    assert!(
+        still_releasing,
+        "the round ended before the check: no evidence"
+    );
+    Ok(())
+}
