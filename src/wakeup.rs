@@ -1,68 +1,67 @@
 //! Wake-up on release: clients waiting for a lock subscribe to its keys' release
-//! channels on every node, and retry as soon as one node announces the release instead
-//! of at their next polling time. Polling with jitter remains the fallback when a
+//! channels on every node, and retry as soon as a release is announced instead of at
+//! their next polling time. Polling with jitter remains the fallback when a
 //! notification is missed (a node down, a subscription not yet active, another
 //! Redlock client releasing).
+//!
+//! Each node has one subscriber connection and one task that owns it: waiters change
+//! the set of wanted channels, and the task brings the connection's subscriptions to
+//! that set, in order, trying again after a failure. Every node announces each
+//! release with the released token; a waiter is woken once per token, not once per
+//! node.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::{ClientLike, EventInterface, PubsubInterface, ReconnectPolicy};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::node::{Node, RELEASE_CHANNEL_PREFIX};
 
-/// One subscriber connection per node, shared by every waiter of a `Redlock`.
+/// How many recently announced tokens a channel remembers, to ignore the same
+/// release announced by the other nodes.
+const SEEN_TOKENS: usize = 16;
+
+/// The subscriber connections of a `Redlock`, shared by all its waiters.
 pub(crate) struct Wakeup {
-    subscribers: Vec<SubscriberClient>,
-    /// Per channel: how many waiters want it, and a counter bumped on each message.
+    /// Per channel: how many waiters want it, and what was announced on it.
     channels: Mutex<HashMap<String, Channel>>,
-    timeout: Duration,
+    /// Woken when the set of wanted channels changes; one per node's task.
+    changed: Vec<Arc<Notify>>,
 }
 
 struct Channel {
     waiters: usize,
+    /// Bumped once per newly announced token.
     announced: watch::Sender<u64>,
+    seen: VecDeque<String>,
 }
 
 impl Wakeup {
     /// Starts one subscriber connection per node, configured like the node's client,
-    /// without waiting for them: until they are up, waiters simply poll.
+    /// and the task that manages it, without waiting for them: until they are up,
+    /// waiters simply poll. The tasks end when the `Wakeup` is dropped.
     pub(crate) fn start(nodes: &[Arc<Node>], timeout: Duration) -> Arc<Wakeup> {
-        Arc::new_cyclic(|weak: &std::sync::Weak<Wakeup>| {
-            let subscribers = nodes
+        Arc::new_cyclic(|weak: &Weak<Wakeup>| {
+            let changed = nodes
                 .iter()
                 .map(|node| {
-                    let client = node.client();
-                    let mut perf = client.perf_config();
-                    // Subscriptions are not lock rounds: no node-timeout bound here.
-                    perf.default_command_timeout = timeout;
-                    let subscriber = SubscriberClient::new(
-                        client.client_config(),
-                        Some(perf),
-                        Some(client.connection_config().clone()),
-                        client
-                            .client_reconnect_policy()
-                            .or(Some(ReconnectPolicy::new_constant(0, 100))),
-                    );
-                    drop(subscriber.connect());
-                    drop(subscriber.manage_subscriptions());
-                    let weak = weak.clone();
-                    drop(subscriber.on_message(move |message| {
-                        if let Some(wakeup) = weak.upgrade() {
-                            wakeup.announce(&message.channel);
-                        }
-                        async { Ok(()) }
-                    }));
-                    subscriber
+                    let changed = Arc::new(Notify::new());
+                    let subscriber = subscriber_for(node, timeout);
+                    tokio::spawn(manage(
+                        subscriber,
+                        weak.clone(),
+                        Arc::clone(&changed),
+                        timeout,
+                    ));
+                    changed
                 })
                 .collect();
             Wakeup {
-                subscribers,
                 channels: Mutex::new(HashMap::new()),
-                timeout,
+                changed,
             }
         })
     }
@@ -70,27 +69,28 @@ impl Wakeup {
     /// Subscribes to the release channels of `keys` for as long as the returned
     /// [`Subscription`] lives.
     pub(crate) fn subscribe(self: &Arc<Self>, keys: &[Arc<str>]) -> Subscription {
-        let mut receivers = Vec::with_capacity(keys.len());
-        let mut new_channels = Vec::new();
         let names: Vec<String> = keys
             .iter()
             .map(|key| format!("{RELEASE_CHANNEL_PREFIX}{key}"))
             .collect();
+        let mut receivers = Vec::with_capacity(keys.len());
+        let mut added = false;
         if let Ok(mut channels) = self.channels.lock() {
             for name in &names {
                 let channel = channels.entry(name.clone()).or_insert_with(|| {
-                    new_channels.push(name.clone());
+                    added = true;
                     Channel {
                         waiters: 0,
                         announced: watch::Sender::new(0),
+                        seen: VecDeque::new(),
                     }
                 });
                 channel.waiters += 1;
                 receivers.push(channel.announced.subscribe());
             }
         }
-        if !new_channels.is_empty() {
-            self.send_to_all(new_channels, true);
+        if added {
+            self.notify_all();
         }
         Subscription {
             wakeup: Arc::clone(self),
@@ -99,70 +99,138 @@ impl Wakeup {
         }
     }
 
-    fn announce(&self, channel: &str) {
-        if let Ok(channels) = self.channels.lock() {
-            if let Some(channel) = channels.get(channel) {
+    /// A message on `channel`: wakes its waiters if `token` is a release not seen yet.
+    fn announce(&self, channel: &str, token: String) {
+        if let Ok(mut channels) = self.channels.lock() {
+            if let Some(channel) = channels.get_mut(channel) {
+                if channel.seen.contains(&token) {
+                    return;
+                }
+                if channel.seen.len() == SEEN_TOKENS {
+                    channel.seen.pop_front();
+                }
+                channel.seen.push_back(token);
                 channel.announced.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }
 
     fn unsubscribe(&self, names: &[String]) {
-        let mut gone = Vec::new();
+        let mut removed = false;
         if let Ok(mut channels) = self.channels.lock() {
             for name in names {
                 if let Some(channel) = channels.get_mut(name) {
                     channel.waiters = channel.waiters.saturating_sub(1);
                     if channel.waiters == 0 {
                         channels.remove(name);
-                        gone.push(name.clone());
+                        removed = true;
                     }
                 }
             }
         }
+        if removed {
+            self.notify_all();
+        }
+    }
+
+    fn wanted(&self) -> HashSet<String> {
+        self.channels
+            .lock()
+            .map(|channels| channels.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn notify_all(&self) {
+        for changed in &self.changed {
+            changed.notify_one();
+        }
+    }
+}
+
+impl Drop for Wakeup {
+    fn drop(&mut self) {
+        // The tasks see the `Wakeup` gone once woken.
+        self.notify_all();
+    }
+}
+
+fn subscriber_for(node: &Node, timeout: Duration) -> SubscriberClient {
+    let client = node.client();
+    let mut perf = client.perf_config();
+    // Subscriptions are not lock rounds: no node-timeout bound here.
+    perf.default_command_timeout = timeout;
+    SubscriberClient::new(
+        client.client_config(),
+        Some(perf),
+        Some(client.connection_config().clone()),
+        client
+            .client_reconnect_policy()
+            .or(Some(ReconnectPolicy::new_constant(0, 100))),
+    )
+}
+
+/// The task that owns one node's subscriber connection: it keeps the connection's
+/// subscriptions equal to the wanted channels, one change at a time and in order, and
+/// tries again every `timeout` after a failure. It ends, closing the connection, when
+/// the `Wakeup` is gone.
+async fn manage(
+    subscriber: SubscriberClient,
+    wakeup: Weak<Wakeup>,
+    changed: Arc<Notify>,
+    timeout: Duration,
+) {
+    let connection = subscriber.connect();
+    let resubscriber = subscriber.manage_subscriptions();
+    let messages = subscriber.on_message({
+        let wakeup = wakeup.clone();
+        move |message| {
+            if let Some(wakeup) = wakeup.upgrade() {
+                let token = message.value.as_string().unwrap_or_default();
+                wakeup.announce(&message.channel, token);
+            }
+            async { Ok(()) }
+        }
+    });
+    let mut active: HashSet<String> = HashSet::new();
+    while let Some(wanted) = wakeup.upgrade().map(|wakeup| wakeup.wanted()) {
+        let mut failed = false;
+        let gone: Vec<String> = active.difference(&wanted).cloned().collect();
         if !gone.is_empty() {
-            self.send_to_all(gone, false);
+            let request = subscriber.unsubscribe(gone.clone());
+            match tokio::time::timeout(timeout, request).await {
+                Ok(Ok(())) => active.retain(|c| !gone.contains(c)),
+                _ => failed = true,
+            }
+        }
+        let new: Vec<String> = wanted.difference(&active).cloned().collect();
+        if !new.is_empty() {
+            let request = async {
+                if !subscriber.is_connected() {
+                    // A command sent before the connection is up can time out before
+                    // it is ever written.
+                    subscriber.wait_for_connect().await?;
+                }
+                subscriber.subscribe(new.clone()).await
+            };
+            match tokio::time::timeout(timeout, request).await {
+                Ok(Ok(())) => active.extend(new),
+                _ => failed = true,
+            }
+        }
+        if failed {
+            // Try again after a pause, or at once when the wanted set changes.
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {}
+                () = changed.notified() => {}
+            }
+        } else {
+            changed.notified().await;
         }
     }
-
-    /// (Un)subscribes on every node in the background, each bounded by the timeout.
-    fn send_to_all(&self, channels: Vec<String>, subscribe: bool) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        for subscriber in &self.subscribers {
-            let (subscriber, channels, timeout) =
-                (subscriber.clone(), channels.clone(), self.timeout);
-            runtime.spawn(async move {
-                let request = async {
-                    if !subscriber.is_connected() {
-                        // A command sent before the connection is up can time out
-                        // before it is ever written.
-                        let _ = subscriber.wait_for_connect().await;
-                    }
-                    if subscribe {
-                        subscriber.subscribe(channels).await
-                    } else {
-                        subscriber.unsubscribe(channels).await
-                    }
-                };
-                let _ = tokio::time::timeout(timeout, request).await;
-            });
-        }
-    }
-
-    /// Closes the subscriber connections in the background.
-    pub(crate) fn quit(&self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        for subscriber in &self.subscribers {
-            let (subscriber, timeout) = (subscriber.clone(), self.timeout);
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(timeout, subscriber.quit()).await;
-            });
-        }
-    }
+    messages.abort();
+    resubscriber.abort();
+    let _ = tokio::time::timeout(timeout, subscriber.quit()).await;
+    connection.abort();
 }
 
 /// A waiter's interest in some keys' releases.
@@ -173,8 +241,8 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
-    /// Resolves when one of the keys was announced released since the last call (or
-    /// since the subscription began).
+    /// Resolves when a release of one of the keys was announced since the last call
+    /// (or since the subscription began).
     pub(crate) async fn released(&mut self) {
         if self.receivers.is_empty() {
             return std::future::pending().await;

@@ -83,3 +83,123 @@ async fn no_waiter_starves_under_steady_contention() -> TestResult {
     );
     Ok(())
 }
+
+/// Each release is announced by every node; a waiter is woken once per release, not
+/// once per node. Here the same announcement arrives from node 0, then (after the
+/// waiter's attempt) from the other 4, while the resource stays held: the waiter tries
+/// once, then waits for its next poll (10 s), instead of spending its last retry at
+/// once on the leftover announcements.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_release_wakes_a_waiter_once() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let holder = nodes.redlock(Duration::from_millis(100)).await;
+    let waiter = nodes
+        .builder()
+        .node_timeout(Duration::from_millis(100))
+        .retry_delay(Duration::from_secs(10))
+        .retry_jitter(Duration::ZERO)
+        .retry_count(2)
+        .build()
+        .await?;
+    let res = resource("wake-once");
+    let held = holder.lock(&res, Duration::from_secs(30)).await?;
+    let waiting = tokio::spawn({
+        let (waiter, res) = (waiter.clone(), res.clone());
+        async move { waiter.lock(&res, Duration::from_secs(30)).await.map(drop) }
+    });
+    // Wait until the waiter has subscribed on every node.
+    let channel = format!("fredlock:released:{res}");
+    let start = Instant::now();
+    loop {
+        let mut subscribed = 0;
+        for i in 0..5 {
+            let reply = nodes
+                .cmd(i, "PUBSUB", vec!["NUMSUB".into(), channel.as_str().into()])
+                .await?;
+            let count = match reply {
+                fred::prelude::Value::Array(items) => {
+                    items.get(1).and_then(|v| v.as_i64()).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            subscribed += usize::from(count > 0);
+        }
+        if subscribed == 5 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..5 {
+        nodes
+            .cmd(
+                i,
+                "PUBLISH",
+                vec![channel.as_str().into(), "a-released-token".into()],
+            )
+            .await?;
+        if i == 0 {
+            // The waiter wakes, tries and fails meanwhile.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the leftover announcements used up the waiter's retries: {:?}",
+        waiting.await?
+    );
+    waiting.abort();
+    held.release().await?;
+    Ok(())
+}
+
+/// A subscription that timed out (every node slow while the waiter subscribed) is
+/// tried again, so the release still wakes the waiter once the nodes are fast.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_subscription_is_tried_again() -> TestResult {
+    let nodes = Nodes::start_with_proxies(5).await?;
+    let holder = nodes.redlock(Duration::from_secs(2)).await;
+    let poll_every = Duration::from_secs(10);
+    let waiter = nodes
+        .builder()
+        .node_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(300))
+        .retry_delay(poll_every)
+        .retry_jitter(Duration::ZERO)
+        .acquire_timeout(Duration::from_secs(30))
+        .build()
+        .await?;
+    let res = resource("resubscribe");
+    let held = holder.lock(&res, Duration::from_secs(30)).await?;
+    // Round trips of 800 ms: the waiter's attempt still answers (node timeout 2 s),
+    // its SUBSCRIBE (bounded by the 300 ms connect timeout) does not.
+    for i in 0..5 {
+        nodes.cluster.set_latency(i, Duration::from_millis(400));
+    }
+    let waiting = tokio::spawn({
+        let (waiter, res) = (waiter.clone(), res.clone());
+        async move {
+            let lock = waiter.lock(&res, Duration::from_secs(30)).await;
+            (lock, Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..5 {
+        nodes.cluster.set_latency(i, Duration::ZERO);
+    }
+    // Time for a retried subscription to go through on fast nodes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished());
+    let released_at = Instant::now();
+    held.release().await?;
+    let (lock, acquired_at) = waiting.await?;
+    let hand_off = acquired_at - released_at;
+    eprintln!("resubscribe: hand-off {hand_off:?} (polling delay {poll_every:?})");
+    assert!(
+        hand_off < Duration::from_secs(3),
+        "waited for the poll: {hand_off:?}"
+    );
+    lock?.release().await?;
+    Ok(())
+}
