@@ -150,9 +150,7 @@ impl BenchClient {
                 Floor::connect(urls, settings.node_timeout).await?,
             )),
             ClientKind::Fredlock => {
-                // Its defaults, restart quarantine included: the runs on a throwaway
-                // cluster first wait until every node is older than the TTL
-                // (`Target::settle`).
+                // Its defaults, restart quarantine included (see `Target::admit`).
                 let mut builder = fredlock::Redlock::builder(urls.iter().cloned())
                     .node_timeout(settings.node_timeout);
                 if contended {

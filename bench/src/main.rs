@@ -254,16 +254,16 @@ async fn execute(args: &Args, target: &Target, plan: &[Scenario]) -> Vec<RunResu
         for &kind in &scenario.clients {
             let label = format!("{} · {}", scenario.id, kind.name());
             bar.set_message(format!("{label}: connecting"));
-            if kind == ClientKind::Fredlock {
-                bar.set_message(format!(
-                    "{label}: waiting out fredlock's restart quarantine"
-                ));
-                target.settle(args.ttl).await;
-            }
             let urls = target.urls(scenario.nodes, scenario.fault.proxied_node());
             let client =
                 match BenchClient::connect(kind, &urls, scenario.contended, &settings).await {
-                    Ok(c) => Arc::new(c),
+                    Ok(c) => {
+                        if let BenchClient::Fredlock(redlock) = &c {
+                            bar.set_message(format!("{label}: fredlock's restart quarantine"));
+                            target.admit(redlock).await;
+                        }
+                        Arc::new(c)
+                    }
                     Err(e) => {
                         bar.println(format!("{label}: cannot connect: {e}; skipped"));
                         done += per_run;

@@ -39,7 +39,7 @@ pub struct Environment {
 impl Environment {
     pub async fn collect(_args: &Args, target: &Target) -> Environment {
         let ours = match target {
-            Target::Cluster(c, _) => c.len(),
+            Target::Cluster(c) => c.len(),
             Target::Endpoints(_) => 0,
         };
         let redis_version = redis_version(&target.urls(1, None)).await;
@@ -73,7 +73,7 @@ impl Environment {
                 .ok()
                 .map(|s| s.trim().to_string()),
             target: match target {
-                Target::Cluster(c, _) => format!(
+                Target::Cluster(c) => format!(
                     "throwaway cluster: {} Redis containers on this host, reached on 127.0.0.1",
                     c.len()
                 ),

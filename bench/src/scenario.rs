@@ -82,8 +82,7 @@ pub struct Scenario {
 /// Where the nodes are.
 pub enum Target {
     /// A throwaway cluster; every node has a proxy, used only for the latency fault.
-    /// With the instant its youngest node (started or restarted) came up.
-    Cluster(Arc<Cluster>, std::sync::Mutex<Instant>),
+    Cluster(Arc<Cluster>),
     /// The user's masters: no faults.
     Endpoints(Vec<String>),
 }
@@ -91,15 +90,12 @@ pub enum Target {
 impl Target {
     pub async fn start_cluster(n: usize) -> Result<Target, fredlock_testcluster::Error> {
         let cluster = Cluster::start_with_proxies(n).await?;
-        Ok(Target::Cluster(
-            Arc::new(cluster),
-            std::sync::Mutex::new(Instant::now()),
-        ))
+        Ok(Target::Cluster(Arc::new(cluster)))
     }
 
     pub fn max_nodes(&self) -> usize {
         match self {
-            Target::Cluster(c, _) => c.len(),
+            Target::Cluster(c) => c.len(),
             Target::Endpoints(e) => e.len(),
         }
     }
@@ -112,7 +108,7 @@ impl Target {
     /// reached through its latency proxy.
     pub fn urls(&self, n: usize, proxied: Option<usize>) -> Vec<String> {
         match self {
-            Target::Cluster(c, _) => (0..n)
+            Target::Cluster(c) => (0..n)
                 .map(|i| {
                     if Some(i) == proxied {
                         c.url(i)
@@ -125,23 +121,34 @@ impl Target {
         }
     }
 
-    /// fredlock keeps a node that lost its data (a fresh or restarted node without its
-    /// marker key) out of acquisitions until it has been up for the largest TTL asked
-    /// for (its default restart quarantine). Its runs on a throwaway cluster wait until
-    /// every node is older than that, so that they measure the steady state; returns
-    /// how long it waited.
-    pub async fn settle(&self, ttl: Duration) -> Duration {
-        let Target::Cluster(_, youngest) = self else {
-            return Duration::ZERO;
-        };
-        let since = youngest.lock().map_or(Duration::MAX, |at| at.elapsed());
-        let wait = (ttl + Duration::from_secs(1)).saturating_sub(since);
-        tokio::time::sleep(wait).await;
-        wait
+    /// fredlock keeps a node whose incarnation it has not recorded (a fresh or
+    /// restarted node) out of acquisitions for its restart quarantine period. On a
+    /// throwaway cluster no lock of anyone else can be held, so the run lifts the
+    /// quarantine, as an operator does for a new deployment; on the user's masters it
+    /// waits, trying a probe lock, until the nodes vote (at most the period and 10 s).
+    /// Returns how long it waited.
+    pub async fn admit(&self, redlock: &fredlock::Redlock) -> Duration {
+        let start = Instant::now();
+        if let Target::Cluster(_) = self {
+            redlock.lift_restart_quarantine().await;
+            return start.elapsed();
+        }
+        let limit = fredlock::DEFAULT_QUARANTINE_PERIOD + Duration::from_secs(10);
+        while start.elapsed() < limit {
+            let probe = redlock
+                .try_lock("quorum-bench:admitted", Duration::from_secs(1))
+                .await;
+            if let Ok(lock) = probe {
+                let _ = lock.release().await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        start.elapsed()
     }
 
     pub async fn inject(&self, fault: &Fault) -> Result<(), String> {
-        let Target::Cluster(c, _) = self else {
+        let Target::Cluster(c) = self else {
             return match fault {
                 Fault::None => Ok(()),
                 _ => Err("faults need the throwaway cluster".into()),
@@ -159,19 +166,13 @@ impl Target {
     }
 
     pub async fn clear(&self, fault: &Fault) -> Result<(), String> {
-        let Target::Cluster(c, youngest) = self else {
+        let Target::Cluster(c) = self else {
             return Ok(());
         };
         let result = match *fault {
             Fault::None => Ok(()),
             Fault::Latency { node, .. } => c.try_set_latency(node, Duration::ZERO),
-            Fault::Kill { node } => {
-                let restarted = c.restart(node).await;
-                if let Ok(mut at) = youngest.lock() {
-                    *at = Instant::now();
-                }
-                restarted
-            }
+            Fault::Kill { node } => c.restart(node).await,
             Fault::Pause { node } => c.unpause(node).await,
         };
         result.map_err(|e| e.to_string())
