@@ -27,8 +27,9 @@ const NODE_TIMEOUT: Duration = Duration::from_millis(50);
 const RECOVERY: Duration = Duration::from_secs(5);
 
 async fn connect(urls: &[String]) -> Result<Redlock, Error> {
-    // These nodes have just started: with the default restart quarantine each would
-    // sit out its first TTL (docs/safety.md). Production nodes have been up longer.
+    // The demo restarts nodes and uses them again at once, so it runs without the
+    // restart quarantine, which would keep each restarted node out for its period
+    // (60 s); docs/safety.md says when that is safe and what the quarantine costs.
     let builder = Redlock::builder(urls.iter().cloned()).restart_quarantine(Quarantine::Off);
     builder.node_timeout(NODE_TIMEOUT).build().await
 }

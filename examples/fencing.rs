@@ -12,11 +12,12 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fredlock::{Quarantine, Redlock};
+use fredlock::Redlock;
 use fredlock_testcluster::Cluster;
 
 /// The protected resource: it remembers the highest fencing token it has accepted and
-/// refuses any write that carries a lower or equal one.
+/// refuses any write that carries a lower one. An equal token is the same holder
+/// writing again, which is accepted.
 #[derive(Default)]
 struct Storage {
     highest_token: Mutex<u64>,
@@ -26,8 +27,8 @@ struct Storage {
 impl Storage {
     fn write(&self, token: u64, value: &str) -> Result<(), String> {
         let mut highest = self.highest_token.lock().map_err(|e| e.to_string())?;
-        if token <= *highest {
-            return Err(format!("rejected: token {token} is not above {}", *highest));
+        if token < *highest {
+            return Err(format!("rejected: token {token} is below {}", *highest));
         }
         *highest = token;
         *self.value.lock().map_err(|e| e.to_string())? = value.to_string();
@@ -38,14 +39,15 @@ impl Storage {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = Cluster::start(3).await?;
-    // Fresh nodes: without this each would sit out its first TTL (docs/safety.md).
     let client = || {
         Redlock::builder(cluster.urls())
-            .restart_quarantine(Quarantine::Off)
             .acquire_timeout(Duration::from_secs(5))
             .build()
     };
     let (first, second) = (client().await?, client().await?);
+    // A new deployment: no lock can be held yet, so the operator lifts the restart
+    // quarantine instead of waiting out its period (docs/safety.md).
+    first.lift_restart_quarantine().await;
     let storage = Storage::default();
 
     let stale = first.lock("ledger", Duration::from_millis(500)).await?;
@@ -55,7 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stale.remaining()
     );
     storage.write(stale.fencing_token(), "written by A")?;
-    println!("   A writes: accepted");
+    storage.write(stale.fencing_token(), "written by A again")?;
+    println!("   A writes twice with its token: both accepted");
 
     println!("2. A stalls for 1 s, past its validity...");
     tokio::time::sleep(Duration::from_secs(1)).await;

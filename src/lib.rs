@@ -55,8 +55,9 @@
 //! * [`Redlock::lock_many`]: several resources, all or nothing on each node.
 //! * [`Lock::fencing_token`]: strictly increasing from one holder to the next, for
 //!   resources that refuse stale writers.
-//! * [`Quarantine`]: nodes that lost their data sit out acquisitions until every lock
-//!   they granted has expired.
+//! * [`Quarantine`]: nodes that lost or changed their data sit out acquisitions, for
+//!   every client, until every lock they granted has expired; a fresh deployment lifts
+//!   it once with [`Redlock::lift_restart_quarantine`].
 //!
 //! # Safety
 //! Redlock's guarantees rest on assumptions about clocks, node persistence and process

@@ -116,9 +116,11 @@ impl Lock {
     }
 
     /// The fencing token: a number strictly greater than that of every earlier holder
-    /// of the resource, as long as the nodes keep their data (docs/fencing.md). Pass it
-    /// with every write to the protected resource, which rejects a token lower than
-    /// the highest it has seen. For a lock over several resources, the first one's
+    /// of the resource, as long as the nodes keep their data and, across a pause in the
+    /// resource's use longer than the fencing retention, the clients' clocks agree
+    /// within it (docs/fencing.md). Pass it with every write to the protected resource,
+    /// which rejects a token lower than the highest it has accepted (an equal one is
+    /// this holder writing again). For a lock over several resources, the first one's
     /// (see [`fencing_tokens`](Lock::fencing_tokens)).
     pub fn fencing_token(&self) -> u64 {
         self.shared.fences.first().copied().unwrap_or(0)

@@ -81,7 +81,7 @@ pub(crate) struct Request {
     pub(crate) resources: Arc<[Arc<str>]>,
     /// One key per resource: the key prefix followed by the resource name.
     pub(crate) keys: Arc<[Arc<str>]>,
-    /// One fencing-counter key per resource: the lock key followed by `:fence`.
+    /// One fencing-counter key per resource, in the reserved namespace.
     pub(crate) fence_keys: Arc<[Arc<str>]>,
     /// The TTL sent to the nodes, whole milliseconds.
     pub(crate) ttl: Duration,

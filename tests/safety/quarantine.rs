@@ -23,10 +23,28 @@ fn quarantined_votes(e: &Error) -> usize {
     })
 }
 
+/// Two clients with the defaults over fresh nodes, whose quarantine the first lifts.
+async fn two_clients(nodes: &Nodes) -> Result<(Redlock, Redlock), Error> {
+    let (a, b) = (
+        defaults(nodes).build().await?,
+        defaults(nodes).build().await?,
+    );
+    lift_quarantine(&a).await;
+    Ok((a, b))
+}
+
+/// Tries `contender.try_lock(res, 1 s)` every 100 ms for as long as `held` is valid
+/// (at most `limit`): the contender must never win while `held` is valid, and must see
+/// quarantined nodes refuse it.
+async fn assert_kept_out(contender: &Redlock, res: &str, held: &Lock, limit: Duration) {
+    let refused = refusals_while_valid(contender, res, Duration::from_secs(1), held, limit).await;
+    assert!(refused > 0, "the nodes were never seen quarantined");
+}
+
 /// Tries `contender.try_lock(res, ttl)` every 100 ms for as long as `held` is valid
 /// (at most `limit`). Panics if the contender ever wins while `held` is valid; returns
 /// how many attempts were refused by quarantined nodes.
-async fn never_wins_while_valid(
+async fn refusals_while_valid(
     contender: &Redlock,
     res: &str,
     ttl: Duration,
@@ -74,26 +92,11 @@ async fn restart_nodes(nodes: &Nodes, which: &[usize]) -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_short_ttl_client_cannot_readmit_restarted_nodes() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let (a, b) = (
-        defaults(&nodes).build().await?,
-        defaults(&nodes).build().await?,
-    );
-    lift_quarantine(&a).await;
+    let (a, b) = two_clients(&nodes).await?;
     let res = resource("shared-period");
     let held = a.lock(&res, Duration::from_secs(6)).await?;
     restart_nodes(&nodes, &[0, 1, 2]).await?;
-    let refused = never_wins_while_valid(
-        &b,
-        &res,
-        Duration::from_secs(1),
-        &held,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert!(
-        refused > 0,
-        "the restarted nodes were never seen quarantined"
-    );
+    assert_kept_out(&b, &res, &held, Duration::from_secs(5)).await;
     Ok(())
 }
 
@@ -108,18 +111,7 @@ async fn an_extended_lock_is_covered_by_the_quarantine() -> TestResult {
     let mut held = a.lock(&res, Duration::from_secs(1)).await?;
     held.extend(Duration::from_secs(20)).await?;
     restart_nodes(&nodes, &[0, 1, 2]).await?;
-    let refused = never_wins_while_valid(
-        &a,
-        &res,
-        Duration::from_secs(1),
-        &held,
-        Duration::from_secs(4),
-    )
-    .await;
-    assert!(
-        refused > 0,
-        "the restarted nodes were never seen quarantined"
-    );
+    assert_kept_out(&a, &res, &held, Duration::from_secs(4)).await;
     Ok(())
 }
 
@@ -156,25 +148,13 @@ async fn a_ttl_above_the_period_is_refused_naming_the_option() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn flushed_nodes_are_quarantined() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let (a, b) = (
-        defaults(&nodes).build().await?,
-        defaults(&nodes).build().await?,
-    );
-    lift_quarantine(&a).await;
+    let (a, b) = two_clients(&nodes).await?;
     let res = resource("flushed");
     let held = a.lock(&res, Duration::from_secs(6)).await?;
     for i in 0..3 {
         nodes.cmd(i, "FLUSHALL", vec![]).await?;
     }
-    let refused = never_wins_while_valid(
-        &b,
-        &res,
-        Duration::from_secs(1),
-        &held,
-        Duration::from_secs(4),
-    )
-    .await;
-    assert!(refused > 0, "the flushed nodes were never seen quarantined");
+    assert_kept_out(&b, &res, &held, Duration::from_secs(4)).await;
     Ok(())
 }
 
@@ -183,11 +163,7 @@ async fn flushed_nodes_are_quarantined() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_restarted_from_an_old_snapshot_are_quarantined() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let (a, b) = (
-        defaults(&nodes).build().await?,
-        defaults(&nodes).build().await?,
-    );
-    lift_quarantine(&a).await;
+    let (a, b) = two_clients(&nodes).await?;
     let res = resource("snapshot");
     for i in 0..3 {
         assert!(nodes.get(i, MARKER).await.is_some(), "node {i} not marked");
@@ -203,18 +179,7 @@ async fn nodes_restarted_from_an_old_snapshot_are_quarantined() -> TestResult {
         );
         assert!(nodes.get(i, &res).await.is_none(), "node {i} kept the lock");
     }
-    let refused = never_wins_while_valid(
-        &b,
-        &res,
-        Duration::from_secs(1),
-        &held,
-        Duration::from_secs(4),
-    )
-    .await;
-    assert!(
-        refused > 0,
-        "the restarted nodes were never seen quarantined"
-    );
+    assert_kept_out(&b, &res, &held, Duration::from_secs(4)).await;
     Ok(())
 }
 
@@ -298,8 +263,7 @@ async fn quarantine_stops_the_second_majority_after_a_restart() -> TestResult {
     nodes.cluster.kill(4).await?;
     let held_by_a = a.lock(&res, period).await?;
     restart_nodes(&nodes, &[3, 4, 0]).await?;
-    let refused =
-        never_wins_while_valid(&b, &res, period, &held_by_a, Duration::from_secs(15)).await;
+    let refused = refusals_while_valid(&b, &res, period, &held_by_a, Duration::from_secs(15)).await;
     assert!(
         refused > 0,
         "the restarted nodes were never seen quarantined"
