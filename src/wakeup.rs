@@ -44,26 +44,23 @@ impl Wakeup {
     /// and the task that manages it, without waiting for them: until they are up,
     /// waiters simply poll. The tasks end when the `Wakeup` is dropped.
     pub(crate) fn start(nodes: &[Arc<Node>], timeout: Duration) -> Arc<Wakeup> {
-        Arc::new_cyclic(|weak: &Weak<Wakeup>| {
-            let changed = nodes
-                .iter()
-                .map(|node| {
-                    let changed = Arc::new(Notify::new());
-                    let subscriber = subscriber_for(node, timeout);
-                    tokio::spawn(manage(
-                        subscriber,
-                        weak.clone(),
-                        Arc::clone(&changed),
-                        timeout,
-                    ));
-                    changed
-                })
-                .collect();
-            Wakeup {
-                channels: Mutex::new(HashMap::new()),
+        let changed: Vec<Arc<Notify>> = nodes.iter().map(|_| Arc::default()).collect();
+        let wakeup = Arc::new(Wakeup {
+            channels: Mutex::new(HashMap::new()),
+            changed: changed.clone(),
+        });
+        // Spawned once the `Wakeup` exists: a task that ran before could not upgrade
+        // its reference and would end at once.
+        for (node, changed) in nodes.iter().zip(changed) {
+            let subscriber = subscriber_for(node, timeout);
+            tokio::spawn(manage(
+                subscriber,
+                Arc::downgrade(&wakeup),
                 changed,
-            }
-        })
+                timeout,
+            ));
+        }
+        wakeup
     }
 
     /// Subscribes to the release channels of `keys` for as long as the returned
