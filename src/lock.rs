@@ -163,9 +163,9 @@ impl Lock {
     /// A task extends the lock by its current TTL (that of the last successful acquire
     /// or [`extend`](Lock::extend)) whenever the share of the validity set by
     /// [`Builder::keep_alive_at`](crate::Builder::keep_alive_at) (default: half) is
-    /// left, but never later than two node timeouts before the validity ends, so that
-    /// a renewal that fails is known in time. A manual `extend` moves its schedule at
-    /// once. A failed extension is retried after a short random pause as long as the
+    /// left, but no later than two node timeouts before the validity ends (as long as
+    /// that leaves half the validity between renewals), so that a renewal that fails
+    /// is known in time. A manual `extend` moves its schedule at once. A failed extension is retried after a short random pause as long as the
     /// validity left allows another attempt; when it does not, or the nodes answer
     /// that the lock is no longer ours, the loss is signalled at once through
     /// [`Lease::lost`], before the validity ends. Calling it again does nothing.
@@ -396,12 +396,15 @@ impl KeepAlive {
                 Ok(()) => continue,
                 Err(error) => error,
             };
+            // At least 1 ms: nodes that fail at once (not connected) must not make this
+            // loop spin.
             let pause = retry_pause(
                 settings.retry_delay,
                 settings.retry_jitter,
                 &mut rand::rng(),
             )
-            .min(margin / 4);
+            .min(margin / 4)
+            .max(Duration::from_millis(1));
             // Another attempt only if it can end within the validity left.
             let another = pause.saturating_add(floor);
             if !error.is_retryable() || self.shared.remaining() <= another {
@@ -415,10 +418,56 @@ impl KeepAlive {
         }
     }
 
-    /// How much validity is left when the next renewal starts: the configured share of
-    /// what a fresh extension gives, but at least `floor`, and at most all of it.
     fn margin(&self, share: f64, floor: Duration) -> Duration {
-        let full = self.request.ttl.saturating_sub(self.request.drift);
-        full.mul_f64(share).max(floor).min(full)
+        keep_alive_margin(
+            self.request.ttl.saturating_sub(self.request.drift),
+            share,
+            floor,
+        )
+    }
+}
+
+/// How much validity is left when the keep-alive renews, for a lock whose extension
+/// gives `full`: the configured `share` of it, raised to `floor` (two node timeouts)
+/// so that a failed renewal is known in time, but not past half of it: a TTL too short
+/// for that floor is renewed at the configured share, not back to back.
+fn keep_alive_margin(full: Duration, share: f64, floor: Duration) -> Duration {
+    let configured = full.mul_f64(share);
+    configured.max(floor).min(configured.max(full / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_alive_margin;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_keep_alive_margin_keeps_two_node_timeouts_when_it_can() {
+        // The configured share when it is above the floor.
+        assert_eq!(keep_alive_margin(1000 * MS, 0.5, 100 * MS), 500 * MS);
+        // Raised to the floor (keep_alive_at 0.05, node timeout 300 ms).
+        assert_eq!(keep_alive_margin(1978 * MS, 0.05, 600 * MS), 600 * MS);
+        // Never past half: a 100 ms TTL with a 50 ms node timeout renews at half.
+        assert_eq!(
+            keep_alive_margin(97 * MS, 0.05, 100 * MS),
+            48_500 * MS / 1000
+        );
+        assert_eq!(
+            keep_alive_margin(97 * MS, 0.9, 100 * MS),
+            87_300 * MS / 1000
+        );
+        // Renewals never come back to back while the validity is positive.
+        for full in [MS, 10 * MS, 99 * MS, 1000 * MS] {
+            for share in [0.01, 0.5, 0.99] {
+                let margin = keep_alive_margin(full, share, 100 * MS);
+                assert!(margin < full, "{full:?} {share} {margin:?}");
+            }
+        }
+        assert_eq!(
+            keep_alive_margin(Duration::ZERO, 0.5, 100 * MS),
+            Duration::ZERO
+        );
     }
 }

@@ -417,22 +417,34 @@ impl Node {
         ];
         let reply: Result<Value, _> = client.eval(CHECK_LUA, vec![Key::from(probe)], args).await;
         match reply {
-            Ok(Value::Array(refused)) => match refused.as_slice() {
-                [command, message] => {
+            Ok(Value::Array(refused)) => {
+                if let [command, message] = refused.as_slice() {
                     let message = message.as_string().unwrap_or_default();
                     if is_acl_refusal(&message) {
-                        Err((command.as_string().unwrap_or_default(), message))
-                    } else {
-                        Ok(())
+                        return Err((command.as_string().unwrap_or_default(), message));
                     }
                 }
-                _ => Ok(()),
-            },
-            Ok(_) => Ok(()),
-            Err(e) if is_acl_refusal(e.details()) => {
-                Err(("EVAL".to_string(), e.details().to_string()))
             }
-            Err(_) => Ok(()),
+            Err(e) if is_acl_refusal(e.details()) => {
+                return Err(("EVAL".to_string(), e.details().to_string()));
+            }
+            _ => {}
+        }
+        // Every lock round runs its script by EVALSHA: a compare-and-delete of the probe
+        // key with a token nobody holds changes nothing.
+        let keys = vec![Key::from(probe)];
+        let reply: Result<Value, _> = client
+            .evalsha(
+                RELEASE.sha1().clone(),
+                keys,
+                vec![Value::from("fredlock-probe")],
+            )
+            .await;
+        match reply {
+            Err(e) if is_acl_refusal(e.details()) => {
+                Err(("EVALSHA".to_string(), e.details().to_string()))
+            }
+            _ => Ok(()),
         }
     }
 

@@ -25,7 +25,10 @@ pub const MAX_TTL: Duration = Duration::from_millis(1 << 40);
 
 /// fredlock's own keys (fencing counters, each node's incarnation marker and
 /// quarantine guard) live under the key prefix followed by this; resource names that
-/// start with it are refused, so no resource's key is ever one of them.
+/// start with it are refused, so no resource's key under the same prefix is ever one
+/// of them. (Clients with different prefixes on the same nodes can still collide: a
+/// resource `app:fredlock:fence:x` without a prefix is the counter of `x` under the
+/// prefix `app:`.)
 pub const RESERVED_PREFIX: &str = "fredlock:";
 
 /// Bytes of CSPRNG output in a lock token (hex-encoded: 40 characters).
@@ -368,10 +371,14 @@ impl Redlock {
             .map_err(|failed| failed.error)
     }
 
-    /// Closes the connections fredlock opened (not those given to
-    /// [`Redlock::from_clients`]). Locks still held keep their keys until their TTL.
+    /// Closes the connections fredlock opened: those to the nodes (not the clients
+    /// given to [`Redlock::from_clients`]) and the wake-up subscriptions (for both;
+    /// waiters then only poll). Locks still held keep their keys until their TTL.
     /// Dropping the last clone of a `Redlock` also closes them, in the background.
     pub async fn quit(&self) {
+        if let Some(wakeup) = self.inner.wakeup.get() {
+            wakeup.close();
+        }
         if self.inner.owns_clients {
             let timeout = self.inner.settings.connect_timeout;
             futures::future::join_all(self.inner.nodes.iter().map(|n| n.close(timeout))).await;

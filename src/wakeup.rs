@@ -11,6 +11,7 @@
 //! node.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub(crate) struct Wakeup {
     channels: Mutex<HashMap<String, Channel>>,
     /// Woken when the set of wanted channels changes; one per node's task.
     changed: Vec<Arc<Notify>>,
+    /// Set by [`close`](Wakeup::close).
+    closed: AtomicBool,
 }
 
 struct Channel {
@@ -48,6 +51,7 @@ impl Wakeup {
         let wakeup = Arc::new(Wakeup {
             channels: Mutex::new(HashMap::new()),
             changed: changed.clone(),
+            closed: AtomicBool::new(false),
         });
         // Spawned once the `Wakeup` exists: a task that ran before could not upgrade
         // its reference and would end at once.
@@ -130,11 +134,26 @@ impl Wakeup {
         }
     }
 
-    fn wanted(&self) -> HashSet<String> {
-        self.channels
-            .lock()
-            .map(|channels| channels.keys().cloned().collect())
-            .unwrap_or_default()
+    /// The channels to subscribe to, or `None` once closed.
+    fn wanted(&self) -> Option<HashSet<String>> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.channels
+                .lock()
+                .map(|channels| channels.keys().cloned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Ends the subscription tasks and closes their connections ([`Redlock::quit`]);
+    /// waiters then only poll.
+    ///
+    /// [`Redlock::quit`]: crate::Redlock::quit
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify_all();
     }
 
     fn notify_all(&self) {
@@ -188,18 +207,24 @@ async fn manage(
             async { Ok(()) }
         }
     });
-    let mut active: HashSet<String> = HashSet::new();
-    while let Some(wanted) = wakeup.upgrade().map(|wakeup| wakeup.wanted()) {
+    // Channels a SUBSCRIBE was sent for (it may have run on the node even if it timed
+    // out here), and those the node confirmed.
+    let mut sent: HashSet<String> = HashSet::new();
+    let mut confirmed: HashSet<String> = HashSet::new();
+    while let Some(wanted) = wakeup.upgrade().and_then(|wakeup| wakeup.wanted()) {
         let mut failed = false;
-        let gone: Vec<String> = active.difference(&wanted).cloned().collect();
+        let gone: Vec<String> = sent.difference(&wanted).cloned().collect();
         if !gone.is_empty() {
             let request = subscriber.unsubscribe(gone.clone());
             match tokio::time::timeout(timeout, request).await {
-                Ok(Ok(())) => active.retain(|c| !gone.contains(c)),
+                Ok(Ok(())) => {
+                    sent.retain(|c| !gone.contains(c));
+                    confirmed.retain(|c| !gone.contains(c));
+                }
                 _ => failed = true,
             }
         }
-        let new: Vec<String> = wanted.difference(&active).cloned().collect();
+        let new: Vec<String> = wanted.difference(&confirmed).cloned().collect();
         if !new.is_empty() {
             let request = async {
                 if !subscriber.is_connected() {
@@ -209,8 +234,9 @@ async fn manage(
                 }
                 subscriber.subscribe(new.clone()).await
             };
+            sent.extend(new.iter().cloned());
             match tokio::time::timeout(timeout, request).await {
-                Ok(Ok(())) => active.extend(new),
+                Ok(Ok(())) => confirmed.extend(new),
                 _ => failed = true,
             }
         }

@@ -32,6 +32,9 @@ if period >= 0 then
     end
     local left = redis.call("PTTL", guard)
     if left == -1 then
+        -- A guard without expiry (set or PERSISTed by hand) would keep the node out
+        -- for good: give it the period.
+        redis.call("PEXPIRE", guard, period)
         left = period
     end
     if left > 0 then

@@ -52,9 +52,9 @@ impl Nodes {
         self.cluster.urls()
     }
 
-    /// A builder over all nodes, without the restart quarantine: these nodes have just
-    /// started, so with it every node would sit out its first TTL. The quarantine tests
-    /// turn it on themselves.
+    /// A builder over all nodes, without the restart quarantine: these nodes are new
+    /// and get restarted, and with it each would sit out its 60 s period. The
+    /// quarantine tests (tests/safety/quarantine.rs) use the defaults themselves.
     pub fn builder(&self) -> Builder {
         Redlock::builder(self.urls()).restart_quarantine(Quarantine::Off)
     }

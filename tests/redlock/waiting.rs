@@ -86,6 +86,80 @@ async fn no_waiter_starves_under_steady_contention() -> TestResult {
     Ok(())
 }
 
+/// On how many of the 5 nodes `channel` has a subscriber.
+async fn subscribed_nodes(
+    nodes: &Nodes,
+    channel: &str,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    let mut subscribed = 0;
+    for i in 0..5 {
+        let reply = nodes
+            .cmd(i, "PUBSUB", vec!["NUMSUB".into(), channel.into()])
+            .await?;
+        let count = match reply {
+            fred::prelude::Value::Array(items) => {
+                items.get(1).and_then(|v| v.as_i64()).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        subscribed += usize::from(count > 0);
+    }
+    Ok(subscribed)
+}
+
+/// `quit()` closes the wake-up connections too: with the service's own clients (which
+/// `quit()` leaves open), a waiter that is still waiting stays subscribed until then,
+/// and its subscriptions are gone from every node afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn quit_closes_the_wake_up_subscriptions() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let holder = nodes.redlock(Duration::from_millis(200)).await;
+    let mut clients = Vec::new();
+    for url in nodes.urls() {
+        let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&url)?)
+            .set_policy(fred::prelude::ReconnectPolicy::new_constant(0, 100))
+            .build()?;
+        fred::prelude::ClientLike::init(&client).await?;
+        clients.push(client);
+    }
+    let waiter = fredlock::Redlock::from_clients(clients)
+        .restart_quarantine(fredlock::Quarantine::Off)
+        .acquire_timeout(Duration::from_secs(30))
+        .build()
+        .await?;
+    let res = resource("quit-wake-up");
+    let held = holder.lock(&res, Duration::from_secs(30)).await?;
+    let waiting = tokio::spawn({
+        let (waiter, res) = (waiter.clone(), res.clone());
+        async move { waiter.lock(&res, Duration::from_secs(30)).await.map(drop) }
+    });
+    let channel = format!("fredlock:released:{res}");
+    let start = Instant::now();
+    while subscribed_nodes(&nodes, &channel).await? < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    waiter.quit().await;
+    let start = Instant::now();
+    while subscribed_nodes(&nodes, &channel).await? > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "subscriptions left after quit()"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the waiter stopped waiting: no evidence"
+    );
+    waiting.abort();
+    held.release().await?;
+    Ok(())
+}
+
 /// Each release is announced by every node; a waiter is woken once per release, not
 /// once per node. Here the same announcement arrives from node 0, then (after the
 /// waiter's attempt) from the other 4, while the resource stays held: the waiter tries
@@ -113,20 +187,7 @@ async fn one_release_wakes_a_waiter_once() -> TestResult {
     let channel = format!("fredlock:released:{res}");
     let start = Instant::now();
     loop {
-        let mut subscribed = 0;
-        for i in 0..5 {
-            let reply = nodes
-                .cmd(i, "PUBSUB", vec!["NUMSUB".into(), channel.as_str().into()])
-                .await?;
-            let count = match reply {
-                fred::prelude::Value::Array(items) => {
-                    items.get(1).and_then(|v| v.as_i64()).unwrap_or(0)
-                }
-                _ => 0,
-            };
-            subscribed += usize::from(count > 0);
-        }
-        if subscribed == 5 {
+        if subscribed_nodes(&nodes, &channel).await? == 5 {
             eprintln!(
                 "wake-once: subscribed on 5 nodes after {:?}",
                 start.elapsed()

@@ -226,6 +226,23 @@ async fn a_denied_command_is_a_build_error_naming_it() -> TestResult {
     let err = built.expect_err("INFO is denied");
     assert!(is_denied(&err, "info"), "{err}");
     assert!(!err.to_string().contains("pw@"), "{err}");
+    // EVALSHA, which every lock round uses, is checked too.
+    for i in 0..3 {
+        let acl: Vec<fred::prelude::Value> = ["SETUSER", "noevalsha", "on", ">pw", "~*", "&*"]
+            .into_iter()
+            .chain(["+@all", "-evalsha"])
+            .map(Into::into)
+            .collect();
+        nodes.cmd(i, "ACL", acl).await?;
+    }
+    let no_evalsha: Vec<String> = (0..3)
+        .map(|i| format!("redis://noevalsha:pw@127.0.0.1:{}", nodes.cluster.port(i)))
+        .collect();
+    let err = Redlock::builder(no_evalsha)
+        .build()
+        .await
+        .expect_err("EVALSHA is denied");
+    assert!(is_denied(&err, "evalsha"), "{err}");
     // Without the quarantine, INFO is not needed.
     let off = Redlock::builder(urls)
         .restart_quarantine(Quarantine::Off)
