@@ -226,6 +226,22 @@ pub fn resource(name: &str) -> String {
     format!("fredlock-test:{name}")
 }
 
+/// Connected fred clients for `urls`, as a service that passes its own clients to
+/// `Redlock::from_clients` would make them (with a reconnect policy).
+pub async fn service_clients(
+    urls: Vec<String>,
+) -> Result<Vec<Client>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut clients = Vec::new();
+    for url in urls {
+        let client = FredBuilder::from_config(Config::from_url(&url)?)
+            .set_policy(ReconnectPolicy::new_constant(0, 100))
+            .build()?;
+        client.init().await?;
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
 /// The key of a resource's fencing counter, in fredlock's reserved namespace.
 pub fn fence_key(prefix: &str, resource: &str) -> String {
     format!("{prefix}fredlock:fence:{resource}")

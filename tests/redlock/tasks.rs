@@ -7,11 +7,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use fred::prelude::{Builder as FredBuilder, ClientLike, Config, ReconnectPolicy};
 use fredlock::{Quarantine, Redlock};
 use tokio::sync::oneshot;
 
-use crate::support::{Nodes, TestResult, alive_tasks, resource, settle_tasks};
+use crate::support::{Nodes, TestResult, alive_tasks, resource, service_clients, settle_tasks};
 
 /// Runs `work` on a new one-worker runtime in its own thread.
 async fn on_own_runtime<F, Fut>(work: F) -> TestResult
@@ -38,14 +37,7 @@ async fn from_clients_builds_leave_no_tasks_behind() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let urls = nodes.urls();
     on_own_runtime(move || async move {
-        let mut clients = Vec::new();
-        for url in urls {
-            let client = FredBuilder::from_config(Config::from_url(&url)?)
-                .set_policy(ReconnectPolicy::new_constant(0, 100))
-                .build()?;
-            client.init().await?;
-            clients.push(client);
-        }
+        let clients = service_clients(urls).await?;
         let baseline = alive_tasks();
         for _ in 0..20 {
             let redlock = Redlock::from_clients(clients.clone())

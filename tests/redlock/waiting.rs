@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, TestResult, resource, service_clients};
 
 /// A waiter polling only every 5 s gets the lock right after the holder releases it:
 /// the release announcement wakes it. Without the wake-up it would wait for its next
@@ -114,15 +114,7 @@ async fn subscribed_nodes(
 async fn quit_closes_the_wake_up_subscriptions() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let holder = nodes.redlock(Duration::from_millis(200)).await;
-    let mut clients = Vec::new();
-    for url in nodes.urls() {
-        let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&url)?)
-            .set_policy(fred::prelude::ReconnectPolicy::new_constant(0, 100))
-            .build()?;
-        fred::prelude::ClientLike::init(&client).await?;
-        clients.push(client);
-    }
-    let waiter = fredlock::Redlock::from_clients(clients)
+    let waiter = fredlock::Redlock::from_clients(service_clients(nodes.urls()).await?)
         .restart_quarantine(fredlock::Quarantine::Off)
         .acquire_timeout(Duration::from_secs(30))
         .build()
