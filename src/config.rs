@@ -583,8 +583,7 @@ async fn prepare(nodes: &[Arc<Node>], settings: &Settings) -> Result<(), Error> 
     futures::future::join_all(checks)
         .await
         .into_iter()
-        .collect::<Result<Vec<()>, Error>>()
-        .map(drop)
+        .collect()
 }
 
 /// The pause before the next attempt: `delay + uniform(0..=jitter)`.

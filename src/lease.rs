@@ -57,18 +57,12 @@ impl Shared {
     }
 
     pub(crate) fn ttl(&self) -> Duration {
-        match self.ttl.lock() {
-            Ok(guard) => *guard,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        read(&self.ttl)
     }
 
     /// Records the TTL of a successful extension, and wakes whoever follows the lock.
     pub(crate) fn set_ttl(&self, ttl: Duration) {
-        match self.ttl.lock() {
-            Ok(mut guard) => *guard = ttl,
-            Err(poisoned) => *poisoned.into_inner() = ttl,
-        }
+        write(&self.ttl, ttl);
         self.lost.send_modify(|_| {});
     }
 
@@ -78,17 +72,11 @@ impl Shared {
     }
 
     pub(crate) fn valid_until(&self) -> Instant {
-        match self.valid_until.lock() {
-            Ok(guard) => *guard,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        read(&self.valid_until)
     }
 
     pub(crate) fn set_valid_until(&self, until: Instant) {
-        match self.valid_until.lock() {
-            Ok(mut guard) => *guard = until,
-            Err(poisoned) => *poisoned.into_inner() = until,
-        }
+        write(&self.valid_until, until);
         // Wake the waiters of `lost()` so they sleep until the new deadline.
         self.lost.send_modify(|_| {});
     }
@@ -131,6 +119,21 @@ impl Shared {
                 _ = rx.changed() => {}
             }
         }
+    }
+}
+
+/// A copy of the value; a panic while holding the lock cannot leave it half-written.
+fn read<T: Copy>(slot: &Mutex<T>) -> T {
+    match slot.lock() {
+        Ok(guard) => *guard,
+        Err(poisoned) => *poisoned.into_inner(),
+    }
+}
+
+fn write<T>(slot: &Mutex<T>, value: T) {
+    match slot.lock() {
+        Ok(mut guard) => *guard = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
     }
 }
 

@@ -41,6 +41,7 @@
 //! * [`Error::TooLate`]: a quorum agreed but too little validity was left.
 //! * [`Error::Expired`]: at extend or release, the lock is no longer ours.
 //! * [`Error::Lost`]: the lock was lost while [`Redlock::with_lock`] ran the work.
+//! * [`Error::Denied`]: at `build()`, a node's ACL refuses a command fredlock needs.
 //!
 //! Every round error carries each node's [`Vote`]. Acquire, extend and release run in
 //! `tracing` spans (`fredlock.acquire`, `fredlock.extend`, `fredlock.release`, at DEBUG

@@ -366,9 +366,7 @@ impl KeepAlive {
                 }
             }
             let margin = self.margin(share, floor);
-            let due = self.shared.valid_until().checked_sub(margin);
-            if due.is_some_and(|due| due > Instant::now()) {
-                let due = due.unwrap_or_else(Instant::now);
+            if let Some(due) = self.due(margin) {
                 tokio::select! {
                     () = tokio::time::sleep_until(due.into()) => {}
                     // An extension, a shortened validity or a loss: look again.
@@ -382,13 +380,7 @@ impl KeepAlive {
             }
             let _serial = self.extending.lock().await;
             // A manual extension may have run while this task waited for its turn.
-            if self.shared.ttl() != self.request.ttl
-                || self
-                    .shared
-                    .valid_until()
-                    .checked_sub(self.margin(share, floor))
-                    .is_some_and(|due| due > Instant::now())
-            {
+            if self.shared.ttl() != self.request.ttl || self.due(margin).is_some() {
                 continue;
             }
             let error = match extend(&self.redlock, &self.request, &self.token, &self.shared).await
@@ -416,6 +408,12 @@ impl KeepAlive {
             drop(_serial);
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// When the next renewal is due, if that is still to come.
+    fn due(&self, margin: Duration) -> Option<Instant> {
+        let due = self.shared.valid_until().checked_sub(margin)?;
+        (due > Instant::now()).then_some(due)
     }
 
     fn margin(&self, share: f64, floor: Duration) -> Duration {

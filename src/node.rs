@@ -118,21 +118,17 @@ impl Node {
         }
     }
 
-    /// Closes a client fredlock created: `QUIT` within `timeout`, then the connection
-    /// task is ended whether or not the node answered (a frozen node never does).
-    pub(crate) async fn close(&self, timeout: Duration) {
-        self.closing(timeout).await;
-    }
-
     /// [`close`](Node::close) in the background, for `Drop`; outside a runtime there
     /// is no task left to end.
     pub(crate) fn close_in_background(&self, timeout: Duration) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.closing(timeout));
+            runtime.spawn(self.close(timeout));
         }
     }
 
-    fn closing(&self, timeout: Duration) -> impl Future<Output = ()> + Send + 'static {
+    /// Closes a client fredlock created: `QUIT` within `timeout`, then the connection
+    /// task is ended whether or not the node answered (a frozen node never does).
+    pub(crate) fn close(&self, timeout: Duration) -> impl Future<Output = ()> + Send + 'static {
         let connection = self.connection.lock().ok().and_then(|mut slot| slot.take());
         let client = self.client.clone();
         async move {
@@ -315,15 +311,15 @@ impl Node {
     }
 
     /// Fencing write-back: while our lock keys hold `token`, raise the counters to at
-    /// least `fences`, keeping them for the TTL plus `retention_ms`.
+    /// least `fences`, keeping them for the TTL plus `retention`.
     pub(crate) async fn fence(
         &self,
         request: &Request,
         token: &str,
         fences: &[u64],
-        retention_ms: u64,
+        retention: Duration,
     ) -> Vote {
-        let keep = ms_arg(request.ttl_ms.saturating_add(retention_ms));
+        let keep = ms_arg(request.ttl_ms).saturating_add(duration_arg(retention));
         self.compare(&FENCE, FENCE_LUA, || {
             let mut args = vec![Value::from(token), Value::Integer(keep)];
             args.extend(fences.iter().map(|f| Value::from(f.to_string())));
@@ -361,9 +357,9 @@ impl Node {
     }
 
     /// Compare-and-pexpire of the lock keys to `request.ttl_ms`; the fencing counters
-    /// are kept for that plus `retention_ms`.
-    pub(crate) async fn extend(&self, request: &Request, token: &str, retention_ms: u64) -> Vote {
-        let (px, retention) = (ms_arg(request.ttl_ms), ms_arg(retention_ms));
+    /// are kept for that plus `retention`.
+    pub(crate) async fn extend(&self, request: &Request, token: &str, retention: Duration) -> Vote {
+        let (px, retention) = (ms_arg(request.ttl_ms), duration_arg(retention));
         self.compare(&EXTEND, EXTEND_LUA, || {
             let args = vec![
                 Value::from(token),

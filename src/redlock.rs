@@ -513,11 +513,6 @@ impl Redlock {
         })
     }
 
-    /// How long a fencing counter outlives its lock, in milliseconds.
-    fn retention_ms(&self) -> u64 {
-        u64::try_from(self.inner.settings.fencing_retention.as_millis()).unwrap_or(u64::MAX)
-    }
-
     pub(crate) fn settings(&self) -> &Settings {
         &self.inner.settings
     }
@@ -643,7 +638,7 @@ impl Redlock {
         token: &Arc<str>,
         fences: &Arc<[u64]>,
     ) -> Result<(), Votes> {
-        let retention_ms = self.retention_ms();
+        let retention = self.inner.settings.fencing_retention;
         let mut written = Round::new(&self.inner.nodes, |node| {
             let (node, request, token, fences) = (
                 Arc::clone(node),
@@ -651,7 +646,7 @@ impl Redlock {
                 Arc::clone(token),
                 Arc::clone(fences),
             );
-            Box::pin(async move { node.fence(&request, &token, &fences, retention_ms).await })
+            Box::pin(async move { node.fence(&request, &token, &fences, retention).await })
         });
         match written.decide().await {
             Decision::Quorum => Ok(()),
@@ -715,10 +710,10 @@ impl Redlock {
         span: &tracing::Span,
     ) -> (Decision, Tally, Votes, Instant, Duration) {
         let start = Instant::now();
-        let retention_ms = self.retention_ms();
+        let retention = self.inner.settings.fencing_retention;
         let mut round = Round::new(&self.inner.nodes, |node| {
             let (node, request, token) = (Arc::clone(node), request.clone(), Arc::clone(token));
-            Box::pin(async move { node.extend(&request, &token, retention_ms).await })
+            Box::pin(async move { node.extend(&request, &token, retention).await })
         });
         let decision = round.decide().instrument(span.clone()).await;
         let elapsed = start.elapsed();

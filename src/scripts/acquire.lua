@@ -65,9 +65,9 @@ for i = 1, n do
     fences[i] = math.max(current + 1, floor)
 end
 for i = 1, n do
-    -- The counter outlives the lock by the retention, and never shortens a longer life.
-    local px = math.max(keep, redis.call("PTTL", KEYS[n + i]))
-    redis.call("SET", KEYS[n + i], string.format("%d", fences[i]), "PX", px)
+    -- The counter outlives this lock by the retention. An earlier lock of the resource
+    -- has ended (its key is gone), so from now is also long enough for it.
+    redis.call("SET", KEYS[n + i], string.format("%d", fences[i]), "PX", keep)
     redis.call("SET", KEYS[i], ARGV[1], "PX", ARGV[2])
 end
 return fences

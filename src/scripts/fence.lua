@@ -15,8 +15,7 @@ local keep = tonumber(ARGV[2])
 for i = 1, n do
     local current = tonumber(redis.call("GET", KEYS[n + i]) or "0")
     if current < tonumber(ARGV[2 + i]) then
-        local px = math.max(keep, redis.call("PTTL", KEYS[n + i]))
-        redis.call("SET", KEYS[n + i], ARGV[2 + i], "PX", px)
+        redis.call("SET", KEYS[n + i], ARGV[2 + i], "PX", keep)
     end
 end
 return 1
