@@ -155,21 +155,32 @@ async fn lock_retries_until_freed_and_respects_the_deadline() -> TestResult {
         .build()
         .await?;
     let res = resource("retry");
+    let all = [0, 1, 2];
     let held = holder.lock(&res, TTL).await?;
+    nodes.assert_held(&all, &res, held.token()).await;
+    let base = nodes.calls_on(&all, "evalsha").await;
     let waiting = tokio::spawn({
         let waiter = waiter.clone();
         let res = res.clone();
         async move { waiter.lock(&res, TTL).await }
     });
-    // Let the waiter fail at least one attempt before the resource is freed.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The waiter's first attempt ran on every node while the resource was held there
+    // (every acquisition is one EVALSHA), so it failed.
+    nodes
+        .wait_calls_above(&all, "evalsha", &base, Duration::from_secs(3))
+        .await;
     assert!(
         !waiting.is_finished(),
         "the waiter cannot have the lock yet"
     );
     held.release().await?;
     let got = waiting.await??;
-    assert_eq!(nodes.get(0, &res).await.as_deref(), Some(got.token()));
+    nodes.assert_held(&all, &res, got.token()).await;
+    // Attempts after the first, and the holder's release: the lock came from a retry.
+    let after_first: Vec<u64> = base.iter().map(|n| n + 2).collect();
+    nodes
+        .wait_calls_above(&all, "evalsha", &after_first, Duration::from_secs(3))
+        .await;
 
     // Now the resource stays held: a 600 ms deadline ends the wait with Taken.
     let short = nodes

@@ -1,17 +1,43 @@
 //! Two independent Redlock instances contending for one resource never both hold it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::support::{Nodes, TestResult, resource};
 
+/// One holding: who held the resource, from when until when, on the test's clock.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    holder: (usize, usize),
+    from: Instant,
+    until: Instant,
+}
+
+/// Every pair of holdings by different holders whose intervals intersect.
+fn overlapping(mut held: Vec<Held>) -> Vec<(Held, Held)> {
+    held.sort_by_key(|h| h.from);
+    let mut found = Vec::new();
+    for (i, a) in held.iter().enumerate() {
+        for b in &held[i + 1..] {
+            if b.from >= a.until {
+                break;
+            }
+            if b.holder != a.holder {
+                found.push((*a, *b));
+            }
+        }
+    }
+    found
+}
+
+/// Eight tasks in two instances each take the lock 15 times and hold it for 2 ms of
+/// real time, recorded on one monotonic clock from the moment `lock()` returned to the
+/// moment `release()` was called. No two holdings intersect.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_never_hold_the_same_resource_at_once() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let res = resource("contention");
-    let held = Arc::new(AtomicBool::new(false));
-    let violations = Arc::new(AtomicUsize::new(0));
+    let held: Arc<Mutex<Vec<Held>>> = Arc::default();
     let mut workers = Vec::new();
     for instance in 0..2 {
         // Separate instances: separate connections, as two services would have.
@@ -24,36 +50,51 @@ async fn two_instances_never_hold_the_same_resource_at_once() -> TestResult {
             .build()
             .await?;
         for task in 0..4 {
-            let redlock = redlock.clone();
-            let res = res.clone();
-            let held = Arc::clone(&held);
-            let violations = Arc::clone(&violations);
+            let (redlock, res, held) = (redlock.clone(), res.clone(), Arc::clone(&held));
             workers.push(tokio::spawn(async move {
-                let mut acquired = 0usize;
                 for _ in 0..15 {
                     let lock = redlock.lock(&res, Duration::from_secs(5)).await?;
-                    if held.swap(true, Ordering::SeqCst) {
-                        violations.fetch_add(1, Ordering::SeqCst);
-                    }
-                    acquired += 1;
-                    tokio::task::yield_now().await;
-                    // Cleared before the release, which is what frees the resource.
-                    held.store(false, Ordering::SeqCst);
+                    let from = Instant::now();
+                    // A real hold: a second holder has 2 ms to show, not a microsecond.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let until = Instant::now();
+                    held.lock().expect("poisoned").push(Held {
+                        holder: (instance, task),
+                        from,
+                        until,
+                    });
                     lock.release().await?;
                 }
-                Ok::<_, fredlock::Error>((instance, task, acquired))
+                Ok::<_, fredlock::Error>(())
             }));
         }
     }
-    let mut total = 0;
     for worker in workers {
-        let (instance, task, acquired) = worker.await??;
-        assert_eq!(acquired, 15, "instance {instance} task {task}");
-        total += acquired;
+        worker.await??;
     }
-    assert_eq!(total, 2 * 4 * 15);
-    assert_eq!(violations.load(Ordering::SeqCst), 0, "two holders at once");
+    let held = std::mem::take(&mut *held.lock().expect("poisoned"));
+    assert_eq!(held.len(), 2 * 4 * 15);
+    let overlaps = overlapping(held);
+    assert!(overlaps.is_empty(), "two holders at once: {overlaps:?}");
     // The last release returned at its quorum; the other nodes follow right after.
     nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
     Ok(())
+}
+
+#[test]
+fn overlapping_finds_intersections_between_holders_only() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let h = |holder, from, until| Held {
+        holder: (holder, 0),
+        from: at(from),
+        until: at(until),
+    };
+    assert!(overlapping(vec![h(0, 0, 10), h(1, 10, 20), h(0, 20, 30)]).is_empty());
+    assert_eq!(overlapping(vec![h(0, 0, 10), h(1, 9, 20)]).len(), 1);
+    // Nested inside a long holding, after a gap: still found.
+    assert_eq!(
+        overlapping(vec![h(0, 0, 100), h(1, 10, 20), h(2, 50, 60)]).len(),
+        2
+    );
 }

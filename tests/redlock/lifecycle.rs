@@ -125,8 +125,9 @@ async fn dropped_lock_is_released_in_the_background() -> TestResult {
     Ok(())
 }
 
-/// Without keep-alive, the lost signal fires when the validity runs out; after a
-/// release it says `Released`.
+/// Without keep-alive, the lost signal fires when the validity runs out: not before,
+/// and not much after (a timer at the validity's end, not a poll); after a release it
+/// says `Released`.
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_signal_fires_when_the_validity_runs_out() -> TestResult {
     let nodes = Nodes::start(3).await?;
@@ -134,8 +135,23 @@ async fn lost_signal_fires_when_the_validity_runs_out() -> TestResult {
     let res = resource("lost-signal");
     let lock = redlock.lock(&res, Duration::from_millis(300)).await?;
     let lease = lock.lease();
+    let valid_until = Instant::now() + lease.remaining();
     let reason = tokio::time::timeout(Duration::from_secs(5), lease.lost()).await?;
+    let signalled = Instant::now();
     assert!(matches!(reason, LostReason::Expired), "{reason}");
+    assert!(
+        signalled >= valid_until,
+        "signalled {:?} before the validity ended",
+        valid_until - signalled
+    );
+    // Bounded, not hung: a timer that fires at the validity's end, woken on a loaded
+    // machine. 100 ms is a third of this lock's validity; a signal that waited for
+    // anything but that timer (a poll, the next keep-alive) would come later.
+    let late = signalled - valid_until;
+    assert!(
+        late < Duration::from_millis(100),
+        "signalled {late:?} after the validity ended"
+    );
     assert_eq!(lease.remaining(), Duration::ZERO);
     assert!(!lease.is_valid() && !lock.is_valid());
     assert!(matches!(lock.release().await, Err(Error::Expired { .. })));

@@ -208,6 +208,59 @@ impl Nodes {
         }
     }
 
+    /// How many times node `i` has run `command` (lower case, from `INFO
+    /// commandstats`); zero while the node does not answer.
+    pub async fn calls(&self, i: usize, command: &str) -> u64 {
+        let info = match self.cmd(i, "INFO", vec!["commandstats".into()]).await {
+            Ok(reply) => reply.as_string().unwrap_or_default(),
+            Err(_) => return 0,
+        };
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `calls(i, command)` for every node in `which`.
+    pub async fn calls_on(&self, which: &[usize], command: &str) -> Vec<u64> {
+        let mut counts = Vec::with_capacity(which.len());
+        for &i in which {
+            counts.push(self.calls(i, command).await);
+        }
+        counts
+    }
+
+    /// Polls until every node in `which` has run `command` more often than `since`
+    /// says, for at most `limit`; panics naming the nodes that did not.
+    pub async fn wait_calls_above(
+        &self,
+        which: &[usize],
+        command: &str,
+        since: &[u64],
+        limit: Duration,
+    ) {
+        let start = Instant::now();
+        loop {
+            let now = self.calls_on(which, command).await;
+            let behind: Vec<usize> = which
+                .iter()
+                .zip(now.iter().zip(since))
+                .filter(|(_, (now, since))| now <= since)
+                .map(|(&i, _)| i)
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "nodes {behind:?} never ran {command} (counts {now:?}, before {since:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until node `i`'s admin connection answers again (after a restart).
     pub async fn wait_admin(&self, i: usize, limit: Duration) {
         let start = Instant::now();
