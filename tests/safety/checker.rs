@@ -1,67 +1,112 @@
 //! The contention checker: independent clients contend for one resource while a
-//! nemesis injects faults on a minority of nodes; every holder's validity window is
-//! recorded on one monotonic clock and checked for overlaps afterwards.
+//! nemesis injects faults on a minority of nodes; every holder's window is recorded on
+//! one monotonic clock and checked for overlaps afterwards, every holder writes to a
+//! fenced store with its token, and release and extend outcomes are counted.
 //!
-//! Short run by default; `FREDLOCK_SAFETY_SECS=600` for a long run, and
+//! Three runs: without the restart quarantine (killed nodes stay down longer than a
+//! TTL), with the default configuration (killed nodes come back at once), and one whose
+//! holders overrun their validity on purpose, which fencing must then catch.
+//!
+//! Short runs by default; `FREDLOCK_SAFETY_SECS=600` for a long run, and
 //! `FREDLOCK_SAFETY_SEED=<n>` to replay a fault schedule.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fredlock::Error;
+use fredlock::{DEFAULT_QUARANTINE_PERIOD, Error, Lock, Redlock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::nemesis::{self, Restarts};
+use crate::support::{Nodes, TestResult, count_keys, lift_quarantine, resource};
 
 /// Clients, each its own `Redlock` with its own connections.
 const CLIENTS: usize = 8;
 const TTL: Duration = Duration::from_millis(500);
+/// The TTL of holders that work to the end of their validity or past it: short, so
+/// that many of them fit in a run.
+const SHORT_TTL: Duration = Duration::from_millis(150);
+/// The TTL of the cleanup probes: far longer than the run's end takes to check.
+const PROBE_TTL: Duration = Duration::from_secs(30);
 const NODE_TIMEOUT: Duration = Duration::from_millis(50);
-/// A killed node stays down longer than the TTL before it restarts empty: the
-/// "delayed restart" remedy (the scenario tests show the hazard without it).
-const RESTART_DELAY: Duration = Duration::from_millis(700);
-/// At most this many nodes are faulty at once: a minority of 5.
-const MAX_FAULTY: usize = 2;
-/// Acquisitions per second the cluster must sustain while a majority is healthy.
-const MIN_RATE: f64 = 5.0;
+/// A release or extend that starts with more validity left than this finds our key on
+/// every node that granted it: the nodes answer within the node timeout, and the keys
+/// outlive the validity by the drift.
+const OPEN: Duration = Duration::from_millis(70);
+/// Acquisitions per second the cluster must sustain while a majority is healthy: a
+/// liveness floor (the run is not stuck), far below what the run reaches on an idle
+/// machine (8-12/s), since two checker runs share two cores with each other.
+const MIN_RATE: f64 = 1.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    /// `Quarantine::Off` (`Nodes::builder`), killed nodes down longer than a TTL.
+    NoQuarantine,
+    /// `Redlock::builder(urls).build()`, killed nodes back at once.
+    Defaults,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holders {
+    /// Some holders work until `remaining()` is nearly zero, none past it.
+    Honest,
+    /// Some holders work past their validity on purpose.
+    Overrun,
+}
 
 /// One holder's window `[from, until)` on the shared clock, in microseconds since the
-/// run began.
+/// run began, and its writes to the fenced store.
 #[derive(Clone, Copy, Debug)]
 struct Window {
     client: usize,
     from: u128,
     until: u128,
-    /// The holder's fencing token.
     token: u64,
+    /// Worked past its validity on purpose.
+    overran: bool,
+    /// Worked until its validity was nearly over.
+    to_the_end: bool,
+    /// Sequence numbers of its first and last write to the fenced store, and whether
+    /// the store took them. An honest holder makes its last write only while the lock
+    /// is still valid.
+    first: (u64, bool),
+    last: Option<(u64, bool)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Fault {
-    Kill,
-    Pause,
-    Partition,
-    Latency,
+/// A store that takes a write only with a fencing token at least as large as every one
+/// it took before (docs/fencing.md).
+#[derive(Default)]
+struct Fenced {
+    highest: u64,
+    writes: u64,
 }
 
-#[derive(Default, Debug)]
-struct FaultCounts {
-    kill: usize,
-    pause: usize,
-    partition: usize,
-    latency: usize,
-}
-
-impl FaultCounts {
-    fn add(&mut self, fault: Fault) {
-        match fault {
-            Fault::Kill => self.kill += 1,
-            Fault::Pause => self.pause += 1,
-            Fault::Partition => self.partition += 1,
-            Fault::Latency => self.latency += 1,
+impl Fenced {
+    fn write(store: &Mutex<Fenced>, token: u64) -> (u64, bool) {
+        let mut store = store.lock().expect("poisoned");
+        store.writes += 1;
+        let taken = token >= store.highest;
+        if taken {
+            store.highest = token;
         }
+        (store.writes, taken)
     }
+}
+
+/// What the holders saw, besides their windows.
+#[derive(Default, Debug)]
+struct Outcomes {
+    extended: usize,
+    extend_failed: usize,
+    released: usize,
+    /// Releases of locks whose validity had run out on our clock.
+    release_late: usize,
+    /// Releases that could not reach a quorum.
+    release_no_quorum: usize,
+    /// `Expired` from a release or extend that began with more than `OPEN` left: the
+    /// token vanished from a majority while the window was open.
+    vanished: Vec<String>,
+    probes: usize,
 }
 
 fn run_length() -> Duration {
@@ -69,7 +114,7 @@ fn run_length() -> Duration {
         .ok()
         .and_then(|s| s.parse().ok())
         .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(15))
+        .unwrap_or(Duration::from_secs(12))
 }
 
 fn seed() -> u64 {
@@ -79,20 +124,19 @@ fn seed() -> u64 {
         .unwrap_or_else(|| rand::rng().random())
 }
 
-/// Sorts the windows and returns every pair of different holders that overlap.
+/// Sorts the windows by start and returns every pair of different holders that
+/// overlap.
 fn overlaps(windows: &mut [Window]) -> Vec<(Window, Window)> {
     windows.sort_by_key(|w| (w.from, w.until));
     let mut found = Vec::new();
-    let mut latest: Option<Window> = None;
-    for w in windows.iter() {
-        if let Some(prev) = latest {
-            // One client's windows follow each other; only two holders can overlap.
-            if w.from < prev.until && w.client != prev.client {
-                found.push((prev, *w));
+    for (i, a) in windows.iter().enumerate() {
+        for b in &windows[i + 1..] {
+            if b.from >= a.until {
+                break;
             }
-        }
-        if latest.is_none_or(|prev| w.until > prev.until) {
-            latest = Some(*w);
+            if b.client != a.client {
+                found.push((*a, *b));
+            }
         }
     }
     found
@@ -105,6 +149,10 @@ fn overlap_detection_finds_only_real_overlaps() {
         from,
         until,
         token: 0,
+        overran: false,
+        to_the_end: false,
+        first: (0, true),
+        last: None,
     };
     assert!(overlaps(&mut [w(0, 0, 10), w(1, 10, 20), w(2, 20, 30)]).is_empty());
     assert_eq!(overlaps(&mut [w(0, 0, 10), w(1, 9, 20)]).len(), 1);
@@ -117,17 +165,22 @@ fn overlap_detection_finds_only_real_overlaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contention_under_minority_faults_keeps_mutual_exclusion() -> TestResult {
-    let length = run_length();
-    let seed = seed();
-    eprintln!("safety checker: seed {seed}, {length:?} (replay with FREDLOCK_SAFETY_SEED={seed})");
-    let nodes = Arc::new(Nodes::start_with_proxies(5).await?);
-    let res = resource("safety");
-    let clock = Instant::now();
-    let now = move || clock.elapsed().as_micros();
+    check(Config::NoQuarantine, Holders::Honest).await
+}
 
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_under_minority_faults_with_the_default_configuration() -> TestResult {
+    check(Config::Defaults, Holders::Honest).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_that_overrun_their_validity_are_fenced_off() -> TestResult {
+    check(Config::NoQuarantine, Holders::Overrun).await
+}
+
+async fn client(nodes: &Nodes, config: Config) -> Result<Redlock, Error> {
+    match config {
+        Config::NoQuarantine => {
             nodes
                 .builder()
                 .node_timeout(NODE_TIMEOUT)
@@ -135,116 +188,153 @@ async fn contention_under_minority_faults_keeps_mutual_exclusion() -> TestResult
                 .retry_jitter(Duration::from_millis(20))
                 .retry_count(2)
                 .build()
-                .await?,
-        );
+                .await
+        }
+        Config::Defaults => Redlock::builder(nodes.urls()).build().await,
+    }
+}
+
+async fn check(config: Config, holders: Holders) -> TestResult {
+    let length = run_length();
+    let seed = seed();
+    eprintln!(
+        "safety checker ({config:?}, {holders:?}): seed {seed}, {length:?} \
+         (replay with FREDLOCK_SAFETY_SEED={seed})"
+    );
+    let nodes = Arc::new(Nodes::start_with_proxies(5).await?);
+    let res = resource("safety");
+    let clock = Instant::now();
+    let now = move || clock.elapsed().as_micros();
+
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(client(&nodes, config).await?);
+    }
+    if config == Config::Defaults {
+        // Fresh nodes: the operator's step for a first deployment.
+        lift_quarantine(&clients[0]).await;
     }
 
     let windows: Arc<Mutex<Vec<Window>>> = Arc::default();
-    let extensions = Arc::new(Mutex::new(0usize));
+    let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
+    let store: Arc<Mutex<Fenced>> = Arc::default();
     let stop_at = Instant::now() + length;
     let mut workers = Vec::new();
     for (id, redlock) in clients.into_iter().enumerate() {
-        let (res, windows, extensions) =
-            (res.clone(), Arc::clone(&windows), Arc::clone(&extensions));
+        let (res, windows, outcomes, store) = (
+            res.clone(),
+            Arc::clone(&windows),
+            Arc::clone(&outcomes),
+            Arc::clone(&store),
+        );
         let mut rng = StdRng::seed_from_u64(seed ^ (id as u64 + 1));
         workers.push(tokio::spawn(async move {
+            let mut probe = 0usize;
             while Instant::now() < stop_at {
-                let mut lock = match redlock.lock(&res, TTL).await {
+                if rng.random_bool(0.1) {
+                    probe += 1;
+                    cleanup_probe(&redlock, id, probe, &mut rng).await?;
+                    outcomes.lock().expect("poisoned").probes += 1;
+                    continue;
+                }
+                let overran = holders == Holders::Overrun && rng.random_bool(0.3);
+                let to_the_end = !overran && rng.random_bool(0.2);
+                let ttl = if overran || to_the_end {
+                    SHORT_TTL
+                } else {
+                    TTL
+                };
+                let mut lock = match redlock.lock(&res, ttl).await {
                     Ok(lock) => lock,
                     Err(e) if e.is_retryable() => continue,
                     Err(e) => return Err(e),
                 };
                 let from = now();
                 let mut until = from + lock.remaining().as_micros();
-                tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
-                if rng.random_bool(0.3) {
-                    let extended = lock.extend(TTL).await.is_ok();
-                    // Whatever the outcome, the lock now ends where it says it does.
-                    until = now() + lock.remaining().as_micros();
-                    if extended {
-                        *extensions.lock().expect("poisoned") += 1;
-                        tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
+                let first = Fenced::write(&store, lock.fencing_token());
+                if overran {
+                    // Past the validity on purpose: another holder may take over now.
+                    let past = Duration::from_millis(rng.random_range(30..150));
+                    tokio::time::sleep(lock.remaining() + past).await;
+                } else if to_the_end {
+                    // To the end of the validity: the window closes as the keys could
+                    // first expire, so a validity that overstates shows as an overlap.
+                    let left = lock.remaining().saturating_sub(Duration::from_millis(1));
+                    tokio::time::sleep(left).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
+                    if rng.random_bool(0.3) {
+                        let extended = extend(&mut lock, &outcomes).await?;
+                        // Whatever the outcome, the lock now ends where it says it does.
+                        until = now() + lock.remaining().as_micros();
+                        if extended {
+                            let work = Duration::from_millis(rng.random_range(0..15));
+                            tokio::time::sleep(work).await;
+                        }
                     }
                 }
-                // The holder stops trusting the lock before it releases it.
-                let end = now().min(until);
+                let last = (overran || lock.is_valid())
+                    .then(|| Fenced::write(&store, lock.fencing_token()));
+                // An honest holder stops trusting the lock when its validity ends.
+                let end = if overran { now() } else { now().min(until) };
                 windows.lock().expect("poisoned").push(Window {
                     client: id,
                     from,
                     until: end,
                     token: lock.fencing_token(),
+                    overran,
+                    to_the_end,
+                    first,
+                    last,
                 });
-                match lock.release().await {
-                    Ok(()) | Err(Error::Expired { .. } | Error::NoQuorum { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+                release(lock, &outcomes).await?;
             }
             Ok::<(), Error>(())
         }));
     }
 
-    // The nemesis: a seeded schedule of faults on at most MAX_FAULTY nodes at a time,
-    // each undone after a while, and everything undone at the end.
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut counts = FaultCounts::default();
-    let mut active: Vec<(usize, Fault, Instant)> = Vec::new();
-    while Instant::now() < stop_at {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
-
-        // Undo the faults whose time is up.
-        let due: Vec<(usize, Fault, Instant)> = active
-            .iter()
-            .copied()
-            .filter(|(_, _, until)| *until <= Instant::now())
-            .collect();
-        active.retain(|(_, _, until)| *until > Instant::now());
-        for (node, fault, _) in due {
-            undo(&nodes, node, fault).await?;
-        }
-        if active.len() < MAX_FAULTY && rng.random_bool(0.7) {
-            let free: Vec<usize> = (0..5)
-                .filter(|n| active.iter().all(|(a, _, _)| a != n))
-                .collect();
-            let node = free[rng.random_range(0..free.len())];
-            let fault = [Fault::Kill, Fault::Pause, Fault::Partition, Fault::Latency]
-                [rng.random_range(0..4)];
-            let hold = match fault {
-                Fault::Kill => RESTART_DELAY + Duration::from_millis(rng.random_range(0..500)),
-                _ => Duration::from_millis(rng.random_range(100..1500)),
-            };
-            apply(&nodes, node, fault, &mut rng).await?;
-            counts.add(fault);
-            active.push((node, fault, Instant::now() + hold));
-        }
-    }
-    for (node, fault, _) in active.drain(..) {
-        undo(&nodes, node, fault).await?;
-    }
+    let restarts = match config {
+        Config::NoQuarantine => Restarts::Delayed(Duration::from_millis(700)),
+        Config::Defaults => Restarts::Prompt {
+            quarantine: DEFAULT_QUARANTINE_PERIOD,
+        },
+    };
+    let counts = nemesis::run(&nodes, &mut rng, restarts, stop_at).await?;
     for worker in workers {
         worker.await??;
     }
 
     let mut windows = std::mem::take(&mut *windows.lock().expect("poisoned"));
+    let outcomes = std::mem::take(&mut *outcomes.lock().expect("poisoned"));
     let acquisitions = windows.len();
-    let extensions = *extensions.lock().expect("poisoned");
-    let violations = overlaps(&mut windows);
+    let to_the_end = windows.iter().filter(|w| w.to_the_end).count();
+    let found = overlaps(&mut windows);
+    // An overrunning holder's window may overlap the next holder's: fencing's case.
+    let (fenced, violations): (Vec<_>, Vec<_>) = found.into_iter().partition(|(a, _)| a.overran);
     // `overlaps` sorted the windows by start: the order the holders acquired in.
     let token_violations: Vec<(Window, Window)> = windows
         .windows(2)
         .filter(|pair| pair[1].token <= pair[0].token)
         .map(|pair| (pair[0], pair[1]))
         .collect();
-    // A majority is healthy throughout, so progress is measured over the whole run.
+    // Each overlap: the later holder wrote before the earlier one's last write, which
+    // the store must have refused.
+    let stale_writes_taken: Vec<&(Window, Window)> = fenced
+        .iter()
+        .filter(|(a, b)| a.last.is_some_and(|(seq, taken)| b.first.0 < seq && taken))
+        .collect();
+    let refused_honest: Vec<&Window> = windows
+        .iter()
+        .filter(|w| !w.overran && !(w.first.1 && w.last.is_none_or(|(_, taken)| taken)))
+        .collect();
     let rate = acquisitions as f64 / length.as_secs_f64();
     println!(
-        "safety: acquisitions={acquisitions} extensions={extensions} faults: kill={} pause={} \
-         partition={} latency={} violations={} token_violations={} rate={rate:.1}/s \
-         seed={seed}",
-        counts.kill,
-        counts.pause,
-        counts.partition,
-        counts.latency,
+        "safety ({config:?}, {holders:?}): acquisitions={acquisitions} to_the_end={to_the_end} \
+         {outcomes:?} faults={counts:?} violations={} fenced_overlaps={} \
+         token_violations={} rate={rate:.1}/s seed={seed}",
         violations.len(),
+        fenced.len(),
         token_violations.len()
     );
     assert!(
@@ -252,41 +342,135 @@ async fn contention_under_minority_faults_keeps_mutual_exclusion() -> TestResult
         "overlapping holders: {violations:?} (seed {seed})"
     );
     assert!(
+        refused_honest.is_empty(),
+        "the fenced store refused holders within their validity: {refused_honest:?} \
+         (seed {seed})"
+    );
+    assert!(
+        stale_writes_taken.is_empty(),
+        "the fenced store took writes from holders past their validity after a newer \
+         holder wrote: {stale_writes_taken:?} (seed {seed})"
+    );
+    assert!(
         token_violations.is_empty(),
         "fencing tokens not strictly increasing: {token_violations:?} (seed {seed})"
     );
+    if holders == Holders::Overrun {
+        assert!(
+            !fenced.is_empty(),
+            "no holder overran into another's window: the run shows nothing (seed {seed})"
+        );
+    }
+    // Without the quarantine, a killed node is down longer than any window, so a node
+    // that granted the lock keeps the key while the window is open, and at most two
+    // nodes (faulty ones) lack it: a majority never says "not ours". With prompt
+    // restarts, a restarted node forgets keys of open windows: counted, not asserted.
+    if config == Config::NoQuarantine {
+        assert!(
+            outcomes.vanished.is_empty(),
+            "the token vanished from a majority while the window was open: {:?} (seed {seed})",
+            outcomes.vanished
+        );
+    }
+    // Nothing of ours is left once the holders are done: the probes' keys live 30 s,
+    // so only their removal (after failed attempts, releases, dropped locks) can have
+    // emptied the nodes by now. Bounded, not hung: requests queued on a node that was
+    // frozen or cut off at the end are delivered within about a second of the heal.
+    for i in 0..5 {
+        nodes.wait_admin(i, Duration::from_secs(10)).await;
+    }
+    let pattern = format!("{}*", resource("probe:"));
+    let start = Instant::now();
+    loop {
+        let mut left = Vec::new();
+        for i in 0..5 {
+            left.push(count_keys(&nodes, i, &pattern).await);
+        }
+        if left.iter().all(|&n| n == 0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "probe keys left per node {left:?} after {} probes (seed {seed})",
+            outcomes.probes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Holders that overrun on purpose keep the resource past their validity: that run
+    // measures fencing, not progress.
     assert!(
-        rate >= MIN_RATE,
+        holders == Holders::Overrun || rate >= MIN_RATE,
         "{rate:.1} acquisitions/s is below the floor of {MIN_RATE}/s (seed {seed})"
     );
-
-    // Once the TTL has passed, nothing of ours is left on any node.
-    tokio::time::sleep(TTL).await;
-    let left = nodes
-        .wait_absent(&[0, 1, 2, 3, 4], &res, Duration::from_secs(3))
-        .await;
-    assert!(left.is_empty(), "keys left on nodes {left:?} (seed {seed})");
     Ok(())
 }
 
-async fn apply(nodes: &Nodes, node: usize, fault: Fault, rng: &mut StdRng) -> TestResult {
-    match fault {
-        Fault::Kill => nodes.cluster.kill(node).await?,
-        Fault::Pause => nodes.cluster.pause(node).await?,
-        Fault::Partition => nodes.cluster.partition(node).await?,
-        Fault::Latency => nodes
-            .cluster
-            .set_latency(node, Duration::from_millis(rng.random_range(20..200))),
+/// One cleanup probe: a `try_lock` on a resource of its own with a 30 s TTL, released,
+/// dropped (released in the background) or refused under faults.
+async fn cleanup_probe(
+    redlock: &Redlock,
+    client: usize,
+    n: usize,
+    rng: &mut StdRng,
+) -> Result<(), Error> {
+    let probe = resource(&format!("probe:{client}:{n}"));
+    match redlock.try_lock(&probe, PROBE_TTL).await {
+        Ok(lock) if rng.random_bool(0.3) => drop(lock),
+        Ok(lock) => match lock.release().await {
+            Ok(()) | Err(Error::NoQuorum { .. }) => {}
+            Err(e) => return Err(e),
+        },
+        Err(e) if e.is_retryable() => {}
+        Err(e) => return Err(e),
     }
     Ok(())
 }
 
-async fn undo(nodes: &Nodes, node: usize, fault: Fault) -> TestResult {
-    match fault {
-        Fault::Kill => nodes.cluster.restart(node).await?,
-        Fault::Pause => nodes.cluster.unpause(node).await?,
-        Fault::Partition => nodes.cluster.heal(node).await?,
-        Fault::Latency => nodes.cluster.set_latency(node, Duration::ZERO),
+/// Extends by one TTL; counts the outcome. Returns whether it succeeded.
+async fn extend(lock: &mut Lock, outcomes: &Mutex<Outcomes>) -> Result<bool, Error> {
+    let left = lock.remaining();
+    let result = lock.extend(TTL).await;
+    let mut outcomes = outcomes.lock().expect("poisoned");
+    match result {
+        Ok(()) => {
+            outcomes.extended += 1;
+            Ok(true)
+        }
+        Err(e @ Error::Expired { .. }) => {
+            if left > OPEN {
+                outcomes
+                    .vanished
+                    .push(format!("extend with {left:?} left: {e}"));
+            }
+            outcomes.extend_failed += 1;
+            Ok(false)
+        }
+        Err(Error::NoQuorum { .. } | Error::TooLate { .. }) => {
+            outcomes.extend_failed += 1;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Releases; counts the outcome.
+async fn release(lock: Lock, outcomes: &Mutex<Outcomes>) -> Result<(), Error> {
+    let left = lock.remaining();
+    let result = lock.release().await;
+    let mut outcomes = outcomes.lock().expect("poisoned");
+    match result {
+        Ok(()) => outcomes.released += 1,
+        Err(Error::Expired { .. }) if left.is_zero() => outcomes.release_late += 1,
+        Err(e @ Error::Expired { .. }) => {
+            if left > OPEN {
+                outcomes
+                    .vanished
+                    .push(format!("release with {left:?} left: {e}"));
+            }
+            outcomes.release_late += 1;
+        }
+        Err(Error::NoQuorum { .. }) => outcomes.release_no_quorum += 1,
+        Err(e) => return Err(e),
     }
     Ok(())
 }

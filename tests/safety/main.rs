@@ -4,6 +4,7 @@
 
 mod checker;
 mod fencing;
+mod nemesis;
 mod quarantine;
 mod scenarios;
 #[path = "../redlock/support.rs"]

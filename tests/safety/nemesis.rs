@@ -1,0 +1,138 @@
+//! The checker's nemesis: a seeded schedule of faults on a minority of nodes, each
+//! undone after a while, everything undone at the end.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::rngs::StdRng;
+
+use crate::support::{Nodes, TestResult};
+
+/// At most this many nodes are faulty at once: a minority of 5.
+pub const MAX_FAULTY: usize = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Pause,
+    Partition,
+    Latency,
+}
+
+/// How killed nodes come back.
+#[derive(Clone, Copy, Debug)]
+pub enum Restarts {
+    /// Down for longer than any lock's TTL, then back empty: the "delayed restart"
+    /// remedy, for clients without the restart quarantine.
+    Delayed(Duration),
+    /// Back at once, empty; the node still counts as faulty for `quarantine` after its
+    /// restart, the time the restart quarantine keeps it out of new acquisitions.
+    Prompt { quarantine: Duration },
+}
+
+#[derive(Default, Debug)]
+pub struct FaultCounts {
+    pub kill: usize,
+    pub pause: usize,
+    pub partition: usize,
+    pub latency: usize,
+}
+
+/// A fault in place: undone at `undo_at`; the node counts as faulty until `busy_until`.
+struct Active {
+    node: usize,
+    fault: Fault,
+    undo_at: Instant,
+    busy_until: Instant,
+    undone: bool,
+}
+
+/// Runs the schedule until `stop_at`, then undoes every fault still in place.
+///
+/// Pauses and partitions last at most 1 s: less than the 2 s after which fredlock's
+/// connections give up on a node that stopped answering, so the requests queued on them
+/// (the removals of failed attempts among them) are delivered once the fault ends.
+pub async fn run(
+    nodes: &Nodes,
+    rng: &mut StdRng,
+    restarts: Restarts,
+    stop_at: Instant,
+) -> Result<FaultCounts, Box<dyn std::error::Error + Send + Sync>> {
+    let mut counts = FaultCounts::default();
+    let mut active: Vec<Active> = Vec::new();
+    while Instant::now() < stop_at {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        let now = Instant::now();
+        for a in active.iter_mut().filter(|a| !a.undone && a.undo_at <= now) {
+            undo(nodes, a.node, a.fault).await?;
+            a.undone = true;
+        }
+        active.retain(|a| !a.undone || a.busy_until > now);
+        if active.len() < MAX_FAULTY && rng.random_bool(0.7) {
+            let free: Vec<usize> = (0..5)
+                .filter(|n| active.iter().all(|a| a.node != *n))
+                .collect();
+            let node = free[rng.random_range(0..free.len())];
+            let fault = [Fault::Kill, Fault::Pause, Fault::Partition, Fault::Latency]
+                [rng.random_range(0..4)];
+            let (down, after) = match (fault, restarts) {
+                (Fault::Kill, Restarts::Delayed(delay)) => (
+                    delay + Duration::from_millis(rng.random_range(0..500)),
+                    Duration::ZERO,
+                ),
+                (Fault::Kill, Restarts::Prompt { quarantine }) => {
+                    // Plus a second for the restart itself.
+                    (
+                        Duration::from_millis(rng.random_range(50..300)),
+                        quarantine + Duration::from_secs(1),
+                    )
+                }
+                _ => (
+                    Duration::from_millis(rng.random_range(100..1000)),
+                    Duration::ZERO,
+                ),
+            };
+            apply(nodes, node, fault, rng).await?;
+            match fault {
+                Fault::Kill => counts.kill += 1,
+                Fault::Pause => counts.pause += 1,
+                Fault::Partition => counts.partition += 1,
+                Fault::Latency => counts.latency += 1,
+            }
+            let undo_at = Instant::now() + down;
+            active.push(Active {
+                node,
+                fault,
+                undo_at,
+                busy_until: undo_at + after,
+                undone: false,
+            });
+        }
+    }
+    for a in active.iter().filter(|a| !a.undone) {
+        undo(nodes, a.node, a.fault).await?;
+    }
+    Ok(counts)
+}
+
+async fn apply(nodes: &Nodes, node: usize, fault: Fault, rng: &mut StdRng) -> TestResult {
+    match fault {
+        Fault::Kill => nodes.cluster.kill(node).await?,
+        Fault::Pause => nodes.cluster.pause(node).await?,
+        Fault::Partition => nodes.cluster.partition(node).await?,
+        Fault::Latency => nodes
+            .cluster
+            .set_latency(node, Duration::from_millis(rng.random_range(20..200))),
+    }
+    Ok(())
+}
+
+async fn undo(nodes: &Nodes, node: usize, fault: Fault) -> TestResult {
+    match fault {
+        Fault::Kill => nodes.cluster.restart(node).await?,
+        Fault::Pause => nodes.cluster.unpause(node).await?,
+        Fault::Partition => nodes.cluster.heal(node).await?,
+        Fault::Latency => nodes.cluster.set_latency(node, Duration::ZERO),
+    }
+    Ok(())
+}
