@@ -326,7 +326,10 @@ async fn check(config: Config, holders: Holders) -> TestResult {
         .collect();
     let refused_honest: Vec<&Window> = windows
         .iter()
-        .filter(|w| !w.overran && !(w.first.1 && w.last.is_none_or(|(_, taken)| taken)))
+        .filter(|w| {
+            let refused = !w.first.1 || w.last.is_some_and(|(_, taken)| !taken);
+            !w.overran && refused
+        })
         .collect();
     let rate = acquisitions as f64 / length.as_secs_f64();
     println!(
