@@ -116,6 +116,8 @@ async fn returns_at_the_decision_not_after_the_slowest_node() -> TestResult {
     let start = Instant::now();
     let lock = redlock.try_lock(&res, TTL).await?;
     let took = start.elapsed();
+    // Bounded, not hung: four loopback round trips take milliseconds; a round that
+    // waited for the frozen node would take the whole 1 s timeout.
     assert!(took < timeout / 2, "waited for the frozen node: {took:?}");
     lock.release().await?;
 
@@ -199,6 +201,9 @@ async fn lock_retries_until_freed_and_respects_the_deadline() -> TestResult {
         took >= Duration::from_millis(300),
         "gave up early: {took:?}"
     );
+    // Bounded, not hung: the last attempt starts before the deadline and lasts at most
+    // one 200 ms node timeout; 400 ms leaves room for a loaded machine, far below what
+    // retrying past the deadline (more 20-40 ms pauses and attempts) would show.
     assert!(
         took < Duration::from_millis(600) + Duration::from_millis(400),
         "overran: {took:?}"

@@ -69,6 +69,7 @@ async fn extend_renews_the_keys_and_recomputes_validity() -> TestResult {
         lock.remaining()
     );
     // The live nodes' requests run on after the decision; each renews to 500 ms.
+    // Bounded, not hung: the renewal is one loopback round trip after the decision.
     let start = Instant::now();
     for i in 3..5 {
         while nodes.pttl(i, &res).await > 500 {

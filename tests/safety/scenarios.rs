@@ -46,6 +46,7 @@ async fn restart_without_data_lets_a_second_client_win_a_second_majority() -> Te
         match b.try_lock(&res, ttl).await {
             Ok(lock) => break lock,
             Err(Error::Taken { .. } | Error::NoQuorum { .. }) => {
+                // Bounded, not hung: B needs only the reconnection to node 0.
                 assert!(
                     start.elapsed() < Duration::from_secs(10),
                     "B never got a majority"
@@ -90,6 +91,8 @@ async fn late_sets_after_a_partition_heals_are_removed() -> TestResult {
         .expect_err("majority cut off");
     let took = start.elapsed();
     assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
+    // Bounded, not hung: the cut-off nodes time out together after one 150 ms node
+    // timeout; four leave room for a loaded machine.
     assert!(
         took < NODE_TIMEOUT * 4,
         "bounded by the node timeout: {took:?}"
@@ -199,6 +202,8 @@ async fn extend_survives_a_minority_partition_but_not_a_majority() -> TestResult
         panic!("expected NoQuorum, got {err}");
     };
     assert_eq!(votes.failed(), 3, "the cut-off nodes time out: {votes}");
+    // Bounded, not hung: the cut-off nodes time out together after one 150 ms node
+    // timeout; four leave room for a loaded machine.
     assert!(
         took < NODE_TIMEOUT * 4,
         "bounded by the node timeout: {took:?}"
