@@ -12,6 +12,7 @@ mod extend_release;
 mod faults;
 mod lifecycle;
 mod multi;
+mod outcomes;
 mod support;
 mod tasks;
 mod tracing_spans;
