@@ -45,7 +45,7 @@ pub enum Error {
     /// extend the lock keeps its former validity.
     #[error(
         "lock on `{resource}` acquired too late: {validity:?} of validity left, \
-         the minimum is more than {min_validity:?}: {votes}"
+         but more than {min_validity:?} is required: {votes}"
     )]
     TooLate {
         /// The resource that was asked for.

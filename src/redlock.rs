@@ -184,8 +184,9 @@ impl Redlock {
     /// failed attempt removes its token from every node before the next one.
     ///
     /// # Errors
-    /// [`Error::Taken`], [`Error::NoQuorum`] or [`Error::TooLate`] from the last attempt;
-    /// [`Error::InvalidArgument`] for an empty resource or an unusable TTL.
+    /// [`Error::Taken`], [`Error::NoQuorum`], [`Error::TooLate`] or
+    /// [`Error::FencingFailed`] from the last attempt; [`Error::InvalidArgument`] for an
+    /// empty resource or an unusable TTL.
     pub async fn lock(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let request = self.request(resource, ttl)?;
         self.lock_request(request).await

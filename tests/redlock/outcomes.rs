@@ -16,21 +16,6 @@ use crate::support::{Nodes, TestResult, fence_key, resource};
 
 const ALL: [usize; 3] = [0, 1, 2];
 
-/// How many times node `i` has run `command` (from `INFO commandstats`).
-async fn calls(nodes: &Nodes, i: usize, command: &str) -> u64 {
-    let reply = nodes
-        .cmd(i, "INFO", vec!["commandstats".into()])
-        .await
-        .expect("INFO commandstats");
-    let info = reply.as_string().unwrap_or_default();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Polls node `i` (directly, without the proxy's latency) until `key` exists, for at
 /// most `limit`; returns its value.
 async fn wait_present(nodes: &Nodes, i: usize, key: &str, limit: Duration) -> String {
@@ -273,7 +258,7 @@ async fn after_the_validity_ran_out_extend_sends_nothing_and_release_still_remov
 
     let mut before = Vec::new();
     for i in ALL {
-        before.push((calls(&nodes, i, "evalsha").await, nodes.pttl(i, &res).await));
+        before.push((nodes.calls(i, "evalsha").await, nodes.pttl(i, &res).await));
     }
     let err = lock.extend(ttl).await.expect_err("expired locally");
     let Error::Expired { votes, .. } = &err else {
@@ -283,7 +268,7 @@ async fn after_the_validity_ran_out_extend_sends_nothing_and_release_still_remov
     let mut least = i64::MAX;
     for (i, &(evalsha, pttl)) in ALL.iter().zip(&before) {
         assert_eq!(
-            calls(&nodes, *i, "evalsha").await,
+            nodes.calls(*i, "evalsha").await,
             evalsha,
             "node {i} ran a script"
         );
@@ -520,7 +505,7 @@ async fn lock_retries_too_late_attempts_and_ends_with_too_late() -> TestResult {
     let res = resource("too-late-retried");
     let mut before = Vec::new();
     for i in ALL {
-        before.push(calls(&nodes, i, "evalsha").await);
+        before.push(nodes.calls(i, "evalsha").await);
     }
     let err = redlock.lock(&res, ttl).await.expect_err("always too late");
     assert!(matches!(err, Error::TooLate { .. }), "{err}");
@@ -529,10 +514,10 @@ async fn lock_retries_too_late_attempts_and_ends_with_too_late() -> TestResult {
     // pending when the last attempt was decided may run just after: poll for it.
     for (i, &count) in ALL.iter().zip(&before) {
         let start = Instant::now();
-        let mut ran = calls(&nodes, *i, "evalsha").await - count;
+        let mut ran = nodes.calls(*i, "evalsha").await - count;
         while ran < 3 && start.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            ran = calls(&nodes, *i, "evalsha").await - count;
+            ran = nodes.calls(*i, "evalsha").await - count;
         }
         assert_eq!(ran, 3, "node {i} ran {ran} acquisitions");
     }
