@@ -197,6 +197,8 @@ impl Redlock {
         let settings = &self.inner.settings;
         let start = Instant::now();
         let deadline = settings.acquire_timeout.and_then(|t| start.checked_add(t));
+        // The latest moment an attempt can start and still end by the deadline.
+        let latest_start = deadline.map(|d| d.checked_sub(settings.node_timeout).unwrap_or(start));
         let mut attempt = 0u32;
         let mut subscription = None;
         loop {
@@ -209,38 +211,34 @@ impl Redlock {
                 return Err(error);
             }
             let round_trip = attempt_start.elapsed().min(settings.node_timeout);
-            // The pause before the next attempt, cut short so that the attempt can end
-            // before the deadline.
             let mut pause = retry_pause(
                 settings.retry_delay,
                 settings.retry_jitter,
                 &mut rand::rng(),
             );
-            let time_left = || {
-                deadline.map(|deadline| {
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .saturating_sub(settings.node_timeout)
-                })
-            };
-            if let Some(left) = time_left() {
+            // The pause is cut so that the next attempt can still end its vote round by
+            // the deadline: it ends by `latest_start` at the latest.
+            if let Some(latest) = latest_start {
+                let left = latest.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(error);
                 }
                 pause = pause.min(left);
             }
+            let pause_end = tokio::time::Instant::now() + pause;
             // Someone holds it: be woken when it is released.
             if subscription.is_none() && matches!(error, Error::Taken { .. }) {
                 subscription = Some(self.wakeup().subscribe(&request.keys));
             }
             let wait = async {
                 match subscription.as_mut() {
-                    None => tokio::time::sleep(pause).await,
+                    None => tokio::time::sleep_until(pause_end).await,
                     Some(subscription) => tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
+                        () = tokio::time::sleep_until(pause_end) => {}
                         () = subscription.released() => {
                             let jitter = wake_jitter(round_trip, attempt, &mut rand::rng());
-                            tokio::time::sleep(jitter).await;
+                            let woken = tokio::time::Instant::now() + jitter;
+                            tokio::time::sleep_until(woken.min(pause_end)).await;
                         }
                     },
                 }
@@ -251,9 +249,12 @@ impl Redlock {
                 if let Some(cleanup) = cleanup {
                     let _ = cleanup.await;
                 }
+                Instant::now()
             };
-            tokio::join!(wait, cleanup);
-            if time_left().is_some_and(|left| left.is_zero()) {
+            let ((), cleaned_at) = tokio::join!(wait, cleanup);
+            // A cleanup that ran past the latest start leaves the attempt no time. (The
+            // wait itself ends by then, give or take its timer's wake-up.)
+            if latest_start.is_some_and(|latest| cleaned_at > latest) {
                 return Err(error);
             }
             attempt = attempt.saturating_add(1);

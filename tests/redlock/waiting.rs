@@ -235,6 +235,39 @@ async fn the_wait_ends_at_the_acquire_deadline_not_at_the_next_poll() -> TestRes
     Ok(())
 }
 
+/// The attempt a cut pause was cut for still runs: another client's key on every node
+/// expires (nothing announces an expiry) 500 ms into a waiter's 2 s acquire timeout,
+/// with a 30 s poll. The waiter's pause is cut to end one node timeout before the
+/// deadline, and the attempt then takes the free resource.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_attempt_a_pause_was_cut_for_still_runs() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let acquire_timeout = Duration::from_secs(2);
+    let waiter = waiter(&nodes, Duration::from_secs(30), acquire_timeout).await?;
+    let res = resource("cut-pause");
+    for i in 0..5 {
+        nodes.set(i, &res, "another-client", 500).await;
+    }
+    let before = calls(&nodes, 0, "evalsha").await?;
+    let start = Instant::now();
+    // Bounded, not hung: the deadline plus 4 s for a loaded machine, far below the
+    // 30 s poll.
+    let limit = acquire_timeout + Duration::from_secs(4);
+    let outcome = tokio::time::timeout(limit, waiter.lock(&res, Duration::from_secs(30)))
+        .await
+        .map_err(|_| format!("still waiting {limit:?} into a {acquire_timeout:?} timeout"))?;
+    let waited = start.elapsed();
+    let attempts = calls(&nodes, 0, "evalsha").await? - before;
+    eprintln!("cut pause: {outcome:?} after {waited:?}, {attempts} attempts on node 0");
+    let lock = outcome.map_err(|e| format!("no attempt after the cut pause: {e}"))?;
+    assert_eq!(
+        attempts, 2,
+        "the first attempt and the one after the cut pause"
+    );
+    lock.release().await?;
+    Ok(())
+}
+
 /// A waiter whose subscription connections are closed by every node (`CLIENT KILL
 /// TYPE pubsub`) subscribes again on new connections, and the release then wakes it
 /// long before its next poll (30 s).
