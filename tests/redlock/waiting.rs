@@ -68,22 +68,6 @@ async fn wait_subscribed(nodes: &Nodes, channel: &str, what: &str) -> TestResult
     }
 }
 
-/// How many times node `i` has run `command` (from `INFO commandstats`).
-async fn calls(nodes: &Nodes, i: usize, command: &str) -> Result<u64, BoxError> {
-    let info = nodes
-        .cmd(i, "INFO", vec!["commandstats".into()])
-        .await?
-        .as_string()
-        .unwrap_or_default();
-    let prefix = format!("cmdstat_{command}:calls=");
-    Ok(info
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0))
-}
-
 /// Polls until node `i` has run `command` at least `n` times, for at most `limit`.
 async fn wait_calls(
     nodes: &Nodes,
@@ -95,7 +79,7 @@ async fn wait_calls(
 ) -> TestResult {
     let start = Instant::now();
     loop {
-        let seen = calls(nodes, i, command).await?;
+        let seen = nodes.calls(i, command).await;
         if seen >= n {
             return Ok(());
         }
@@ -248,7 +232,7 @@ async fn the_attempt_a_pause_was_cut_for_still_runs() -> TestResult {
     for i in 0..5 {
         nodes.set(i, &res, "another-client", 500).await;
     }
-    let before = calls(&nodes, 0, "evalsha").await?;
+    let before = nodes.calls(0, "evalsha").await;
     let start = Instant::now();
     // Bounded, not hung: the deadline plus 4 s for a loaded machine, far below the
     // 30 s poll.
@@ -257,7 +241,7 @@ async fn the_attempt_a_pause_was_cut_for_still_runs() -> TestResult {
         .await
         .map_err(|_| format!("still waiting {limit:?} into a {acquire_timeout:?} timeout"))?;
     let waited = start.elapsed();
-    let attempts = calls(&nodes, 0, "evalsha").await? - before;
+    let attempts = nodes.calls(0, "evalsha").await - before;
     eprintln!("cut pause: {outcome:?} after {waited:?}, {attempts} attempts on node 0");
     let lock = outcome.map_err(|e| format!("no attempt after the cut pause: {e}"))?;
     assert_eq!(
@@ -494,7 +478,7 @@ async fn one_release_wakes_a_waiter_once() -> TestResult {
     let res = resource("wake-once");
     let held = holder.lock(&res, Duration::from_secs(60)).await?;
     // Each attempt of the waiter is one EVALSHA on node 0; nothing else runs one now.
-    let before = calls(&nodes, 0, "evalsha").await?;
+    let before = nodes.calls(0, "evalsha").await;
     let waiting = tokio::spawn({
         let (waiter, res) = (waiter.clone(), res.clone());
         async move { waiter.lock(&res, Duration::from_secs(60)).await.map(drop) }
@@ -530,7 +514,7 @@ async fn one_release_wakes_a_waiter_once() -> TestResult {
     // Woken again, the waiter would try within a round trip (plus its pause of up to
     // one round trip): 2 s is generous for that on a loaded machine.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let attempts = calls(&nodes, 0, "evalsha").await? - before;
+    let attempts = nodes.calls(0, "evalsha").await - before;
     assert_eq!(
         attempts, 2,
         "the leftover announcements woke the waiter again"
