@@ -11,6 +11,7 @@ mod building;
 mod contention;
 mod extend_release;
 mod faults;
+mod keep_alive;
 mod lifecycle;
 mod multi;
 mod outcomes;
