@@ -404,6 +404,48 @@ async fn from_clients_with_a_dead_node_uses_it_again_once_it_is_back() -> TestRe
     Ok(())
 }
 
+/// fredlock bounds every request by its own node timeout, even through the service's
+/// clients, which have no command timeout of their own: with 2 of 3 nodes frozen a
+/// `try_lock` is `NoQuorum` with `Timeout` votes after about one node timeout.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "fails: fred 10.1 has no LuaInterface for WithOptions, so the per-command \
+            options of src/node.rs never reach EVAL/EVALSHA (see the issue 11 report)"]
+async fn from_clients_requests_are_bounded_by_the_node_timeout() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let clients = service_clients(nodes.urls()).await?;
+    let redlock = Redlock::from_clients(clients)
+        .restart_quarantine(Quarantine::Off)
+        .node_timeout(Duration::from_millis(200))
+        .build()
+        .await?;
+    let res = resource("from-clients-bounded");
+    for i in [1, 2] {
+        nodes.cluster.pause(i).await?;
+    }
+    let (result, took) = timed("try_lock with 2 of 3 frozen", redlock.try_lock(&res, TTL)).await;
+    for i in [1, 2] {
+        nodes.cluster.unpause(i).await?;
+    }
+    let err = result.expect_err("a majority is frozen");
+    let Error::NoQuorum { votes, .. } = &err else {
+        panic!("expected NoQuorum, got {err}");
+    };
+    assert_eq!(votes.failed(), 2, "{votes}");
+    assert!(
+        votes
+            .iter()
+            .skip(1)
+            .all(|nv| matches!(nv.vote, Vote::Timeout)),
+        "{votes}"
+    );
+    // Bounded, not hung: one 200 ms node timeout and the removal from the healthy
+    // node; 2 s of margin. Unbounded, the request waits for the unpause (caught by
+    // `timed`, which the pause outlasts).
+    assert!(took < Duration::from_secs(2), "try_lock took {took:?}");
+    nodes.assert_released(&[0, 1, 2], &res).await;
+    Ok(())
+}
+
 /// `from_clients` refuses two clients for the same `host:port`, naming it.
 #[tokio::test]
 async fn from_clients_refuses_two_clients_for_one_node() -> TestResult {
