@@ -11,9 +11,10 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use fred::clients::WithOptions;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, EventInterface, Key, LuaInterface, Options,
-    ReconnectPolicy, ServerConfig, Value,
+    Builder, Client, ClientLike, Config, EventInterface, FromValue, Key, Options, ReconnectPolicy,
+    ServerConfig, Value,
 };
+use fred::types::CustomCommand;
 use fred::types::scripts::Script;
 
 use crate::quorum::Vote;
@@ -231,9 +232,8 @@ impl Node {
             Ok(client) => client,
             Err(vote) => return (vote, Vec::new()),
         };
-        let reply: Result<Value, _> = client
-            .evalsha(ACQUIRE.sha1().clone(), call.keys.clone(), call.args.clone())
-            .await;
+        let reply: Result<Value, _> =
+            evalsha(&client, &ACQUIRE, call.keys.clone(), call.args.clone()).await;
         let vote = match reply {
             Ok(Value::Array(fences)) => {
                 return (
@@ -346,9 +346,13 @@ impl Node {
             Ok(client) => client,
             Err(vote) => return vote,
         };
-        let removed: Result<i64, _> = client
-            .eval(RELEASE_LUA, fred_keys(keys), vec![Value::from(token)])
-            .await;
+        let removed: Result<i64, _> = eval(
+            &client,
+            RELEASE_LUA,
+            fred_keys(keys),
+            vec![Value::from(token)],
+        )
+        .await;
         match removed {
             Ok(1) => Vote::Yes,
             Ok(_) => Vote::Taken,
@@ -379,7 +383,7 @@ impl Node {
             Err(vote) => return vote,
         };
         let keys = vec![Key::from(marker), Key::from(guard)];
-        let reply: Result<Value, _> = client.eval(LIFT_LUA, keys, Vec::<Value>::new()).await;
+        let reply: Result<Value, _> = eval(&client, LIFT_LUA, keys, Vec::new()).await;
         match reply {
             Ok(_) => {
                 if let Ok(mut until) = self.quarantined_until.lock() {
@@ -411,7 +415,7 @@ impl Node {
             Value::from(RELEASE_CHANNEL_PREFIX),
             Value::from(if quarantine { "1" } else { "0" }),
         ];
-        let reply: Result<Value, _> = client.eval(CHECK_LUA, vec![Key::from(probe)], args).await;
+        let reply: Result<Value, _> = eval(&client, CHECK_LUA, vec![Key::from(probe)], args).await;
         match reply {
             Ok(Value::Array(refused)) => {
                 if let [command, message] = refused.as_slice() {
@@ -429,13 +433,8 @@ impl Node {
         // Every lock round runs its script by EVALSHA: a compare-and-delete of the probe
         // key with a token nobody holds changes nothing.
         let keys = vec![Key::from(probe)];
-        let reply: Result<Value, _> = client
-            .evalsha(
-                RELEASE.sha1().clone(),
-                keys,
-                vec![Value::from("fredlock-probe")],
-            )
-            .await;
+        let reply: Result<Value, _> =
+            evalsha(&client, &RELEASE, keys, vec![Value::from("fredlock-probe")]).await;
         match reply {
             Err(e) if is_acl_refusal(e.details()) => {
                 Err(("EVALSHA".to_string(), e.details().to_string()))
@@ -459,12 +458,12 @@ impl Node {
         let deadline = Instant::now() + self.timeout;
         let client = self.client.with_options(&Self::options(deadline));
         let (keys, args) = call();
-        let mut reply: Result<i64, _> = client.evalsha(script.sha1().clone(), keys, args).await;
+        let mut reply: Result<i64, _> = evalsha(&client, script, keys, args).await;
         if matches!(&reply, Err(e) if e.details().starts_with("NOSCRIPT")) {
             self.reload_scripts();
             let client = self.client.with_options(&Self::options(deadline));
             let (keys, args) = call();
-            reply = client.eval(lua, keys, args).await;
+            reply = eval(&client, lua, keys, args).await;
         }
         match reply {
             Ok(1) => Vote::Yes,
@@ -476,8 +475,7 @@ impl Node {
     /// A client for one request, carrying the node's timeout (see
     /// [`options`](Node::options)), or the vote of a node that is not connected.
     fn request_client(&self) -> Result<WithOptions<Client>, Vote> {
-        // fred's per-command fail-fast does not cover every command (an EVALSHA to a
-        // disconnected client waited for its timeout): check the connection first.
+        // A node known to be disconnected votes at once, without a request.
         if !self.client.is_connected() {
             return Err(self.not_connected("the connection is down"));
         }
@@ -560,6 +558,53 @@ fn parse_quarantine(refusal: &str) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
+/// `EVALSHA` of `script` through `client`, with the client's per-command options.
+async fn evalsha<R: FromValue>(
+    client: &WithOptions<Client>,
+    script: &Script,
+    keys: Vec<Key>,
+    args: Vec<Value>,
+) -> Result<R, fred::error::Error> {
+    let sha = Value::from(script.sha1().clone());
+    script_command(client, "EVALSHA", script_args(sha, keys, args)).await
+}
+
+/// `EVAL` of `lua` through `client`, with the client's per-command options.
+async fn eval<R: FromValue>(
+    client: &WithOptions<Client>,
+    lua: &'static str,
+    keys: Vec<Key>,
+    args: Vec<Value>,
+) -> Result<R, fred::error::Error> {
+    script_command(client, "EVAL", script_args(Value::from(lua), keys, args)).await
+}
+
+/// `script numkeys key... arg...`, the arguments of `EVAL` and `EVALSHA`.
+fn script_args(script: Value, keys: Vec<Key>, args: Vec<Value>) -> Vec<Value> {
+    let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(script);
+    all.push(Value::Integer(
+        i64::try_from(keys.len()).unwrap_or(i64::MAX),
+    ));
+    all.extend(keys.into_iter().map(Value::from));
+    all.extend(args);
+    all
+}
+
+/// A script command sent as a custom command. fred 10.1 implements its Lua methods
+/// (`eval`, `evalsha`, `script_load`) for `Client` but not for `WithOptions`, so
+/// calling them on a `WithOptions` reaches the plain client through `Deref` and drops
+/// the request's timeout, attempt count and fail-fast; a custom command keeps them.
+async fn script_command<R: FromValue>(
+    client: &WithOptions<Client>,
+    command: &'static str,
+    args: Vec<Value>,
+) -> Result<R, fred::error::Error> {
+    client
+        .custom(CustomCommand::new_static(command, None::<u16>, false), args)
+        .await
+}
+
 /// Loads the lock scripts into the node's script cache, so that `EVALSHA` finds them.
 /// Returns the first failure's message; a node without its scripts answers `NOSCRIPT`,
 /// which costs it one vote and loads them again.
@@ -572,7 +617,10 @@ pub(crate) async fn load_scripts(client: Client) -> Option<String> {
     let client = client.with_options(&options);
     let loads = [ACQUIRE_LUA, RELEASE_LUA, EXTEND_LUA, FENCE_LUA].map(|lua| {
         let client = &client;
-        async move { client.script_load::<String, _>(lua).await }
+        async move {
+            let args = vec![Value::from("LOAD"), Value::from(lua)];
+            script_command::<String>(client, "SCRIPT", args).await
+        }
     });
     let mut first = None;
     for outcome in futures::future::join_all(loads).await {

@@ -408,8 +408,6 @@ async fn from_clients_with_a_dead_node_uses_it_again_once_it_is_back() -> TestRe
 /// clients, which have no command timeout of their own: with 2 of 3 nodes frozen a
 /// `try_lock` is `NoQuorum` with `Timeout` votes after about one node timeout.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails: fred 10.1 has no LuaInterface for WithOptions, so the per-command \
-            options of src/node.rs never reach EVAL/EVALSHA (see the issue 11 report)"]
 async fn from_clients_requests_are_bounded_by_the_node_timeout() -> TestResult {
     let nodes = Nodes::start(3).await?;
     let clients = service_clients(nodes.urls()).await?;
