@@ -377,6 +377,10 @@ impl Redlock {
     /// given to [`Redlock::from_clients`]) and the wake-up subscriptions (for both;
     /// waiters then only poll). Locks still held keep their keys until their TTL.
     /// Dropping the last clone of a `Redlock` also closes them, in the background.
+    ///
+    /// Afterwards, on a `Redlock` built from endpoints, every node votes "not
+    /// connected" at once: `lock`, `try_lock`, `extend` and `release` return
+    /// [`Error::NoQuorum`] without sending anything (`quit_closes_the_connections_fredlock_opened`).
     pub async fn quit(&self) {
         if let Some(wakeup) = self.inner.wakeup.get() {
             wakeup.close();
