@@ -379,8 +379,8 @@ impl Redlock {
     /// Dropping the last clone of a `Redlock` also closes them, in the background.
     ///
     /// Afterwards, on a `Redlock` built from endpoints, every node votes "not
-    /// connected" at once: `lock`, `try_lock`, `extend` and `release` return
-    /// [`Error::NoQuorum`] without sending anything (`quit_closes_the_connections_fredlock_opened`).
+    /// connected" at once, without a request: `try_lock`, `extend` and `release`
+    /// return [`Error::NoQuorum`], and so does `lock` once its retries are spent.
     pub async fn quit(&self) {
         if let Some(wakeup) = self.inner.wakeup.get() {
             wakeup.close();

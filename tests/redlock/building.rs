@@ -479,6 +479,12 @@ async fn quit_closes_the_connections_fredlock_opened() -> TestResult {
     assert!(took < Duration::from_secs(3), "quit() took {took:?}");
     assert_connections(&nodes, &[0, 1, 2], 0, "after quit()").await;
 
+    let mut held = held;
+    let extended = held.extend(TTL).await;
+    assert!(
+        matches!(&extended, Err(Error::NoQuorum { .. })),
+        "extend after quit(): {extended:?}"
+    );
     let token = held.token().to_string();
     let released = held.release().await;
     assert!(
