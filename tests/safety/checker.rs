@@ -26,12 +26,18 @@ const TTL: Duration = Duration::from_millis(500);
 /// The TTL of holders that work to the end of their validity or past it: short, so
 /// that many of them fit in a run.
 const SHORT_TTL: Duration = Duration::from_millis(150);
+/// Resources held by another client on nodes 0-2 for the whole run: a probe on one of
+/// them is refused after nodes 3 and 4 set our key.
+const BLOCKED: usize = 4;
+/// The other client's value on the blocked resources.
+const FOREIGN: &str = "another-client";
 /// The TTL of the cleanup probes: far longer than the run's end takes to check.
 const PROBE_TTL: Duration = Duration::from_secs(30);
 const NODE_TIMEOUT: Duration = Duration::from_millis(50);
 /// A release or extend that starts with more validity left than this finds our key on
-/// every node that granted it: the nodes answer within the node timeout, and the keys
-/// outlive the validity by the drift.
+/// every node that granted it: a node's answer comes within the node timeout, and the
+/// keys outlive the validity by the drift. An answer later than that is a timeout, not
+/// "not ours".
 const OPEN: Duration = Duration::from_millis(70);
 /// Acquisitions per second the cluster must sustain while a majority is healthy: a
 /// liveness floor (the run is not stuck), far below what the run reaches on an idle
@@ -67,9 +73,10 @@ struct Window {
     /// Worked until its validity was nearly over.
     to_the_end: bool,
     /// Sequence numbers of its first and last write to the fenced store, and whether
-    /// the store took them. An honest holder makes its last write only while the lock
-    /// is still valid.
-    first: (u64, bool),
+    /// the store took them. A holder makes its first write, and an honest holder its
+    /// last, only while the lock is still valid (a holder descheduled for longer than
+    /// its validity right after `lock()` returned skips it).
+    first: Option<(u64, bool)>,
     last: Option<(u64, bool)>,
 }
 
@@ -103,10 +110,14 @@ struct Outcomes {
     release_late: usize,
     /// Releases that could not reach a quorum.
     release_no_quorum: usize,
-    /// `Expired` from a release or extend that began with more than `OPEN` left: the
-    /// token vanished from a majority while the window was open.
+    /// `Expired` with "not ours" from a majority, from a release or extend that began
+    /// with more than `OPEN` left: the token vanished from a majority while the window
+    /// was open.
     vanished: Vec<String>,
     probes: usize,
+    /// Probes on a resource another client holds on 3 nodes, refused: the other 2 set
+    /// our key (when they answer), which the attempt's cleanup must remove.
+    blocked_refused: usize,
 }
 
 fn run_length() -> Duration {
@@ -151,7 +162,7 @@ fn overlap_detection_finds_only_real_overlaps() {
         token: 0,
         overran: false,
         to_the_end: false,
-        first: (0, true),
+        first: None,
         last: None,
     };
     assert!(overlaps(&mut [w(0, 0, 10), w(1, 10, 20), w(2, 20, 30)]).is_empty());
@@ -215,6 +226,12 @@ async fn check(config: Config, holders: Holders) -> TestResult {
         lift_quarantine(&clients[0]).await;
     }
 
+    for k in 0..BLOCKED {
+        for i in 0..3 {
+            nodes.set(i, &blocked_resource(k), FOREIGN, 120_000).await;
+        }
+    }
+
     let windows: Arc<Mutex<Vec<Window>>> = Arc::default();
     let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
     let store: Arc<Mutex<Fenced>> = Arc::default();
@@ -233,8 +250,10 @@ async fn check(config: Config, holders: Holders) -> TestResult {
             while Instant::now() < stop_at {
                 if rng.random_bool(0.1) {
                     probe += 1;
-                    cleanup_probe(&redlock, id, probe, &mut rng).await?;
-                    outcomes.lock().expect("poisoned").probes += 1;
+                    let refused = cleanup_probe(&redlock, id, probe, &mut rng).await?;
+                    let mut outcomes = outcomes.lock().expect("poisoned");
+                    outcomes.probes += 1;
+                    outcomes.blocked_refused += usize::from(refused);
                     continue;
                 }
                 let overran = holders == Holders::Overrun && rng.random_bool(0.3);
@@ -251,7 +270,9 @@ async fn check(config: Config, holders: Holders) -> TestResult {
                 };
                 let from = now();
                 let mut until = from + lock.remaining().as_micros();
-                let first = Fenced::write(&store, lock.fencing_token());
+                let first = lock
+                    .is_valid()
+                    .then(|| Fenced::write(&store, lock.fencing_token()));
                 if overran {
                     // Past the validity on purpose: another holder may take over now.
                     let past = Duration::from_millis(rng.random_range(30..150));
@@ -300,7 +321,10 @@ async fn check(config: Config, holders: Holders) -> TestResult {
             quarantine: DEFAULT_QUARANTINE_PERIOD,
         },
     };
-    let counts = nemesis::run(&nodes, &mut rng, restarts, stop_at).await?;
+    let restore: Vec<(String, &str)> = (0..BLOCKED)
+        .map(|k| (blocked_resource(k), FOREIGN))
+        .collect();
+    let counts = nemesis::run(&nodes, &mut rng, restarts, stop_at, &restore).await?;
     for worker in workers {
         worker.await??;
     }
@@ -322,12 +346,17 @@ async fn check(config: Config, holders: Holders) -> TestResult {
     // the store must have refused.
     let stale_writes_taken: Vec<&(Window, Window)> = fenced
         .iter()
-        .filter(|(a, b)| a.last.is_some_and(|(seq, taken)| b.first.0 < seq && taken))
+        .filter(|(a, b)| match (a.last, b.first) {
+            (Some((last, taken)), Some((first, _))) => first < last && taken,
+            _ => false,
+        })
         .collect();
     let refused_honest: Vec<&Window> = windows
         .iter()
         .filter(|w| {
-            let refused = !w.first.1 || w.last.is_some_and(|(_, taken)| !taken);
+            let refused = [w.first, w.last]
+                .iter()
+                .any(|write| write.is_some_and(|(_, taken)| !taken));
             !w.overran && refused
         })
         .collect();
@@ -382,14 +411,10 @@ async fn check(config: Config, holders: Holders) -> TestResult {
     for i in 0..5 {
         nodes.wait_admin(i, Duration::from_secs(10)).await;
     }
-    let pattern = format!("{}*", resource("probe:"));
     let start = Instant::now();
     loop {
-        let mut left = Vec::new();
-        for i in 0..5 {
-            left.push(count_keys(&nodes, i, &pattern).await);
-        }
-        if left.iter().all(|&n| n == 0) {
+        let left = keys_left(&nodes).await;
+        if left.iter().all(Vec::is_empty) {
             break;
         }
         assert!(
@@ -399,6 +424,15 @@ async fn check(config: Config, holders: Holders) -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        outcomes.blocked_refused > 0,
+        "no probe was refused on a blocked resource: the cleanup of a failed attempt went \
+         unexercised (seed {seed})"
+    );
+    assert!(
+        to_the_end > 0,
+        "no holder worked to the end of its validity (seed {seed})"
+    );
     // Holders that overrun on purpose keep the resource past their validity: that run
     // measures fencing, not progress.
     assert!(
@@ -408,25 +442,59 @@ async fn check(config: Config, holders: Holders) -> TestResult {
     Ok(())
 }
 
-/// One cleanup probe: a `try_lock` on a resource of its own with a 30 s TTL, released,
-/// dropped (released in the background) or refused under faults.
+/// Per node, the probe keys on it: any key of a probe of its own, and our key on a
+/// blocked resource (the other client's is expected there).
+async fn keys_left(nodes: &Nodes) -> Vec<Vec<String>> {
+    let mut left = Vec::new();
+    for i in 0..5 {
+        let mut here = Vec::new();
+        let probes = count_keys(nodes, i, &format!("{}*", resource("probe:"))).await;
+        if probes > 0 {
+            here.push(format!("{probes} probe keys"));
+        }
+        for k in 0..BLOCKED {
+            let key = blocked_resource(k);
+            if let Some(value) = nodes.get(i, &key).await {
+                if value != FOREIGN {
+                    here.push(key);
+                }
+            }
+        }
+        left.push(here);
+    }
+    left
+}
+
+/// One cleanup probe, with a 30 s TTL: a `try_lock` on a resource of its own, released,
+/// dropped (released in the background) or refused under faults; or, one in two, on a
+/// blocked resource. Returns whether it was refused on a blocked resource (`Taken`, or
+/// `NoQuorum` when one of the other client's nodes is faulty).
 async fn cleanup_probe(
     redlock: &Redlock,
     client: usize,
     n: usize,
     rng: &mut StdRng,
-) -> Result<(), Error> {
-    let probe = resource(&format!("probe:{client}:{n}"));
+) -> Result<bool, Error> {
+    let blocked = rng.random_bool(0.5);
+    let probe = if blocked {
+        blocked_resource(rng.random_range(0..BLOCKED))
+    } else {
+        resource(&format!("probe:{client}:{n}"))
+    };
     match redlock.try_lock(&probe, PROBE_TTL).await {
         Ok(lock) if rng.random_bool(0.3) => drop(lock),
         Ok(lock) => match lock.release().await {
             Ok(()) | Err(Error::NoQuorum { .. }) => {}
             Err(e) => return Err(e),
         },
-        Err(e) if e.is_retryable() => {}
+        Err(e) if e.is_retryable() => return Ok(blocked),
         Err(e) => return Err(e),
     }
-    Ok(())
+    Ok(false)
+}
+
+fn blocked_resource(k: usize) -> String {
+    resource(&format!("blocked:{k}"))
 }
 
 /// Extends by one TTL; counts the outcome. Returns whether it succeeded.
@@ -440,7 +508,9 @@ async fn extend(lock: &mut Lock, outcomes: &Mutex<Outcomes>) -> Result<bool, Err
             Ok(true)
         }
         Err(e @ Error::Expired { .. }) => {
-            if left > OPEN {
+            // An extend whose quorum came after the validity ended is `Expired` too,
+            // with yes votes: only "not ours" from a majority means the token vanished.
+            if left > OPEN && not_ours_on_a_majority(&e) {
                 outcomes
                     .vanished
                     .push(format!("extend with {left:?} left: {e}"));
@@ -456,6 +526,11 @@ async fn extend(lock: &mut Lock, outcomes: &Mutex<Outcomes>) -> Result<bool, Err
     }
 }
 
+/// Whether a majority of the 5 nodes answered that the key no longer holds our token.
+fn not_ours_on_a_majority(error: &Error) -> bool {
+    error.votes().is_some_and(|votes| votes.taken() >= 3)
+}
+
 /// Releases; counts the outcome.
 async fn release(lock: Lock, outcomes: &Mutex<Outcomes>) -> Result<(), Error> {
     let left = lock.remaining();
@@ -465,7 +540,7 @@ async fn release(lock: Lock, outcomes: &Mutex<Outcomes>) -> Result<(), Error> {
         Ok(()) => outcomes.released += 1,
         Err(Error::Expired { .. }) if left.is_zero() => outcomes.release_late += 1,
         Err(e @ Error::Expired { .. }) => {
-            if left > OPEN {
+            if left > OPEN && not_ours_on_a_majority(&e) {
                 outcomes
                     .vanished
                     .push(format!("release with {left:?} left: {e}"));
