@@ -204,3 +204,36 @@ async fn a_refused_connection_reads_as_text() -> TestResult {
     assert!(message.contains("Connection refused"), "{message}");
     Ok(())
 }
+
+/// A `retry_delay` of `Duration::MAX` is a very long wait between attempts, not a
+/// panic: the waiter is still waiting (and can be dropped) in its pause.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_largest_retry_delay_waits_without_a_panic() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let holder = nodes.redlock(Duration::from_millis(200)).await;
+    let waiter = nodes
+        .builder()
+        .node_timeout(Duration::from_millis(200))
+        .retry_delay(Duration::MAX)
+        .retry_jitter(Duration::MAX)
+        .build()
+        .await?;
+    let res = resource("largest-retry-delay");
+    let held = holder.lock(&res, Duration::from_secs(30)).await?;
+    nodes.assert_held(&[0, 1, 2], &res, held.token()).await;
+    let base = nodes.calls_on(&[0, 1, 2], "evalsha").await;
+    let waiting = tokio::spawn({
+        let (waiter, res) = (waiter.clone(), res.clone());
+        async move { waiter.lock(&res, Duration::from_secs(30)).await.map(drop) }
+    });
+    // The waiter's first attempt ran on every node (and was refused); its pause
+    // begins as soon as that attempt is decided, within its 200 ms node timeout.
+    nodes
+        .wait_calls_above(&[0, 1, 2], "evalsha", &base, Duration::from_secs(3))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    waiting.abort();
+    held.release().await?;
+    Ok(())
+}
