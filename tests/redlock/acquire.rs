@@ -168,6 +168,7 @@ async fn lock_retries_until_freed_and_respects_the_deadline() -> TestResult {
     });
     // The waiter's first attempt ran on every node while the resource was held there
     // (every acquisition is one EVALSHA), so it failed.
+    // Bounded, not hung: an attempt reaches the nodes within its node timeout.
     nodes
         .wait_calls_above(&all, "evalsha", &base, Duration::from_secs(3))
         .await;

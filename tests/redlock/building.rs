@@ -46,6 +46,7 @@ async fn assert_connections(nodes: &Nodes, which: &[usize], want: usize, what: &
         if counts.iter().all(|&c| c == want) {
             return;
         }
+        // Bounded, not hung: connections open or close within a connect timeout.
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "{what}: nodes {which:?} have {counts:?} connections besides the admin's, \
@@ -90,6 +91,7 @@ async fn wait_used_again(nodes: &Nodes, redlock: &Redlock, res: &str, i: usize) 
         if on_node {
             return Ok(());
         }
+        // Bounded, not hung: fred reconnects every reconnect delay (100 ms).
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "node {i} was never used again"
@@ -129,6 +131,7 @@ async fn build_with_a_killed_minority_locks_on_the_rest_and_reconnects_them() ->
 
     for i in [3, 4] {
         nodes.cluster.restart(i).await?;
+        // Bounded, not hung: a restarted container answers within a second or two.
         nodes.wait_admin(i, Duration::from_secs(5)).await;
     }
     wait_used_again(&nodes, &redlock, &res, 3).await?;
@@ -241,6 +244,7 @@ async fn build_without_a_quorum_is_a_connect_error_naming_the_nodes() -> TestRes
     // Frozen: they take the whole connect timeout, and no more.
     for i in [1, 2] {
         nodes.cluster.restart(i).await?;
+        // Bounded, not hung: a restarted container answers within a second or two.
         nodes.wait_admin(i, Duration::from_secs(5)).await;
         nodes.cluster.pause(i).await?;
     }
@@ -386,11 +390,14 @@ async fn from_clients_with_a_dead_node_uses_it_again_once_it_is_back() -> TestRe
     lock.release().await?;
 
     nodes.cluster.restart(2).await?;
+    // Bounded, not hung: a restarted container answers within a second or two.
     nodes.wait_admin(2, Duration::from_secs(5)).await;
     // The restarted node is empty: only a load on the client's reconnection fills
     // its script cache (nothing else is sent to it here).
     let start = Instant::now();
     while cached_scripts(&nodes, 2).await < 4 {
+        // Bounded, not hung: the client reconnects every 100 ms and loads the scripts at
+        // once.
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "the scripts were not loaded on the reconnection (client connected: {})",
@@ -441,6 +448,56 @@ async fn from_clients_requests_are_bounded_by_the_node_timeout() -> TestResult {
     // `timed`, which the pause outlasts).
     assert!(took < Duration::from_secs(2), "try_lock took {took:?}");
     nodes.assert_released(&[0, 1, 2], &res).await;
+
+    // Extend and release of a held lock, and lock() with a retry (which waits for its
+    // first attempt's cleanup), with the same 2 of 3 frozen: each bounded the same way.
+    let retrying = Redlock::from_clients(service_clients(nodes.urls()).await?)
+        .restart_quarantine(Quarantine::Off)
+        .node_timeout(Duration::from_millis(200))
+        .retry_count(1)
+        .retry_delay(Duration::from_millis(10))
+        .build()
+        .await?;
+    let mut held = redlock.try_lock(&res, TTL).await?;
+    nodes.assert_held(&[0, 1, 2], &res, held.token()).await;
+    for i in [1, 2] {
+        nodes.cluster.pause(i).await?;
+    }
+    let (extended, took_extend) = timed("extend with 2 of 3 frozen", held.extend(TTL)).await;
+    let (released, took_release) = timed("release with 2 of 3 frozen", held.release()).await;
+    for i in [1, 2] {
+        nodes.cluster.unpause(i).await?;
+    }
+    assert!(
+        matches!(extended, Err(Error::NoQuorum { .. })),
+        "{extended:?}"
+    );
+    assert!(
+        matches!(released, Err(Error::NoQuorum { .. })),
+        "{released:?}"
+    );
+    // Bounded, not hung: one 200 ms node timeout each, with 2 s of margin.
+    assert!(
+        took_extend < Duration::from_secs(2),
+        "extend took {took_extend:?}"
+    );
+    assert!(
+        took_release < Duration::from_secs(2),
+        "release took {took_release:?}"
+    );
+    for i in [1, 2] {
+        nodes.cluster.pause(i).await?;
+    }
+    let other = resource("from-clients-bounded-retry");
+    let (result, took) = timed("lock() with 2 of 3 frozen", retrying.lock(&other, TTL)).await;
+    for i in [1, 2] {
+        nodes.cluster.unpause(i).await?;
+    }
+    assert!(matches!(result, Err(Error::NoQuorum { .. })), "{result:?}");
+    // Bounded, not hung: two attempts of one 200 ms node timeout, the first one's
+    // cleanup (bounded by the node timeout too) and a 10 ms pause; 3 s of margin.
+    assert!(took < Duration::from_secs(4), "lock() took {took:?}");
+    nodes.assert_released(&[0, 1, 2], &other).await;
     Ok(())
 }
 

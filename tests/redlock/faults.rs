@@ -53,6 +53,8 @@ async fn kill_3_of_5_is_no_quorum_and_leaves_no_key() -> TestResult {
     // The survivors ran the acquisition and then the removal of its token (the
     // counters show both ran: the emptiness below is not a SET that never happened).
     // The TTL is 30 s, so only our removal can make the keys go away within the wait.
+    // Bounded, not hung: each node's requests follow within a round trip of the decision
+    // (or of the unpause).
     let limit = Duration::from_secs(3);
     nodes
         .wait_calls_above(&[3, 4], "evalsha", &acquired, limit)
@@ -134,6 +136,8 @@ async fn pause_3_of_5_fails_within_one_timeout_and_cleans_up_after_unpause() -> 
     // Bounded, not hung: the three frozen nodes time out together, once.
     assert!(took < timeout + Duration::from_millis(150), "took {took:?}");
     // Nodes 3 and 4 said yes (the votes above), and their removal ran.
+    // Bounded, not hung: each node's requests follow within a round trip of the decision
+    // (or of the unpause).
     let limit = Duration::from_secs(3);
     nodes
         .wait_calls_above(&[3, 4], "eval", &removed[3..], limit)
@@ -178,6 +182,8 @@ async fn cancelled_lock_call_leaves_no_key() -> TestResult {
     );
     // The two live nodes ran the acquisition (they hold our token until the removal)
     // and then the removal of the dropped call.
+    // Bounded, not hung: each node's requests follow within a round trip of the decision
+    // (or of the unpause).
     let limit = Duration::from_secs(3);
     let (live, frozen) = ([3, 4], [0, 1, 2]);
     nodes

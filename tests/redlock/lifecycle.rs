@@ -133,7 +133,7 @@ async fn lost_signal_fires_when_the_validity_runs_out() -> TestResult {
     let nodes = Nodes::start(3).await?;
     let redlock = nodes.redlock(Duration::from_millis(100)).await;
     let res = resource("lost-signal");
-    let lock = redlock.lock(&res, Duration::from_millis(300)).await?;
+    let lock = redlock.lock(&res, Duration::from_secs(1)).await?;
     let lease = lock.lease();
     let valid_until = Instant::now() + lease.remaining();
     // Only a guard against a hang; the lateness is bounded below.
@@ -146,11 +146,11 @@ async fn lost_signal_fires_when_the_validity_runs_out() -> TestResult {
         valid_until - signalled
     );
     // Bounded, not hung: a timer that fires at the validity's end, woken on a loaded
-    // machine. 100 ms is a third of this lock's validity; a signal that waited for
+    // machine. 250 ms is a quarter of this lock's validity; a signal that waited for
     // anything but that timer (a poll, the next keep-alive) would come later.
     let late = signalled - valid_until;
     assert!(
-        late < Duration::from_millis(100),
+        late < Duration::from_millis(250),
         "signalled {late:?} after the validity ended"
     );
     assert_eq!(lease.remaining(), Duration::ZERO);

@@ -75,6 +75,7 @@ async fn a_round_that_leaves_too_little_validity_is_too_late_and_removes_its_key
     // than 1.5 s into it: the key is seen on every node in between.
     let mut tokens = Vec::new();
     for i in ALL {
+        // Bounded, not hung: each SET arrives 500 ms into the round (the added latency).
         tokens.push(wait_present(&nodes, i, &res, Duration::from_secs(5)).await);
     }
     assert!(tokens.windows(2).all(|w| w[0] == w[1]), "{tokens:?}");
@@ -156,9 +157,10 @@ async fn an_extend_that_leaves_too_little_validity_is_too_late_and_keeps_the_for
     } else {
         deadline - now_deadline
     };
-    // Both deadlines are the same instant read twice; 20 ms covers the reads.
+    // Both deadlines are the same instant read twice; 200 ms covers the reads on a
+    // loaded machine, and a deadline taken from the round would move by over 1 s.
     assert!(
-        moved < Duration::from_millis(20),
+        moved < Duration::from_millis(200),
         "the deadline moved by {moved:?}"
     );
     assert_eq!(lock.ttl(), ttl, "the TTL changed on a failed extend");
@@ -252,6 +254,7 @@ async fn after_the_validity_ran_out_extend_sends_nothing_and_release_still_remov
     let ttl = Duration::from_secs(4);
     let mut lock = redlock.try_lock(&res, ttl).await?;
     let lease = lock.lease();
+    // Bounded, not hung: the validity (under 2 s) ends well within it.
     let reason = tokio::time::timeout(Duration::from_secs(5), lease.lost()).await?;
     assert!(matches!(reason, LostReason::Expired), "{reason}");
     assert_eq!(lock.remaining(), Duration::ZERO);
@@ -339,6 +342,7 @@ async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_removes_the
                 deleted.push(i);
             }
         }
+        // Bounded, not hung: the acquisition reaches the nodes after the 300 ms latency.
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "the acquisition never reached nodes 1 and 2"
@@ -447,6 +451,8 @@ async fn is_retryable_holds_for_exactly_the_errors_another_attempt_may_cure() ->
     let lost_res = resource("retryable-lost");
     let nodes_ref = &nodes;
     let lost_ref = &lost_res;
+    // Bounded, not hung: the keep-alive renews within the 1 s lock's validity and finds the
+    // keys taken.
     let result = tokio::time::timeout(
         Duration::from_secs(5),
         redlock.with_lock(&lost_res, Duration::from_secs(1), |_| async move {
@@ -515,6 +521,7 @@ async fn lock_retries_too_late_attempts_and_ends_with_too_late() -> TestResult {
     for (i, &count) in ALL.iter().zip(&before) {
         let start = Instant::now();
         let mut ran = nodes.calls(*i, "evalsha").await - count;
+        // Bounded, not hung: a pending acquisition runs within one node timeout.
         while ran < 3 && start.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             ran = nodes.calls(*i, "evalsha").await - count;

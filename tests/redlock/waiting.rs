@@ -220,17 +220,17 @@ async fn the_wait_ends_at_the_acquire_deadline_not_at_the_next_poll() -> TestRes
 }
 
 /// The attempt a cut pause was cut for still runs: another client's key on every node
-/// expires (nothing announces an expiry) 500 ms into a waiter's 2 s acquire timeout,
+/// expires (nothing announces an expiry) 1 s into a waiter's 3 s acquire timeout,
 /// with a 30 s poll. The waiter's pause is cut to end one node timeout before the
 /// deadline, and the attempt then takes the free resource.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_attempt_a_pause_was_cut_for_still_runs() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let acquire_timeout = Duration::from_secs(2);
+    let acquire_timeout = Duration::from_secs(3);
     let waiter = waiter(&nodes, Duration::from_secs(30), acquire_timeout).await?;
     let res = resource("cut-pause");
     for i in 0..5 {
-        nodes.set(i, &res, "another-client", 500).await;
+        nodes.set(i, &res, "another-client", 1000).await;
     }
     let before = nodes.calls(0, "evalsha").await;
     let start = Instant::now();
@@ -322,6 +322,7 @@ async fn a_waiter_subscribes_again_after_its_nodes_restart() -> TestResult {
     wait_subscribed(&nodes, &channel, "the waiter").await?;
     futures::future::try_join_all((0..5).map(|i| nodes.cluster.restart(i))).await?;
     for i in 0..5 {
+        // Bounded, not hung: a restarted container answers within a second or two.
         nodes.wait_admin(i, Duration::from_secs(10)).await;
     }
     // Its keys are gone with the nodes' data: nothing is left to release.
@@ -443,6 +444,8 @@ async fn quit_closes_the_wake_up_subscriptions() -> TestResult {
     waiter.quit().await;
     let start = Instant::now();
     while subscribed_nodes(&nodes, &channel).await? > 0 {
+        // Bounded, not hung: quit() closes the connections at once; each node drops their
+        // subscriptions when it sees the close.
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "subscriptions left after quit()"
@@ -506,6 +509,7 @@ async fn one_release_wakes_a_waiter_once() -> TestResult {
     };
     publish(0).await?;
     // The waiter wakes and tries again (its second attempt).
+    // Bounded, not hung: the woken waiter tries within one round trip of the announcement.
     let limit = Duration::from_secs(5);
     wait_calls(&nodes, 0, "evalsha", before + 2, limit, "woken waiter").await?;
     for i in 1..5 {
