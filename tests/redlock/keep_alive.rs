@@ -7,22 +7,6 @@ use fredlock::{Error, LostReason};
 
 use crate::support::{Nodes, TestResult, resource};
 
-/// How many times node `i` has run `command` (from `INFO commandstats`).
-async fn calls(nodes: &Nodes, i: usize, command: &str) -> u64 {
-    let info = nodes
-        .cmd(i, "INFO", vec!["commandstats".into()])
-        .await
-        .expect("INFO commandstats")
-        .as_string()
-        .unwrap_or_default();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A majority frozen across the keep-alive's renewal: the renewal fails, is tried
 /// again (node 2, still up, sees every attempt), and once the two nodes are back a
 /// retry renews the lock before its validity ends: `remaining()` and the keys' PTTL
@@ -47,7 +31,7 @@ async fn a_renewal_that_fails_for_a_while_is_retried_in_time() -> TestResult {
     let first = lock.remaining();
     tokio::time::sleep((first / 2).saturating_sub(Duration::from_millis(1200))).await;
     let before: Vec<i64> = [nodes.pttl(0, &res).await, nodes.pttl(1, &res).await].into();
-    let base = calls(&nodes, 2, "evalsha").await;
+    let base = nodes.calls(2, "evalsha").await;
     let (a, b) = tokio::join!(nodes.cluster.pause(0), nodes.cluster.pause(1));
     a?;
     b?;
@@ -61,7 +45,7 @@ async fn a_renewal_that_fails_for_a_while_is_retried_in_time() -> TestResult {
     let start = Instant::now();
     let mut attempts = 0;
     while attempts < 2 {
-        attempts = calls(&nodes, 2, "evalsha").await - base;
+        attempts = nodes.calls(2, "evalsha").await - base;
         // Bounded, not hung: the renewal is due within 1.2 s, a retry 200 ms later.
         if start.elapsed() > Duration::from_secs(5) {
             break;
