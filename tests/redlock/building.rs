@@ -364,6 +364,19 @@ async fn from_clients_leaves_unconnected_clients_as_they_are() -> TestResult {
     for client in &idle {
         client.init().await?;
     }
+    // fredlock loads its scripts on a client's connection, in the background; an
+    // acquisition that comes first meets NOSCRIPT there (a failed vote). Wait for the
+    // load. Bounded, not hung: one SCRIPT LOAD round trip per script.
+    let start = Instant::now();
+    for i in [1, 2] {
+        while cached_scripts(&nodes, i).await < 4 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "node {i}: scripts not loaded on the connection"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let lock = redlock.try_lock(&res, TTL).await?;
     nodes.assert_held(&[0, 1, 2], &res, lock.token()).await;
     lock.release().await?;
