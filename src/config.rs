@@ -238,8 +238,9 @@ impl Builder {
     }
 
     /// Bounds the total wait of [`Redlock::lock`]: no attempt starts unless it can end
-    /// before this deadline (give or take the lateness of a timer on a busy runtime). Without an explicit [`retry_count`](Self::retry_count),
-    /// `lock()` then retries until the deadline. Must be at least the node timeout.
+    /// before this deadline (give or take the lateness of a timer on a busy runtime).
+    /// Without an explicit [`retry_count`](Self::retry_count), `lock()` then retries
+    /// until the deadline. Must be at least the node timeout.
     /// Default: none (the retry count bounds the wait).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = Some(timeout);

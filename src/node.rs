@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::{AbortHandle, JoinHandle};
 
+use fred::bytes_utils::Str;
 use fred::clients::WithOptions;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, EventInterface, FromValue, Key, Options, ReconnectPolicy,
@@ -232,8 +233,7 @@ impl Node {
             Ok(client) => client,
             Err(vote) => return (vote, Vec::new()),
         };
-        let reply: Result<Value, _> =
-            evalsha(&client, &ACQUIRE, call.keys.clone(), call.args.clone()).await;
+        let reply: Result<Value, _> = script_command(&client, "EVALSHA", call.args.clone()).await;
         let vote = match reply {
             Ok(Value::Array(fences)) => {
                 return (
@@ -576,7 +576,9 @@ async fn eval<R: FromValue>(
     keys: Vec<Key>,
     args: Vec<Value>,
 ) -> Result<R, fred::error::Error> {
-    script_command(client, "EVAL", script_args(Value::from(lua), keys, args)).await
+    // The script's text as a static string: no copy per request.
+    let lua = Value::String(Str::from_static(lua));
+    script_command(client, "EVAL", script_args(lua, keys, args)).await
 }
 
 /// `script numkeys key... arg...`, the arguments of `EVAL` and `EVALSHA`.
@@ -634,7 +636,7 @@ pub(crate) async fn load_scripts(client: Client) -> Option<String> {
 
 /// One attempt's acquisition script call, built once and sent to every node.
 pub(crate) struct AcquireCall {
-    keys: Vec<Key>,
+    /// The `EVALSHA` arguments: the script's digest, the keys, the script's arguments.
     args: Vec<Value>,
 }
 
@@ -669,7 +671,10 @@ impl AcquireCall {
             Value::from(fencing_floor.to_string()),
             Value::Integer(duration_arg(retention)),
         ];
-        AcquireCall { keys, args }
+        let sha = Value::from(ACQUIRE.sha1().clone());
+        AcquireCall {
+            args: script_args(sha, keys, args),
+        }
     }
 }
 

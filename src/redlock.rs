@@ -225,25 +225,21 @@ impl Redlock {
                 }
                 pause = pause.min(left);
             }
-            // `None`: a pause past the end of the clock's range, a wait for ever.
-            let pause_end = tokio::time::Instant::now().checked_add(pause);
+            let paused_at = Instant::now();
             // Someone holds it: be woken when it is released.
             if subscription.is_none() && matches!(error, Error::Taken { .. }) {
                 subscription = Some(self.wakeup().subscribe(&request.keys));
             }
             let wait = async {
                 match subscription.as_mut() {
-                    None => sleep_until(pause_end).await,
+                    None => tokio::time::sleep(pause).await,
                     Some(subscription) => tokio::select! {
-                        () = sleep_until(pause_end) => {}
+                        () = tokio::time::sleep(pause) => {}
                         () = subscription.released() => {
+                            // Woken: the jitter, but never past the end of the pause.
                             let jitter = wake_jitter(round_trip, attempt, &mut rand::rng());
-                            let woken = tokio::time::Instant::now().checked_add(jitter);
-                            let until = match (woken, pause_end) {
-                                (Some(woken), Some(end)) => Some(woken.min(end)),
-                                (woken, end) => woken.or(end),
-                            };
-                            sleep_until(until).await;
+                            let left = pause.saturating_sub(paused_at.elapsed());
+                            tokio::time::sleep(jitter.min(left)).await;
                         }
                     },
                 }
@@ -752,14 +748,6 @@ impl Drop for Inner {
 struct Failed {
     error: Error,
     cleanup: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Sleeps until `end`; for ever without one.
-async fn sleep_until(end: Option<tokio::time::Instant>) {
-    match end {
-        Some(end) => tokio::time::sleep_until(end).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The error for a release or extend round that found no quorum.
