@@ -15,24 +15,6 @@ use crate::support::{Nodes, TestResult, resource, service_clients};
 
 const TTL: Duration = Duration::from_secs(30);
 
-/// The connections node `i` has open, apart from the admin connection asking.
-async fn other_connections(nodes: &Nodes, i: usize) -> usize {
-    let own = nodes
-        .cmd(i, "CLIENT", vec!["ID".into()])
-        .await
-        .expect("CLIENT ID")
-        .as_i64()
-        .expect("an id");
-    let list = nodes
-        .cmd(i, "CLIENT", vec!["LIST".into()])
-        .await
-        .expect("CLIENT LIST")
-        .as_string()
-        .expect("text");
-    let own = format!("id={own} ");
-    list.lines().filter(|l| !l.starts_with(&own)).count()
-}
-
 /// Polls until every node in `which` has `want` connections besides the admin one,
 /// for at most 5 s: a close is one `QUIT` round trip, and the node drops the
 /// connection right after. Panics with the counts otherwise.
@@ -41,7 +23,7 @@ async fn assert_connections(nodes: &Nodes, which: &[usize], want: usize, what: &
     loop {
         let mut counts = Vec::new();
         for &i in which {
-            counts.push(other_connections(nodes, i).await);
+            counts.push(nodes.other_connections(i).await);
         }
         if counts.iter().all(|&c| c == want) {
             return;

@@ -208,6 +208,25 @@ impl Nodes {
         }
     }
 
+    /// The connections node `i` has open, apart from the admin connection asking
+    /// (`CLIENT LIST`).
+    pub async fn other_connections(&self, i: usize) -> usize {
+        let own = self
+            .cmd(i, "CLIENT", vec!["ID".into()])
+            .await
+            .expect("CLIENT ID")
+            .as_i64()
+            .expect("an id");
+        let list = self
+            .cmd(i, "CLIENT", vec!["LIST".into()])
+            .await
+            .expect("CLIENT LIST")
+            .as_string()
+            .expect("text");
+        let own = format!("id={own} ");
+        list.lines().filter(|l| !l.starts_with(&own)).count()
+    }
+
     /// How many times node `i` has run `command` (lower case, from `INFO
     /// commandstats`); zero while the node does not answer.
     pub async fn calls(&self, i: usize, command: &str) -> u64 {

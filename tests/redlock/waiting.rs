@@ -68,29 +68,6 @@ async fn wait_subscribed(nodes: &Nodes, channel: &str, what: &str) -> TestResult
     }
 }
 
-/// Polls until node `i` has run `command` at least `n` times, for at most `limit`.
-async fn wait_calls(
-    nodes: &Nodes,
-    i: usize,
-    command: &str,
-    n: u64,
-    limit: Duration,
-    what: &str,
-) -> TestResult {
-    let start = Instant::now();
-    loop {
-        let seen = nodes.calls(i, command).await;
-        if seen >= n {
-            return Ok(());
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{what}: node {i} ran {command} {seen} times, not {n}, within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The ids of node `i`'s pub/sub connections (`CLIENT LIST TYPE pubsub`).
 async fn pubsub_clients(nodes: &Nodes, i: usize) -> Result<Vec<u64>, BoxError> {
     let list = nodes
@@ -108,16 +85,6 @@ async fn pubsub_clients(nodes: &Nodes, i: usize) -> Result<Vec<u64>, BoxError> {
         .filter_map(|rest| rest.split(' ').next())
         .filter_map(|id| id.parse().ok())
         .collect())
-}
-
-/// How many connections node `i` has (`CLIENT LIST`, the admin connection included).
-async fn connections(nodes: &Nodes, i: usize) -> Result<usize, BoxError> {
-    let list = nodes
-        .cmd(i, "CLIENT", vec!["LIST".into()])
-        .await?
-        .as_string()
-        .unwrap_or_default();
-    Ok(list.lines().count())
 }
 
 /// A client for the waiting side: polling every `poll_every` without jitter, each
@@ -511,7 +478,9 @@ async fn one_release_wakes_a_waiter_once() -> TestResult {
     // The waiter wakes and tries again (its second attempt).
     // Bounded, not hung: the woken waiter tries within one round trip of the announcement.
     let limit = Duration::from_secs(5);
-    wait_calls(&nodes, 0, "evalsha", before + 2, limit, "woken waiter").await?;
+    nodes
+        .wait_calls_above(&[0], "evalsha", &[before + 1], limit)
+        .await;
     for i in 1..5 {
         publish(i).await?;
     }
@@ -555,7 +524,7 @@ async fn a_timed_out_subscription_is_tried_again() -> TestResult {
     let held = holder.lock(&res, Duration::from_secs(60)).await?;
     let mut before = Vec::new();
     for i in 0..5 {
-        before.push(connections(&nodes, i).await?);
+        before.push(nodes.other_connections(i).await);
     }
     // Round trips of 800 ms: the waiter's attempt still answers (node timeout 2 s),
     // its SUBSCRIBE (bounded by the 300 ms connect timeout) does not.
@@ -568,7 +537,7 @@ async fn a_timed_out_subscription_is_tried_again() -> TestResult {
     // taken, and tries to subscribe on them at once.
     let start = Instant::now();
     for (i, before) in before.into_iter().enumerate() {
-        while connections(&nodes, i).await? <= before {
+        while nodes.other_connections(i).await <= before {
             assert!(
                 start.elapsed() < SUBSCRIBED,
                 "node {i}: no subscription connection within {SUBSCRIBED:?}"
