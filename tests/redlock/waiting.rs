@@ -447,6 +447,11 @@ async fn one_release_wakes_a_waiter_once() -> TestResult {
         .await?;
     let res = resource("wake-once");
     let held = holder.lock(&res, Duration::from_secs(60)).await?;
+    // The holder's lock returned at its quorum: wait until node 0 has run its
+    // acquisition too, so that it is not counted as one of the waiter's.
+    nodes
+        .assert_held(&[0, 1, 2, 3, 4], &res, held.token())
+        .await;
     // Each attempt of the waiter is one EVALSHA on node 0; nothing else runs one now.
     let before = nodes.calls(0, "evalsha").await;
     let waiting = tokio::spawn({
