@@ -178,7 +178,13 @@ async fn lock_retries_until_freed_and_respects_the_deadline() -> TestResult {
     );
     held.release().await?;
     let got = waiting.await??;
-    nodes.assert_held(&all, &res, got.token()).await;
+    // A quorum holds the waiter's token. A node whose release had not run yet when the
+    // waiter's SET arrived voted "taken": the release returns at its quorum too.
+    let mut holding = 0;
+    for i in all {
+        holding += usize::from(nodes.get(i, &res).await.as_deref() == Some(got.token()));
+    }
+    assert!(holding >= 2, "the waiter's token on {holding} of 3 nodes");
     // Attempts after the first, and the holder's release: the lock came from a retry.
     let after_first: Vec<u64> = base.iter().map(|n| n + 2).collect();
     nodes
