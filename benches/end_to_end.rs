@@ -1,5 +1,7 @@
-//! One acquire/release cycle end to end (`try_lock` + `release`) against a throwaway
-//! cluster of Redis containers on this host, for 1, 3 and 5 nodes. Needs Docker and the
+//! Acquire/release cycles end to end (`try_lock` + `release`) against a throwaway
+//! cluster of Redis containers on this host: one at a time for 1, 3 and 5 nodes (each
+//! operation goes out alone), and 64 at once on 5 nodes (operations that meet a call
+//! in flight reach each node in one batch). Needs Docker and the
 //! image named by `FREDLOCK_REDIS_IMAGE` (see `scripts/redis-image.sh`); without Docker
 //! it says so and measures nothing.
 //!
@@ -53,6 +55,18 @@ fn acquire_release(c: &mut Criterion) {
                 lock.release().await.expect("release");
             })
         });
+        if n == 5 {
+            // 64 cycles at once, on 64 resources: the group-commit path.
+            let resources: Vec<String> = (0..64).map(|i| format!("criterion-e2e-c{i}")).collect();
+            group.bench_function("nodes=5/concurrent=64", |b| {
+                b.to_async(&runtime).iter(|| {
+                    futures::future::join_all(resources.iter().map(|resource| async {
+                        let lock = redlock.try_lock(resource, TTL).await.expect("uncontended");
+                        lock.release().await.expect("release");
+                    }))
+                })
+            });
+        }
         runtime.block_on(redlock.quit());
     }
     group.finish();

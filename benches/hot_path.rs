@@ -1,8 +1,8 @@
-//! The parts of the lock path that need no network: token generation, vote counting,
-//! the validity arithmetic and fencing tokens (crate-private, reached through the hidden
-//! `fredlock::__bench` module), the quorum size, the clock drift allowance and the
-//! `Display` of a round error with its votes (what every failed attempt formats when it
-//! is logged).
+//! The public parts of the lock path that need no network: the quorum size, the clock
+//! drift allowance and the `Display` of a round error (what every failed attempt
+//! formats when it is logged). The crate-private arithmetic (votes, validity, fencing
+//! tokens) has unit tests; what it costs next to a round trip is measured end to end
+//! (`benches/end_to_end.rs`, `quorum-bench`).
 //!
 //! ```sh
 //! cargo bench --bench hot_path
@@ -12,9 +12,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fredlock::__bench;
 use fredlock::fred::prelude::{Client, Config};
-use fredlock::{Error, Redlock, Vote};
+use fredlock::{Error, Redlock};
 
 /// A `Redlock` over clients that never connect: `from_clients(..).build()` does not
 /// connect, and `drift` does not touch the nodes.
@@ -29,60 +28,6 @@ fn offline_redlock(runtime: &tokio::runtime::Runtime, n: u16) -> Redlock {
             .await
             .expect("builds without connecting")
     })
-}
-
-fn token(c: &mut Criterion) {
-    c.bench_function("token", |b| b.iter(__bench::new_token));
-}
-
-fn votes(c: &mut Criterion) {
-    let mut group = c.benchmark_group("decide");
-    // A healthy round: the third yes of five decides.
-    let healthy = [Vote::Yes, Vote::Yes, Vote::Yes, Vote::Yes, Vote::Yes];
-    // Two nodes down and one taken: decided on the fifth vote.
-    let failing = [
-        Vote::Timeout,
-        Vote::Yes,
-        Vote::Error("not connected: Connection refused".into()),
-        Vote::Yes,
-        Vote::Taken,
-    ];
-    group.bench_function("n=5/quorum", |b| {
-        b.iter(|| __bench::decide(5, black_box(&healthy)))
-    });
-    group.bench_function("n=5/no_quorum", |b| {
-        b.iter(|| __bench::decide(5, black_box(&failing)))
-    });
-    group.finish();
-}
-
-fn validity(c: &mut Criterion) {
-    c.bench_function("validity", |b| {
-        b.iter(|| {
-            __bench::validity(
-                black_box(Duration::from_secs(10)),
-                black_box(Duration::from_micros(420)),
-                black_box(0.01),
-            )
-        })
-    });
-}
-
-fn fencing(c: &mut Criterion) {
-    let agreeing: [&[u64]; 3] = [&[1_764_300_000_000_001]; 3];
-    let differing: [&[u64]; 3] = [
-        &[1_764_300_000_000_001],
-        &[1_764_300_000_000_007],
-        &[1_764_300_000_000_003],
-    ];
-    let mut group = c.benchmark_group("fencing_tokens");
-    group.bench_function("agree", |b| {
-        b.iter(|| __bench::fencing_tokens(black_box(&agreeing), 3))
-    });
-    group.bench_function("write_back", |b| {
-        b.iter(|| __bench::fencing_tokens(black_box(&differing), 3))
-    });
-    group.finish();
 }
 
 fn quorum(c: &mut Criterion) {
@@ -125,14 +70,5 @@ fn error_display(c: &mut Criterion) {
     });
 }
 
-criterion_group!(
-    benches,
-    token,
-    votes,
-    validity,
-    fencing,
-    quorum,
-    drift,
-    error_display
-);
+criterion_group!(benches, quorum, drift, error_display);
 criterion_main!(benches);

@@ -2,66 +2,52 @@
 //! up, or abandoned when the `lock()` future is dropped), and the removal of our token
 //! wherever it may have been set.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::FutureExt;
 use tokio::task::JoinHandle;
 
-use crate::node::{AcquireCall, Node};
+use crate::node::{Answer, Node};
 use crate::quorum::{Decision, Tally, Vote, Votes};
-use crate::round::Round;
-
-/// A node's answer to an acquisition: its vote and, on `Yes`, the raised fencing
-/// counters.
-pub(crate) type Acquired = (Vote, Vec<u64>);
+use crate::round::{Call, Round};
+use crate::scripts::Op;
 
 /// An acquisition round in flight. Dropped before its verdict, it removes our token
 /// from every node in the background.
 pub(crate) struct Acquisition {
-    round: Round<Acquired>,
-    keys: Arc<[Arc<str>]>,
-    token: Arc<str>,
+    round: Round,
+    /// The removal of our token, made once and sent to whichever node needs it.
+    remove: Arc<Op>,
     /// Whether the verdict was given; until then, dropping cleans up.
     settled: bool,
 }
 
 impl Acquisition {
-    /// Prepares `call` for every node; nothing is sent before [`decide`](Self::decide).
-    pub(crate) fn new(
-        nodes: &Arc<[Arc<Node>]>,
-        call: AcquireCall,
-        keys: &Arc<[Arc<str>]>,
-        token: &Arc<str>,
-    ) -> Self {
-        let call = Arc::new(call);
-        let round = Round::new(nodes, |node| {
-            let (node, call) = (Arc::clone(node), Arc::clone(&call));
-            Box::pin(async move { node.acquire(&call).await })
-        });
+    /// Prepares `op` (an acquisition) for every node; nothing is sent before
+    /// [`decide`](Self::decide).
+    pub(crate) fn new(nodes: &Arc<[Arc<Node>]>, op: Op) -> Self {
+        let remove = Arc::new(Op::remove(&op.keys, &op.token));
         Acquisition {
-            round,
-            keys: Arc::clone(keys),
-            token: Arc::clone(token),
+            round: Round::new(nodes, op),
+            remove,
             settled: false,
         }
     }
 
     /// Sends the acquisition to every node and counts the votes until the quorum
-    /// decides. When this returns, every node's acquisition is on its connection (the
-    /// round's first poll handed them over), so a release sent next is queued behind
-    /// it on every node.
+    /// decides. When this returns, every node has the acquisition in its order (the
+    /// round's first poll handed it over), so a release made next runs after it on
+    /// every node.
     pub(crate) async fn decide(&mut self) -> Decision {
         self.round.decide().await
     }
 
-    pub(crate) fn round(&self) -> &Round<Acquired> {
+    pub(crate) fn round(&self) -> &Round {
         &self.round
     }
 
-    /// The lock is kept. The requests still running no longer matter; dropping the
-    /// round polls them to their end in the background.
+    /// The lock is kept. The calls still running no longer matter; dropping the round
+    /// polls them to their end in the background.
     pub(crate) fn keep(mut self) {
         self.settled = true;
     }
@@ -76,46 +62,44 @@ impl Acquisition {
             .answers()
             .iter()
             .enumerate()
-            .filter(|(_, answer)| matches!(answer, Some((Vote::Yes, _))))
+            .filter(|(_, answer)| matches!(answer, Some(a) if a.vote == Vote::Yes))
             .map(|(index, _)| index)
             .collect();
         let nodes = Arc::clone(self.round.nodes());
         let removals = futures::future::join_all(yes.iter().filter_map(|&index| {
             let node = nodes.get(index)?;
-            Some(node.remove(&self.keys, &self.token))
+            Some(Arc::clone(node).call(Arc::clone(&self.remove)))
         }));
         self.round.listen_during(removals).await;
         self.settled = true;
         let cleanup = self.remove_in_background(&yes);
-        (self.round.votes(), *self.round.tally(), cleanup)
+        (self.round.votes(), self.round.tally(), cleanup)
     }
 
     /// Removes our token, in one background task, from every node that may hold it,
     /// except those in `done`: those that answered anything but "taken", and those
-    /// still running once they answer so. A removal is sent only after the node's
-    /// acquisition answered or timed out: a SET that timed out is either never written
-    /// (fred drops timed-out commands) or was written before the removal on the same
-    /// connection.
+    /// still running once they answer so. A removal is made only after the node's
+    /// acquisition answered or timed out, so it runs after it on the node (see
+    /// `node::batch`); a timed-out acquisition that was never sent is never run.
     fn remove_in_background(&mut self, done: &[usize]) -> Option<JoinHandle<()>> {
         let nodes = Arc::clone(self.round.nodes());
-        let mut work: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
-        let answered = self.round.answers().iter().enumerate();
-        for (index, answer) in answered {
-            let may_be_set = matches!(answer, Some((vote, _)) if *vote != Vote::Taken);
+        let mut work: Vec<Call> = Vec::new();
+        for (index, answer) in self.round.answers().iter().enumerate() {
+            let may_be_set = matches!(answer, Some(a) if a.vote != Vote::Taken);
             if let (true, false, Some(node)) = (may_be_set, done.contains(&index), nodes.get(index))
             {
-                let remove = Removal::new(node, &self.keys, &self.token);
-                work.push(Box::pin(remove.run()));
+                work.push(Box::pin(Arc::clone(node).call(Arc::clone(&self.remove))));
             }
         }
         for (index, call) in self.round.take_running() {
             if let Some(node) = nodes.get(index) {
-                let remove = Removal::new(node, &self.keys, &self.token);
+                let (node, remove) = (Arc::clone(node), Arc::clone(&self.remove));
                 work.push(Box::pin(async move {
-                    let (vote, _) = call.await;
-                    if vote != Vote::Taken {
-                        remove.run().await;
+                    let answer = call.await;
+                    if answer.vote != Vote::Taken {
+                        return node.call(remove).await;
                     }
+                    answer
                 }));
             }
         }
@@ -138,23 +122,12 @@ impl Drop for Acquisition {
     }
 }
 
-/// The removal of our token from one node.
-struct Removal {
-    node: Arc<Node>,
-    keys: Arc<[Arc<str>]>,
-    token: Arc<str>,
-}
-
-impl Removal {
-    fn new(node: &Arc<Node>, keys: &Arc<[Arc<str>]>, token: &Arc<str>) -> Self {
-        Removal {
-            node: Arc::clone(node),
-            keys: Arc::clone(keys),
-            token: Arc::clone(token),
-        }
-    }
-
-    async fn run(self) {
-        self.node.remove(&self.keys, &self.token).await;
-    }
+/// The answers of the nodes that granted an acquisition.
+pub(crate) fn granted(answers: &[Option<Answer>]) -> Vec<&[u64]> {
+    answers
+        .iter()
+        .flatten()
+        .filter(|a| a.vote == Vote::Yes)
+        .map(|a| a.fences.as_slice())
+        .collect()
 }

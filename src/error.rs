@@ -1,8 +1,9 @@
 //! The error type of every fallible fredlock operation.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::lease::LostReason;
 use crate::quorum::Votes;
 
 /// Why a fredlock operation failed.
@@ -177,6 +178,30 @@ impl Error {
         Error::InvalidArgument {
             argument,
             reason: reason.into(),
+        }
+    }
+}
+
+/// Why a lock can no longer be trusted.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The validity ran out on this client's clock.
+    Expired,
+    /// Keeping the lock alive failed: an extension could not reach a quorum in the
+    /// validity that was left, or the nodes answered that the lock is no longer ours.
+    /// Signalled as soon as it is known, before the validity ends when possible.
+    ExtendFailed(Arc<Error>),
+    /// The lock was released or dropped by its holder.
+    Released,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LostReason::Expired => f.write_str("its validity ran out"),
+            LostReason::ExtendFailed(error) => write!(f, "keeping it alive failed: {error}"),
+            LostReason::Released => f.write_str("it was released"),
         }
     }
 }

@@ -69,31 +69,44 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-#[doc(hidden)]
-#[path = "bench.rs"]
-pub mod __bench;
+// Top-down: the client and its builder, the lock handle, the protocol, the round,
+// the node seam, and the pure parts at the bottom.
 mod acquisition;
-mod config;
+mod builder;
+mod connect;
+mod core;
+mod endpoints;
 mod error;
+mod fencing;
+mod keep_alive;
 mod lease;
 mod lock;
 mod node;
+mod protocol;
 mod quorum;
 mod redlock;
+mod request;
+mod retry;
 mod round;
+mod scripts;
+mod settings;
+mod ttl;
 mod wakeup;
 
-pub use config::{
-    Builder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_FENCING_RETENTION,
+pub use builder::Builder;
+pub use error::{Error, LostReason};
+pub use lease::Lease;
+pub use lock::Lock;
+pub use quorum::{NodeVote, Vote, Votes, quorum};
+pub use redlock::Redlock;
+pub use request::RESERVED_PREFIX;
+pub use settings::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_FENCING_RETENTION,
     DEFAULT_KEEP_ALIVE_AT, DEFAULT_NODE_TIMEOUT, DEFAULT_QUARANTINE_PERIOD,
     DEFAULT_RECONNECT_DELAY, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_JITTER,
     Quarantine,
 };
-pub use error::Error;
-pub use lease::{Lease, LostReason};
-pub use lock::Lock;
-pub use quorum::{DRIFT_FLOOR, NodeVote, Vote, Votes, quorum};
-pub use redlock::{MAX_TTL, RESERVED_PREFIX, Redlock};
+pub use ttl::{DRIFT_FLOOR, MAX_TTL};
 
 /// The fred crate fredlock is built on, for [`Redlock::from_clients`].
 pub use fred;

@@ -3,16 +3,16 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::task::AbortHandle;
-use tracing::field::Empty;
 
-use crate::config::retry_pause;
-use crate::error::Error;
-use crate::lease::{Lease, LostReason, Shared};
-use crate::quorum::{Decision, Votes, validity};
-use crate::redlock::{Redlock, Request, lost, outcome_label};
+use crate::core::Core;
+use crate::error::{Error, LostReason};
+use crate::keep_alive::KeepAlive;
+use crate::lease::{Lease, Shared};
+use crate::protocol::{self, Granted};
+use crate::request::Request;
 
 /// A lock held on a quorum of nodes.
 ///
@@ -41,7 +41,7 @@ use crate::redlock::{Redlock, Request, lost, outcome_label};
 /// # Ok(()) }
 /// ```
 pub struct Lock {
-    redlock: Redlock,
+    core: Arc<Core>,
     request: Request,
     token: Arc<str>,
     shared: Arc<Shared>,
@@ -52,9 +52,6 @@ pub struct Lock {
     /// Cleared by `release`, so that `drop` does not release a second time.
     armed: bool,
 }
-
-/// The fencing tokens of a lock: one per resource.
-pub(crate) type Fences = Arc<[u64]>;
 
 impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -69,18 +66,12 @@ impl fmt::Debug for Lock {
 }
 
 impl Lock {
-    pub(crate) fn new(
-        redlock: Redlock,
-        request: &Request,
-        token: Arc<str>,
-        valid_until: Instant,
-        fences: Fences,
-    ) -> Self {
+    pub(crate) fn new(core: &Arc<Core>, request: &Request, granted: Granted) -> Self {
         Lock {
-            redlock,
+            core: Arc::clone(core),
             request: request.clone(),
-            token,
-            shared: Shared::new(valid_until, request.ttl, fences),
+            token: granted.token,
+            shared: Shared::new(granted.valid_until, request.ttl.duration(), granted.fences),
             extending: Arc::default(),
             keep_alive: None,
             armed: true,
@@ -134,7 +125,7 @@ impl Lock {
 
     /// The TTL of the last successful acquire or extend, in whole milliseconds.
     pub fn ttl(&self) -> Duration {
-        self.request.ttl
+        self.request.ttl.duration()
     }
 
     /// The validity left, measured on the monotonic clock; zero once it has run out.
@@ -174,7 +165,7 @@ impl Lock {
             return;
         }
         let task = KeepAlive {
-            redlock: self.redlock.clone(),
+            core: Arc::clone(&self.core),
             request: self.request.clone(),
             token: Arc::clone(&self.token),
             shared: Arc::clone(&self.shared),
@@ -199,10 +190,10 @@ impl Lock {
     /// too many nodes were unreachable; [`Error::TooLate`] if the round left no more
     /// than the minimum validity; [`Error::InvalidArgument`] for an unusable TTL.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
-        let request = self.redlock.retimed(&self.request, ttl)?;
+        let request = self.request.retimed(ttl, &self.core.settings)?;
         let _serial = self.extending.lock().await;
-        extend(&self.redlock, &request, &self.token, &self.shared).await?;
-        self.shared.set_ttl(request.ttl);
+        protocol::extend(&self.core, &request, &self.token, &self.shared).await?;
+        self.shared.set_ttl(request.ttl.duration());
         self.request = request;
         Ok(())
     }
@@ -228,9 +219,7 @@ impl Lock {
         // Before the round: a waiter woken by a node's delete must not find this lock's
         // leases still valid.
         self.shared.mark_lost(LostReason::Released);
-        self.redlock
-            .release_round(&self.request, &self.token, was_valid)
-            .await
+        protocol::release(&self.core, &self.request, &self.token, was_valid).await
     }
 
     fn stop_keep_alive(&mut self) {
@@ -249,223 +238,12 @@ impl Drop for Lock {
         self.shared.mark_lost(LostReason::Released);
         // Release in the background; never block here.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let redlock = self.redlock.clone();
+            let core = Arc::clone(&self.core);
             let request = self.request.clone();
             let token = Arc::clone(&self.token);
             runtime.spawn(async move {
-                let _ = redlock.release_round(&request, &token, true).await;
+                let _ = protocol::release(&core, &request, &token, true).await;
             });
         }
-    }
-}
-
-/// One extension round for `request.ttl`, updating the shared validity.
-async fn extend(
-    redlock: &Redlock,
-    request: &Request,
-    token: &Arc<str>,
-    shared: &Shared,
-) -> Result<(), Error> {
-    let span = tracing::debug_span!(
-        "fredlock.extend",
-        resource = %request.resource,
-        outcome = Empty,
-        votes = Empty,
-        elapsed_us = Empty,
-        validity_ms = Empty,
-    );
-    let result = extend_in(redlock, request, token, shared, &span).await;
-    span.record(
-        "outcome",
-        result.as_ref().map_or_else(outcome_label, |_| "extended"),
-    );
-    result
-}
-
-async fn extend_in(
-    redlock: &Redlock,
-    request: &Request,
-    token: &Arc<str>,
-    shared: &Shared,
-    span: &tracing::Span,
-) -> Result<(), Error> {
-    let expired = |votes| Error::Expired {
-        resource: request.resource.to_string(),
-        votes,
-    };
-    if shared.remaining().is_zero() || shared.lost_reason().is_some() {
-        // Nothing is sent: the lock is already known lost (`lost()` says why).
-        return Err(expired(Votes::default()));
-    }
-    let (decision, tally, votes, start, elapsed) = redlock.extend_round(request, token, span).await;
-    let validity = validity(request.ttl, elapsed, request.drift);
-    span.record("validity_ms", validity.as_millis());
-    let min_validity = redlock.settings().min_validity;
-    let failure = if decision == Decision::NoQuorum {
-        Some(lost(request, tally, votes))
-    } else if start + elapsed >= shared.valid_until() {
-        // The quorum must be reached while the lock was still valid.
-        Some(expired(votes))
-    } else if validity <= min_validity {
-        Some(Error::TooLate {
-            resource: request.resource.to_string(),
-            validity,
-            min_validity,
-            votes,
-        })
-    } else {
-        None
-    };
-    if let Some(error) = failure {
-        // The nodes that renewed the key expire it `ttl` after the round began at the
-        // earliest; the others at their former time. The lock lasts no longer than the
-        // sooner of the two: a failed extend with a shorter TTL shortens it.
-        let renewed_until = start
-            .checked_add(request.ttl.saturating_sub(request.drift))
-            .unwrap_or(start);
-        if renewed_until < shared.valid_until() {
-            shared.set_valid_until(renewed_until);
-        }
-        if matches!(error, Error::Expired { .. }) {
-            // The nodes say the key is no longer ours, or the quorum came too late:
-            // the lock cannot be trusted any more, whatever its deadline says.
-            shared.mark_lost(LostReason::ExtendFailed(Arc::new(error.clone())));
-        }
-        return Err(error);
-    }
-    shared.set_valid_until((start + elapsed).checked_add(validity).unwrap_or(start));
-    Ok(())
-}
-
-/// The background task of [`Lock::keep_alive`].
-struct KeepAlive {
-    redlock: Redlock,
-    request: Request,
-    token: Arc<str>,
-    shared: Arc<Shared>,
-    extending: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl KeepAlive {
-    async fn run(mut self) {
-        let settings = self.redlock.settings();
-        let share = settings.keep_alive_at;
-        // Two node timeouts: one for a renewal that fails, one for a retry.
-        let floor = settings.node_timeout.saturating_mul(2);
-        let mut changes = self.shared.changes();
-        loop {
-            if self.shared.lost_reason().is_some() {
-                return;
-            }
-            let ttl = self.shared.ttl();
-            if ttl != self.request.ttl {
-                match self.redlock.retimed(&self.request, ttl) {
-                    Ok(request) => self.request = request,
-                    // Cannot happen: an extension validated this TTL.
-                    Err(_) => return,
-                }
-            }
-            let margin = self.margin(share, floor);
-            if let Some(due) = self.due(margin) {
-                tokio::select! {
-                    () = tokio::time::sleep_until(due.into()) => {}
-                    // An extension, a shortened validity or a loss: look again.
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let _serial = self.extending.lock().await;
-            // A manual extension may have run while this task waited for its turn.
-            if self.shared.ttl() != self.request.ttl || self.due(margin).is_some() {
-                continue;
-            }
-            let error = match extend(&self.redlock, &self.request, &self.token, &self.shared).await
-            {
-                Ok(()) => continue,
-                Err(error) => error,
-            };
-            // At least 1 ms: nodes that fail at once (not connected) must not make this
-            // loop spin.
-            let pause = retry_pause(
-                settings.retry_delay,
-                settings.retry_jitter,
-                &mut rand::rng(),
-            )
-            .min(margin / 4)
-            .max(Duration::from_millis(1));
-            // Another attempt only if it can end within the validity left.
-            let another = pause.saturating_add(floor);
-            if !error.is_retryable() || self.shared.remaining() <= another {
-                tracing::debug!(resource = %self.request.resource, %error, "keep-alive gave up");
-                self.shared
-                    .mark_lost(LostReason::ExtendFailed(Arc::new(error)));
-                return;
-            }
-            drop(_serial);
-            tokio::time::sleep(pause).await;
-        }
-    }
-
-    /// When the next renewal is due, if that is still to come.
-    fn due(&self, margin: Duration) -> Option<Instant> {
-        let due = self.shared.valid_until().checked_sub(margin)?;
-        (due > Instant::now()).then_some(due)
-    }
-
-    fn margin(&self, share: f64, floor: Duration) -> Duration {
-        keep_alive_margin(
-            self.request.ttl.saturating_sub(self.request.drift),
-            share,
-            floor,
-        )
-    }
-}
-
-/// How much validity is left when the keep-alive renews, for a lock whose extension
-/// gives `full`: the configured `share` of it, raised to `floor` (two node timeouts)
-/// so that a failed renewal is known in time, but not past half of it: a TTL too short
-/// for that floor is renewed at the configured share, not back to back.
-fn keep_alive_margin(full: Duration, share: f64, floor: Duration) -> Duration {
-    let configured = full.mul_f64(share);
-    configured.max(floor).min(configured.max(full / 2))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::keep_alive_margin;
-    use std::time::Duration;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn the_keep_alive_margin_keeps_two_node_timeouts_when_it_can() {
-        // The configured share when it is above the floor.
-        assert_eq!(keep_alive_margin(1000 * MS, 0.5, 100 * MS), 500 * MS);
-        // Raised to the floor (keep_alive_at 0.05, node timeout 300 ms).
-        assert_eq!(keep_alive_margin(1978 * MS, 0.05, 600 * MS), 600 * MS);
-        // Never past half: a 100 ms TTL with a 50 ms node timeout renews at half.
-        assert_eq!(
-            keep_alive_margin(97 * MS, 0.05, 100 * MS),
-            48_500 * MS / 1000
-        );
-        assert_eq!(
-            keep_alive_margin(97 * MS, 0.9, 100 * MS),
-            87_300 * MS / 1000
-        );
-        // Renewals never come back to back while the validity is positive.
-        for full in [MS, 10 * MS, 99 * MS, 1000 * MS] {
-            for share in [0.01, 0.5, 0.99] {
-                let margin = keep_alive_margin(full, share, 100 * MS);
-                assert!(margin < full, "{full:?} {share} {margin:?}");
-            }
-        }
-        assert_eq!(
-            keep_alive_margin(Duration::ZERO, 0.5, 100 * MS),
-            Duration::ZERO
-        );
     }
 }

@@ -1,15 +1,10 @@
-//! The pure part of a Redlock round: votes, the quorum, and validity arithmetic.
+//! The pure part of a Redlock round: votes and the quorum.
 //!
 //! Nothing here touches the network or a clock; the round in [`crate::round`] feeds it
-//! votes and elapsed times.
+//! votes.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The fixed part of the clock drift allowance: 1 ms for the precision of Redis key
-/// expiry plus 1 ms of minimum drift, as in the reference implementation.
-pub const DRIFT_FLOOR: Duration = Duration::from_millis(2);
 
 /// The number of nodes that must agree: `n / 2 + 1`, a strict majority.
 ///
@@ -207,45 +202,6 @@ impl Tally {
     }
 }
 
-/// The clock drift allowance for a TTL: `ttl * drift_factor + 2 ms`.
-///
-/// `drift_factor` is validated to lie in `[0, 1)` by the builder; for any other value
-/// the whole TTL is returned, which makes every lock fail safe rather than overflow.
-pub(crate) fn drift(ttl: Duration, drift_factor: f64) -> Duration {
-    let scaled = if (0.0..1.0).contains(&drift_factor) {
-        Duration::try_from_secs_f64(ttl.as_secs_f64() * drift_factor).unwrap_or(ttl)
-    } else {
-        ttl
-    };
-    scaled.saturating_add(DRIFT_FLOOR)
-}
-
-/// `ttl - elapsed - drift`, floored at zero.
-pub(crate) fn validity(ttl: Duration, elapsed: Duration, drift: Duration) -> Duration {
-    ttl.saturating_sub(elapsed).saturating_sub(drift)
-}
-
-/// The fencing tokens to hand out, from the counters that the nodes that voted yes
-/// returned (one list per node, one counter per resource): per resource, the maximum.
-/// Also whether they must be written back to a quorum first: not when, for every
-/// resource, at least `quorum` of those nodes already hold its maximum. `None` without any yes
-/// vote or with lists of different lengths.
-pub(crate) fn fencing_tokens(yes: &[&[u64]], quorum: usize) -> Option<(Vec<u64>, bool)> {
-    let first = yes.first()?;
-    if yes.iter().any(|f| f.len() != first.len()) {
-        return None;
-    }
-    let tokens: Vec<u64> = (0..first.len())
-        .map(|i| yes.iter().map(|f| f[i]).max().unwrap_or(0))
-        .collect();
-    // Per resource: does a quorum of the yes voters already hold its maximum?
-    let write_back = tokens
-        .iter()
-        .enumerate()
-        .any(|(i, max)| yes.iter().filter(|f| f[i] == *max).count() < quorum);
-    Some((tokens, write_back))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,84 +286,6 @@ mod tests {
         assert!(!tally(5, &[Vote::Taken, Vote::Taken, Vote::Timeout]).taken_rules_out_quorum());
         assert!(tally(5, &[Vote::Taken, Vote::Taken, Vote::Taken]).taken_rules_out_quorum());
         assert!(tally(1, &[Vote::Taken]).taken_rules_out_quorum());
-    }
-
-    #[test]
-    fn drift_is_one_percent_plus_two_ms() {
-        let d = drift(Duration::from_secs(10), 0.01);
-        assert!(d >= Duration::from_millis(102), "{d:?}");
-        assert!(d <= Duration::from_micros(102_001), "{d:?}");
-        assert_eq!(drift(Duration::from_secs(10), 0.0), DRIFT_FLOOR);
-    }
-
-    #[test]
-    fn drift_never_panics_or_overflows() {
-        for ttl in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
-            for f in [0.0, 0.5, 0.999_999, 1.0, -1.0, f64::NAN, f64::INFINITY] {
-                let d = drift(ttl, f);
-                assert!(d >= DRIFT_FLOOR, "ttl={ttl:?} f={f} drift={d:?}");
-            }
-        }
-        let half = drift(Duration::MAX, 0.5);
-        assert!(half > Duration::MAX / 3 && half < Duration::MAX, "{half:?}");
-        assert_eq!(
-            drift(Duration::from_secs(1), f64::NAN),
-            Duration::from_millis(1002)
-        );
-    }
-
-    #[test]
-    fn validity_subtracts_elapsed_and_drift_and_floors_at_zero() {
-        let ttl = Duration::from_secs(10);
-        let drift = drift(ttl, 0.01);
-        let v = validity(ttl, Duration::from_millis(5), drift);
-        assert_eq!(v, ttl - Duration::from_millis(5) - drift);
-        assert_eq!(
-            validity(ttl, Duration::from_secs(11), drift),
-            Duration::ZERO
-        );
-        assert_eq!(
-            validity(Duration::from_millis(1), Duration::ZERO, drift),
-            Duration::ZERO
-        );
-        assert_eq!(
-            validity(Duration::MAX, Duration::MAX, Duration::MAX),
-            Duration::ZERO
-        );
-        assert_eq!(
-            validity(Duration::ZERO, Duration::ZERO, Duration::ZERO),
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn fencing_tokens_take_the_maximum_and_write_back_only_when_needed() {
-        // All of the quorum already at the maximum: nothing to write back.
-        assert_eq!(
-            fencing_tokens(&[&[7], &[7], &[7]], 3),
-            Some((vec![7], false))
-        );
-        // A lagging node in the quorum: write back.
-        assert_eq!(
-            fencing_tokens(&[&[7], &[5], &[7]], 3),
-            Some((vec![7], true))
-        );
-        // More yes votes than the quorum: enough already at the maximum.
-        assert_eq!(
-            fencing_tokens(&[&[7], &[5], &[7], &[7]], 3),
-            Some((vec![7], false))
-        );
-        // Per resource.
-        assert_eq!(
-            fencing_tokens(&[&[3, 9], &[4, 8], &[4, 9]], 2),
-            Some((vec![4, 9], false))
-        );
-        assert_eq!(
-            fencing_tokens(&[&[3, 9], &[4, 8], &[4, 7]], 2),
-            Some((vec![4, 9], true))
-        );
-        assert_eq!(fencing_tokens(&[], 1), None);
-        assert_eq!(fencing_tokens(&[&[1], &[1, 2]], 1), None);
     }
 
     #[test]

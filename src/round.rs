@@ -1,62 +1,44 @@
-//! The fan-out of one round: every node's request, polled together in the caller's
-//! task, and the votes counted until the quorum decides.
+//! The fan-out of one round: one operation sent to every node, the calls polled
+//! together in the caller's task, and the votes counted until the quorum decides.
 //!
-//! No task is spawned for a round. Each time the caller's task is woken, every request
-//! still running is polled; so the first poll hands every request to its node's
-//! connection, in node order, before any vote can be counted. The round returns as
-//! soon as the outcome is decided; the requests still running then go on in one
-//! background task when the round is dropped (or wherever [`Round::take_running`]
-//! hands them).
+//! No task is spawned for a round. Each time the caller's task is woken, every call
+//! still running is polled; so the first poll hands the operation to every node, in
+//! node order, before any vote can be counted. The round returns as soon as the
+//! outcome is decided; the calls still running then go on in one background task when
+//! the round is dropped (or wherever [`Round::take_running`] hands them).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::node::Node;
+use crate::node::{Answer, Node};
 use crate::quorum::{Decision, NodeVote, Tally, Vote, Votes};
+use crate::scripts::Op;
 
-/// One node's request in a round.
-pub(crate) type NodeCall<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// One node's call in a round.
+pub(crate) type Call = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
-/// What a node's request answers: a vote, and maybe more.
-pub(crate) trait Answer {
-    fn vote(&self) -> &Vote;
-}
-
-impl Answer for Vote {
-    fn vote(&self) -> &Vote {
-        self
-    }
-}
-
-/// An acquisition's answer: the vote and, on `Yes`, the raised fencing counters.
-impl Answer for (Vote, Vec<u64>) {
-    fn vote(&self) -> &Vote {
-        &self.0
-    }
-}
-
-/// A round in flight. Dropped, it polls the requests still running to their end in
-/// one background task: fred marks a command as timed out only when its future sees
-/// the timeout (see `Node::options`), and a request may have a second command to send
-/// (the `EVAL` after a `NOSCRIPT`).
-pub(crate) struct Round<T: Send + 'static> {
+/// A round in flight. Dropped, it polls the calls still running to their end in one
+/// background task: a call may have more to send (the `EVAL` after a `NOSCRIPT`), and
+/// fred marks a command as timed out only when its future sees the timeout.
+pub(crate) struct Round {
     nodes: Arc<[Arc<Node>]>,
-    /// Per node: its request while it runs.
-    running: Vec<Option<NodeCall<T>>>,
+    /// Per node: its call while it runs.
+    running: Vec<Option<Call>>,
     /// Per node: its answer once it came.
-    answers: Vec<Option<T>>,
+    answers: Vec<Option<Answer>>,
     tally: Tally,
 }
 
-impl<T: Answer + Send + 'static> Round<T> {
-    /// Makes every node's request. Nothing is sent before the round is polled.
-    pub(crate) fn new<F>(nodes: &Arc<[Arc<Node>]>, call: F) -> Self
-    where
-        F: FnMut(&Arc<Node>) -> NodeCall<T>,
-    {
-        let running = nodes.iter().map(call).map(Some).collect();
+impl Round {
+    /// Prepares `op` for every node. Nothing is sent before the round is polled.
+    pub(crate) fn new(nodes: &Arc<[Arc<Node>]>, op: Op) -> Self {
+        let op = Arc::new(op);
+        let running = nodes
+            .iter()
+            .map(|node| Some(Box::pin(Arc::clone(node).call(Arc::clone(&op))) as Call))
+            .collect();
         Round {
             nodes: Arc::clone(nodes),
             running,
@@ -65,8 +47,8 @@ impl<T: Answer + Send + 'static> Round<T> {
         }
     }
 
-    /// Polls the running requests until the outcome can no longer change. Nodes that
-    /// have not answered by then are [`Vote::Pending`] in [`votes`](Round::votes).
+    /// Polls the running calls until the outcome can no longer change. Nodes that have
+    /// not answered by then are [`Vote::Pending`] in [`votes`](Round::votes).
     pub(crate) async fn decide(&mut self) -> Decision {
         poll_fn(|cx| {
             self.poll_running(cx);
@@ -81,12 +63,12 @@ impl<T: Answer + Send + 'static> Round<T> {
         .await
     }
 
-    /// Polls every running request once and counts the answers.
+    /// Polls every running call once and counts the answers.
     fn poll_running(&mut self, cx: &mut Context<'_>) {
         for (slot, answer) in self.running.iter_mut().zip(&mut self.answers) {
             if let Some(call) = slot {
                 if let Poll::Ready(reply) = call.as_mut().poll(cx) {
-                    self.tally.add(reply.vote());
+                    self.tally.add(&reply.vote);
                     *answer = Some(reply);
                     *slot = None;
                 }
@@ -106,8 +88,8 @@ impl<T: Answer + Send + 'static> Round<T> {
         .await
     }
 
-    pub(crate) fn tally(&self) -> &Tally {
-        &self.tally
+    pub(crate) fn tally(&self) -> Tally {
+        self.tally
     }
 
     pub(crate) fn nodes(&self) -> &Arc<[Arc<Node>]> {
@@ -115,7 +97,7 @@ impl<T: Answer + Send + 'static> Round<T> {
     }
 
     /// Per node, its answer if it came.
-    pub(crate) fn answers(&self) -> &[Option<T>] {
+    pub(crate) fn answers(&self) -> &[Option<Answer>] {
         &self.answers
     }
 
@@ -127,15 +109,15 @@ impl<T: Answer + Send + 'static> Round<T> {
                 .zip(&self.answers)
                 .map(|(node, answer)| NodeVote {
                     node: Arc::clone(node.name()),
-                    vote: answer.as_ref().map_or(Vote::Pending, |a| a.vote().clone()),
+                    vote: answer.as_ref().map_or(Vote::Pending, |a| a.vote.clone()),
                 })
                 .collect(),
         )
     }
 
-    /// Takes the requests still running, with their node's index. Dropping one
-    /// abandons its answer; the command may still run on the node.
-    pub(crate) fn take_running(&mut self) -> Vec<(usize, NodeCall<T>)> {
+    /// Takes the calls still running, with their node's index. Dropping one abandons
+    /// its answer; the operation still runs on the node.
+    pub(crate) fn take_running(&mut self) -> Vec<(usize, Call)> {
         self.running
             .iter_mut()
             .enumerate()
@@ -144,9 +126,9 @@ impl<T: Answer + Send + 'static> Round<T> {
     }
 }
 
-impl<T: Send + 'static> Drop for Round<T> {
+impl Drop for Round {
     fn drop(&mut self) {
-        let running: Vec<NodeCall<T>> = self.running.iter_mut().filter_map(Option::take).collect();
+        let running: Vec<Call> = self.running.iter_mut().filter_map(Option::take).collect();
         if running.is_empty() {
             return;
         }
@@ -158,3 +140,6 @@ impl<T: Send + 'static> Drop for Round<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! One Redis master behind a single seam: [`Node::call`] runs one of fredlock's
+//! operations on it and returns that operation's [`Answer`], never later than the
+//! node's timeout. A node's error or timeout is a failed vote, never an abort.
+//!
+//! Behind the seam: the group commit of [`batch`] (operations that meet a call in
+//! flight go out together in the next one), the backend that runs a batch (a fred
+//! client, or in unit tests an in-memory node), the memory of a quarantine the node
+//! reported, and the reading of the script's per-operation replies.
+
+mod batch;
+mod client;
+#[cfg(test)]
+pub(crate) mod memory;
+mod redis;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::prelude::{Client, ClientLike};
+
+pub(crate) use client::{
+    ClientSettings, SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, load_scripts,
+    server_name,
+};
+
+use crate::quorum::Vote;
+use crate::scripts::{Kind, Op};
+
+/// What one node answered to one operation: its vote and, for an acquisition it
+/// granted, the raised fencing counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub(crate) vote: Vote,
+    pub(crate) fences: Vec<u64>,
+}
+
+impl From<Vote> for Answer {
+    fn from(vote: Vote) -> Self {
+        Answer {
+            vote,
+            fences: Vec::new(),
+        }
+    }
+}
+
+/// One operation's result as the backend gives it.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// An acquisition granted, with the raised counters.
+    Fences(Vec<u64>),
+    /// 1: done; 0: the key is not ours (taken, expired).
+    Int(i64),
+    /// The script's error for this operation alone (`WRONGTYPE ...`, `QUARANTINED ..`).
+    Failed(String),
+    /// The call failed for the whole batch: timeout, connection, refused script.
+    Vote(Vote),
+}
+
+/// One Redis master.
+#[derive(Debug)]
+pub(crate) struct Node {
+    name: Arc<str>,
+    /// The bound on every operation, from when it is made.
+    timeout: Duration,
+    backend: Backend,
+    queue: batch::Queue,
+    /// Set while the node is out of acquisition votes after losing its data.
+    quarantined_until: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Redis(redis::Redis),
+    #[cfg(test)]
+    Memory(Arc<memory::Memory>),
+}
+
+impl Node {
+    /// A node reached through `client`. Must be called within a tokio runtime (it
+    /// follows the client's connection events).
+    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+        let name = server_name(&client.client_config());
+        Node::with(name, timeout, Backend::Redis(redis::Redis::new(client)))
+    }
+
+    /// An in-memory node, for unit tests of what lies above the seam.
+    #[cfg(test)]
+    pub(crate) fn memory(name: &str, timeout: Duration, memory: &Arc<memory::Memory>) -> Self {
+        Node::with(name.into(), timeout, Backend::Memory(Arc::clone(memory)))
+    }
+
+    fn with(name: Arc<str>, timeout: Duration, backend: Backend) -> Self {
+        Node {
+            name,
+            timeout,
+            backend,
+            queue: batch::Queue::default(),
+            quarantined_until: Mutex::new(None),
+        }
+    }
+
+    /// The node's address, `host:port`.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The fred client, for a node reached through one.
+    pub(crate) fn client(&self) -> Option<&Client> {
+        match &self.backend {
+            Backend::Redis(redis) => Some(&redis.client),
+            #[cfg(test)]
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// Runs `op` on this node: the seam every lock round goes through. Returns by the
+    /// node's timeout. The operation is in the node's order when the first poll of
+    /// this future returns, so an operation made after that runs after it.
+    pub(crate) async fn call(self: Arc<Self>, op: Arc<Op>) -> Answer {
+        if op.kind == Kind::Acquire {
+            if let Some(until) = self.quarantined_until() {
+                return Vote::Error(format!(
+                    "quarantined after a restart for another {:?}",
+                    until.saturating_duration_since(Instant::now())
+                ))
+                .into();
+            }
+        }
+        let deadline = Instant::now()
+            .checked_add(self.timeout)
+            .unwrap_or_else(Instant::now);
+        let reply = batch::submit(&self, Arc::clone(&op), deadline).await;
+        self.answer(op.kind, reply)
+    }
+
+    /// Runs a batch on the backend: one reply per operation, in order.
+    async fn run(&self, ops: &[Arc<Op>], deadline: Instant) -> Vec<Reply> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.run(ops, deadline).await,
+            #[cfg(test)]
+            Backend::Memory(memory) => memory.run(ops, deadline).await,
+        }
+    }
+
+    fn answer(&self, kind: Kind, reply: Reply) -> Answer {
+        let vote = match reply {
+            Reply::Fences(fences) if kind == Kind::Acquire => {
+                return Answer {
+                    vote: Vote::Yes,
+                    fences,
+                };
+            }
+            Reply::Int(1) => Vote::Yes,
+            Reply::Int(0) => Vote::Taken,
+            Reply::Fences(_) | Reply::Int(_) => {
+                Vote::Error(format!("unexpected reply to a {kind:?} operation"))
+            }
+            Reply::Failed(message) => self.failed(&message),
+            Reply::Vote(vote) => vote,
+        };
+        vote.into()
+    }
+
+    /// The vote of an operation the script failed.
+    fn failed(&self, message: &str) -> Vote {
+        if let Some(refusal) = message.strip_prefix("QUARANTINED ") {
+            return Vote::Error(self.quarantine(refusal));
+        }
+        if let Some(index) = message.strip_prefix("FENCE_EXHAUSTED ") {
+            return Vote::Error(format!(
+                "the fencing counter of resource {index} reached 2^53 - 1, the largest a Lua \
+                 number counts exactly: no larger token can be made until the counter expires"
+            ));
+        }
+        if is_acl_refusal(message) {
+            return Vote::Error(format!(
+                "{message}: the node's ACL refuses a command fredlock's scripts use (EVAL, \
+                 EVALSHA, SCRIPT LOAD, SET, GET, EXISTS, PTTL, PEXPIRE, DEL, PUBLISH, and INFO \
+                 for the restart quarantine)"
+            ));
+        }
+        Vote::Error(message.to_string())
+    }
+
+    /// Remembers a node that refused an acquisition with `QUARANTINED <ms left>`, so
+    /// that it is not asked again before then. Returns the vote's message.
+    fn quarantine(&self, refusal: &str) -> String {
+        let Some(left) = parse_quarantine(refusal) else {
+            return format!("quarantined after a lost or changed incarnation: {refusal}");
+        };
+        if let Ok(mut until) = self.quarantined_until.lock() {
+            *until = Instant::now().checked_add(left);
+        }
+        format!(
+            "quarantined for another {left:?}: the node lost or changed its data (restart, \
+             flush, failover) and may have forgotten locks it granted"
+        )
+    }
+
+    fn quarantined_until(&self) -> Option<Instant> {
+        let mut guard = self.quarantined_until.lock().ok()?;
+        match *guard {
+            Some(until) if until > Instant::now() => Some(until),
+            Some(_) => {
+                *guard = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Lifts the restart quarantine on this node (`scripts/lift.lua`): records its
+    /// current incarnation in `marker` and deletes `guard`.
+    pub(crate) async fn lift(&self, marker: &str, guard: &str) -> Vote {
+        let vote = match &self.backend {
+            Backend::Redis(redis) => redis.lift(marker, guard, self.timeout).await,
+            #[cfg(test)]
+            Backend::Memory(_) => Vote::Yes,
+        };
+        if vote == Vote::Yes {
+            if let Ok(mut until) = self.quarantined_until.lock() {
+                *until = None;
+            }
+        }
+        vote
+    }
+
+    /// The permission check of `build()`; see `Redis::check`.
+    pub(crate) async fn check(
+        &self,
+        probe: &str,
+        quarantine: bool,
+        timeout: Duration,
+    ) -> Result<(), (String, String)> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.check(probe, quarantine, timeout).await,
+            #[cfg(test)]
+            Backend::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Starts the client's connection task (for a client fredlock created), kept so
+    /// that [`close`](Node::close) can end it.
+    pub(crate) fn connect(&self) {
+        match &self.backend {
+            Backend::Redis(redis) => redis.connect(),
+            #[cfg(test)]
+            Backend::Memory(_) => {}
+        }
+    }
+
+    /// Closes a client fredlock created: `QUIT` within `timeout`, then its connection
+    /// task is ended whether or not the node answered.
+    pub(crate) fn close(&self, timeout: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let close = match &self.backend {
+            Backend::Redis(redis) => Some(redis.close(timeout)),
+            #[cfg(test)]
+            Backend::Memory(_) => None,
+        };
+        async move {
+            if let Some(close) = close {
+                close.await;
+            }
+        }
+    }
+
+    /// [`close`](Node::close) in the background, for `Drop`; outside a runtime there
+    /// is no task left to end.
+    pub(crate) fn close_in_background(&self, timeout: Duration) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.close(timeout));
+        }
+    }
+}
+
+/// The time left in the refusal `QUARANTINED <ms left>` (without its first word).
+fn parse_quarantine(refusal: &str) -> Option<Duration> {
+    refusal
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,257 @@
+//! A node reached through a fred client: one script call per batch, the connection's
+//! events, and closing the connection fredlock opened.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::bytes_utils::Str;
+use fred::prelude::{Client, ClientLike, EventInterface, Value};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::Reply;
+use super::client::{error_message, is_acl_refusal, load_scripts, options, script_command};
+use crate::quorum::Vote;
+use crate::scripts::{CHECK_LUA, Kind, LIFT_LUA, OPS, OPS_LUA, Op, batch_args, script_args};
+
+#[derive(Debug)]
+pub(super) struct Redis {
+    pub(super) client: Client,
+    /// Why the last connection attempt failed (for example `NOAUTH ...`), until the
+    /// next successful connection. A command refused because the node is not
+    /// connected carries it in its vote.
+    connection_error: Arc<Mutex<Option<String>>>,
+    /// Set while the script is being loaded again after a `NOSCRIPT`.
+    reloading: Arc<AtomicBool>,
+    /// The tasks that follow the client's connection events; they hold a clone of the
+    /// client, so they are ended with the node.
+    listeners: [AbortHandle; 2],
+    /// The client's connection task, when fredlock started it.
+    connection: Mutex<Option<JoinHandle<Result<(), fred::error::Error>>>>,
+}
+
+impl Redis {
+    /// Must be called within a tokio runtime: it starts two small listener tasks that
+    /// follow the client's connection errors and reconnections.
+    pub(super) fn new(client: Client) -> Self {
+        let connection_error = Arc::new(Mutex::new(None));
+        let on_error = Arc::clone(&connection_error);
+        let errors = client.on_error(move |(error, _)| {
+            set(&on_error, Some(error_message(&error)));
+            async { Ok(()) }
+        });
+        let on_reconnect = Arc::clone(&connection_error);
+        let loader = client.clone();
+        let reconnects = client.on_reconnect(move |_| {
+            set(&on_reconnect, None);
+            // A restarted node has an empty script cache: fill it before the next
+            // operation needs it (fred fires this on every new connection).
+            tokio::spawn(load_scripts(loader.clone()));
+            async { Ok(()) }
+        });
+        Redis {
+            client,
+            connection_error,
+            reloading: Arc::default(),
+            listeners: [errors.abort_handle(), reconnects.abort_handle()],
+            connection: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn connect(&self) {
+        let task = self.client.connect();
+        if let Ok(mut slot) = self.connection.lock() {
+            *slot = Some(task);
+        }
+    }
+
+    /// `QUIT` within `timeout`, then the connection task is ended whether or not the
+    /// node answered (a frozen node never does).
+    pub(super) fn close(&self, timeout: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let connection = self.connection.lock().ok().and_then(|mut slot| slot.take());
+        let client = self.client.clone();
+        async move {
+            let _ = tokio::time::timeout(timeout, client.quit()).await;
+            if let Some(connection) = connection {
+                connection.abort();
+            }
+        }
+    }
+
+    /// Runs `ops` in one call of the batch script, by `EVALSHA`; on `NOSCRIPT` (a
+    /// restarted or flushed node) by `EVAL` at once, within the same deadline, while
+    /// the script is loaded again in the background. The node runs nothing else of
+    /// ours in between (one call in flight per node), so the second command keeps
+    /// every operation's place in the node's order. A batch with a removal goes by
+    /// `EVAL` from the start: a removal must not miss its node for want of a cache.
+    pub(super) async fn run(&self, ops: &[Arc<Op>], deadline: Instant) -> Vec<Reply> {
+        if !self.client.is_connected() {
+            return failed_all(ops, self.not_connected("the connection is down"));
+        }
+        let text = || Value::String(Str::from_static(OPS_LUA));
+        let by_text = ops.iter().any(|op| op.kind == Kind::Remove);
+        let mut reply = if by_text {
+            self.send("EVAL", batch_args(text(), ops), deadline).await
+        } else {
+            let sha = Value::from(OPS.sha1().clone());
+            self.send("EVALSHA", batch_args(sha, ops), deadline).await
+        };
+        if matches!(&reply, Err(e) if e.details().starts_with("NOSCRIPT")) {
+            self.reload_scripts();
+            reply = self.send("EVAL", batch_args(text(), ops), deadline).await;
+        }
+        match reply {
+            Ok(Value::Array(replies)) if replies.len() == ops.len() => {
+                replies.into_iter().map(decode).collect()
+            }
+            Ok(other) => failed_all(
+                ops,
+                Vote::Error(format!("unexpected reply to the lock script: {other:?}")),
+            ),
+            Err(e) => failed_all(ops, self.failed(&e)),
+        }
+    }
+
+    async fn send(
+        &self,
+        command: &'static str,
+        args: Vec<Value>,
+        deadline: Instant,
+    ) -> Result<Value, fred::error::Error> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let client = self.client.with_options(&options(left, true));
+        script_command(&client, command, args).await
+    }
+
+    /// Loads the script again in the background, once at a time however many calls
+    /// met `NOSCRIPT`.
+    fn reload_scripts(&self) {
+        if self.reloading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, reloading) = (self.client.clone(), Arc::clone(&self.reloading));
+        tokio::spawn(async move {
+            load_scripts(client).await;
+            reloading.store(false, Ordering::Release);
+        });
+    }
+
+    /// `scripts/lift.lua` on `marker` and `guard`, within `timeout`.
+    pub(super) async fn lift(&self, marker: &str, guard: &str, timeout: Duration) -> Vote {
+        if !self.client.is_connected() {
+            return self.not_connected("the connection is down");
+        }
+        let client = self.client.with_options(&options(timeout, true));
+        let lua = Value::String(Str::from_static(LIFT_LUA));
+        let args = script_args(lua, &[marker, guard], Vec::new());
+        match script_command::<Value>(&client, "EVAL", args).await {
+            Ok(_) => Vote::Yes,
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Runs every command fredlock needs (`scripts/check.lua`) on `probe`, then one
+    /// `EVALSHA` of the batch script. `Err((command, message))` for the first one the
+    /// node's ACL denies; other failures are left to the votes of the lock rounds.
+    pub(super) async fn check(
+        &self,
+        probe: &str,
+        quarantine: bool,
+        timeout: Duration,
+    ) -> Result<(), (String, String)> {
+        let client = self.client.with_options(&options(timeout, false));
+        let args = vec![
+            Value::from(crate::scripts::RELEASE_CHANNEL_PREFIX),
+            Value::from(if quarantine { "1" } else { "0" }),
+        ];
+        let lua = Value::String(Str::from_static(CHECK_LUA));
+        let reply = script_command::<Value>(&client, "EVAL", script_args(lua, &[probe], args));
+        match reply.await {
+            Ok(Value::Array(refused)) => {
+                if let [command, message] = refused.as_slice() {
+                    let message = message.as_string().unwrap_or_default();
+                    if is_acl_refusal(&message) {
+                        return Err((command.as_string().unwrap_or_default(), message));
+                    }
+                }
+            }
+            Err(e) if is_acl_refusal(e.details()) => {
+                return Err(("EVAL".to_string(), e.details().to_string()));
+            }
+            _ => {}
+        }
+        // A release of the probe key with a token nobody holds changes nothing.
+        let keys: Arc<[Arc<str>]> = Arc::from([Arc::from(probe)]);
+        let op = Arc::new(Op::release(&keys, &Arc::from("fredlock-probe")));
+        let sha = Value::from(OPS.sha1().clone());
+        match script_command::<Value>(&client, "EVALSHA", batch_args(sha, &[op])).await {
+            Err(e) if is_acl_refusal(e.details()) => {
+                Err(("EVALSHA".to_string(), e.details().to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The vote of a request that failed.
+    fn failed(&self, e: &fred::error::Error) -> Vote {
+        match e.kind() {
+            fred::error::ErrorKind::Timeout => Vote::Timeout,
+            fred::error::ErrorKind::Canceled => self.not_connected(&error_message(e)),
+            _ if is_acl_refusal(e.details()) => Vote::Error(format!(
+                "{}: the node's ACL refuses a command fredlock's scripts use (EVAL, EVALSHA, \
+                 SCRIPT LOAD, SET, GET, EXISTS, PTTL, PEXPIRE, DEL, PUBLISH, and INFO for the \
+                 restart quarantine)",
+                error_message(e)
+            )),
+            _ => Vote::Error(error_message(e)),
+        }
+    }
+
+    /// The vote of a node that is not connected: its last connection error if known.
+    fn not_connected(&self, otherwise: &str) -> Vote {
+        let last = self
+            .connection_error
+            .lock()
+            .map(|last| last.clone())
+            .unwrap_or(None);
+        Vote::Error(format!(
+            "not connected: {}",
+            last.as_deref().unwrap_or(otherwise)
+        ))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        for listener in &self.listeners {
+            listener.abort();
+        }
+    }
+}
+
+/// One operation's result in the script's reply.
+fn decode(value: Value) -> Reply {
+    match value {
+        Value::Integer(n) => Reply::Int(n),
+        Value::Array(fences) => {
+            Reply::Fences(fences.iter().map(|f| f.as_u64().unwrap_or(0)).collect())
+        }
+        other => match other.as_string() {
+            Some(text) => match text.strip_prefix('!') {
+                Some(error) => Reply::Failed(error.to_string()),
+                None => Reply::Failed(format!("unexpected reply: {text}")),
+            },
+            None => Reply::Failed(format!("unexpected reply: {other:?}")),
+        },
+    }
+}
+
+fn failed_all(ops: &[Arc<Op>], vote: Vote) -> Vec<Reply> {
+    ops.iter().map(|_| Reply::Vote(vote.clone())).collect()
+}
+
+fn set(slot: &Mutex<Option<String>>, value: Option<String>) {
+    if let Ok(mut slot) = slot.lock() {
+        *slot = value;
+    }
+}

@@ -1,0 +1,146 @@
+//! The group commit against in-memory nodes: what goes out alone, what goes out
+//! together, in which order, and what one operation's failure does to the others.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::memory::{self, Mode};
+use super::{Answer, Node};
+use crate::quorum::Vote;
+use crate::request::Request;
+use crate::scripts::{Kind, Op};
+use crate::settings::{Quarantine, Settings};
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+fn request(resource: &str) -> Request {
+    let settings = Settings {
+        quarantine: Quarantine::Off,
+        ..Settings::default()
+    };
+    Request::one(resource, Duration::from_secs(10), &settings).expect("valid")
+}
+
+fn acquire(resource: &str, token: &str) -> Arc<Op> {
+    let token = Arc::from(token);
+    Arc::new(Op::acquire(
+        &request(resource),
+        &token,
+        1,
+        None,
+        Duration::from_secs(60),
+    ))
+}
+
+fn release(resource: &str, token: &str) -> Arc<Op> {
+    Arc::new(Op::release(&request(resource).keys, &Arc::from(token)))
+}
+
+fn one() -> (Arc<Node>, Arc<memory::Memory>) {
+    let (nodes, memories) = memory::nodes(1, TIMEOUT);
+    (Arc::clone(&nodes[0]), Arc::clone(&memories[0]))
+}
+
+#[tokio::test]
+async fn a_lone_operation_goes_out_alone_and_at_once() {
+    let (node, memory) = one();
+    let answer = Arc::clone(&node).call(acquire("a", "t1")).await;
+    assert_eq!(answer.vote, Vote::Yes);
+    assert_eq!(answer.fences, vec![1]);
+    let answer = Arc::clone(&node).call(release("a", "t1")).await;
+    assert_eq!(answer, Answer::from(Vote::Yes));
+    assert_eq!(memory.batches(), vec![1, 1]);
+}
+
+#[tokio::test]
+async fn operations_that_meet_a_call_in_flight_go_out_together() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Slow(Duration::from_millis(20)));
+    let calls = (0..10).map(|i| Arc::clone(&node).call(acquire(&format!("r{i}"), "t")));
+    let answers = futures::future::join_all(calls).await;
+    assert!(answers.iter().all(|a| a.vote == Vote::Yes), "{answers:?}");
+    // The first went out alone; the nine that met it, in one call.
+    assert_eq!(memory.batches(), vec![1, 9]);
+}
+
+#[tokio::test]
+async fn a_batch_carries_at_most_max_batch_operations() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Slow(Duration::from_millis(10)));
+    let n = 2 * super::batch::MAX_BATCH + 5;
+    let calls = (0..n).map(|i| Arc::clone(&node).call(release(&format!("r{i}"), "t")));
+    let answers = futures::future::join_all(calls).await;
+    assert!(
+        answers.iter().all(|a| a.vote == Vote::Taken),
+        "{:?}",
+        answers[0]
+    );
+    let batches = memory.batches();
+    assert_eq!(batches.iter().sum::<usize>(), n);
+    assert!(
+        batches.iter().all(|b| *b <= super::batch::MAX_BATCH),
+        "{batches:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_operations_error_fails_only_that_operation() {
+    let (node, memory) = one();
+    memory.set_wrong_type("bad");
+    memory.set_mode(Mode::Slow(Duration::from_millis(20)));
+    let first = tokio::spawn(Arc::clone(&node).call(acquire("first", "t")));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (good, bad, after) = tokio::join!(
+        Arc::clone(&node).call(acquire("good", "t")),
+        Arc::clone(&node).call(acquire("bad", "t")),
+        Arc::clone(&node).call(acquire("after", "t")),
+    );
+    assert_eq!(first.await.expect("task").vote, Vote::Yes);
+    assert_eq!(good.vote, Vote::Yes);
+    assert!(
+        matches!(&bad.vote, Vote::Error(e) if e.starts_with("WRONGTYPE")),
+        "{bad:?}"
+    );
+    assert_eq!(after.vote, Vote::Yes);
+    assert_eq!(memory.batches(), vec![1, 3]);
+    assert_eq!(memory.holder("after").as_deref(), Some("t"));
+}
+
+#[tokio::test]
+async fn a_release_made_after_an_acquisition_runs_after_it_on_a_frozen_node() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Frozen);
+    // The acquisition goes out and the frozen node holds it; the release, made while
+    // it is in flight, waits in the queue and goes out behind it.
+    let acquired = tokio::spawn(Arc::clone(&node).call(acquire("a", "t")));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let released = tokio::spawn(Arc::clone(&node).call(release("a", "t")));
+    assert_eq!(acquired.await.expect("task").vote, Vote::Timeout);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    memory.set_mode(Mode::Up);
+    assert_eq!(released.await.expect("task").vote, Vote::Timeout);
+    let log: Vec<Kind> = memory.log().into_iter().map(|(kind, _)| kind).collect();
+    assert_eq!(log, vec![Kind::Acquire, Kind::Release]);
+    assert_eq!(memory.holder("a"), None);
+    assert_eq!(memory.live_keys(), 1, "only the fencing counter is left");
+}
+
+#[tokio::test]
+async fn every_call_answers_by_the_node_timeout() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Frozen);
+    let start = Instant::now();
+    let calls = (0..5).map(|i| Arc::clone(&node).call(acquire(&format!("r{i}"), "t")));
+    let answers = futures::future::join_all(calls).await;
+    assert!(
+        answers.iter().all(|a| a.vote == Vote::Timeout),
+        "{answers:?}"
+    );
+    assert!(start.elapsed() < 3 * TIMEOUT, "{:?}", start.elapsed());
+    // A down node answers at once.
+    memory.set_mode(Mode::Down);
+    let start = Instant::now();
+    let answer = Arc::clone(&node).call(acquire("x", "t")).await;
+    assert!(matches!(&answer.vote, Vote::Error(e) if e.starts_with("not connected")));
+    assert!(start.elapsed() < TIMEOUT);
+}

@@ -1,0 +1,237 @@
+//! fredlock's Lua scripts, in one place, and the operations a batch carries.
+//!
+//! Every lock operation (acquire, extend, fencing write-back, release, removal of a
+//! failed attempt's token) runs in `scripts/ops.lua`, one call per batch of
+//! operations for one node. `scripts/lift.lua` lifts the restart quarantine and
+//! `scripts/check.lua` is the permission check of `build()`.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use fred::bytes_utils::Str;
+use fred::prelude::Value;
+use fred::types::scripts::Script;
+
+use crate::request::Request;
+use crate::ttl;
+
+/// The batch script, see `scripts/ops.lua`.
+pub(crate) const OPS_LUA: &str = include_str!("scripts/ops.lua");
+/// Lifting the restart quarantine, see `scripts/lift.lua`.
+pub(crate) const LIFT_LUA: &str = include_str!("scripts/lift.lua");
+/// The permission check of `build()`, see `scripts/check.lua`.
+pub(crate) const CHECK_LUA: &str = include_str!("scripts/check.lua");
+
+/// The batch script with its SHA1 digest, for `EVALSHA`.
+pub(crate) static OPS: LazyLock<Script> = LazyLock::new(|| Script::from_lua(OPS_LUA));
+
+/// A released key is announced on this prefix followed by the key, so that clients
+/// waiting for it retry at once instead of at their next polling time.
+pub(crate) const RELEASE_CHANNEL_PREFIX: &str = "fredlock:released:";
+
+/// What an operation does on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// All-or-nothing `SET NX PX` of the keys, raising their fencing counters.
+    Acquire,
+    /// Compare-and-pexpire.
+    Extend,
+    /// Fencing write-back: raise the counters while the keys hold the token.
+    Fence,
+    /// Compare-and-delete, announcing each deleted key.
+    Release,
+    /// Compare-and-delete of a failed attempt's token, without announcing it.
+    Remove,
+}
+
+impl Kind {
+    /// Whether sending it after its caller gave up is harmless: a delete of our own
+    /// token is, a `SET` or a renewal nobody waits for any more is not.
+    pub(crate) fn harmless_late(self) -> bool {
+        matches!(self, Kind::Release | Kind::Remove)
+    }
+}
+
+/// The restart quarantine's keys on a node, and its period.
+#[derive(Debug)]
+pub(crate) struct QuarantineKeys {
+    pub(crate) marker: Arc<str>,
+    pub(crate) guard: Arc<str>,
+    pub(crate) period: Duration,
+}
+
+/// One lock operation, made once per round and shared by every node's call.
+#[derive(Debug)]
+pub(crate) struct Op {
+    pub(crate) kind: Kind,
+    pub(crate) keys: Arc<[Arc<str>]>,
+    /// The fencing counters (acquire, extend, fence), one per key.
+    pub(crate) fence_keys: Arc<[Arc<str>]>,
+    pub(crate) token: Arc<str>,
+    /// The lock TTL (acquire, extend).
+    pub(crate) ttl_ms: u64,
+    /// How long a counter outlives the lock (acquire, extend: the retention; fence:
+    /// TTL plus retention).
+    pub(crate) keep_ms: u64,
+    /// The fencing floor (acquire).
+    pub(crate) floor: u64,
+    /// The fencing tokens to write back (fence).
+    pub(crate) fences: Arc<[u64]>,
+    /// With the restart quarantine on (acquire).
+    pub(crate) quarantine: Option<Arc<QuarantineKeys>>,
+}
+
+impl Op {
+    fn new(kind: Kind, keys: &Arc<[Arc<str>]>, token: &Arc<str>) -> Self {
+        Op {
+            kind,
+            keys: Arc::clone(keys),
+            fence_keys: Arc::from([]),
+            token: Arc::clone(token),
+            ttl_ms: 0,
+            keep_ms: 0,
+            floor: 0,
+            fences: Arc::from([]),
+            quarantine: None,
+        }
+    }
+
+    pub(crate) fn acquire(
+        request: &Request,
+        token: &Arc<str>,
+        floor: u64,
+        quarantine: Option<Arc<QuarantineKeys>>,
+        retention: Duration,
+    ) -> Self {
+        Op {
+            fence_keys: Arc::clone(&request.fence_keys),
+            ttl_ms: request.ttl.ms(),
+            keep_ms: ttl::ms(retention),
+            floor,
+            quarantine,
+            ..Op::new(Kind::Acquire, &request.keys, token)
+        }
+    }
+
+    pub(crate) fn extend(request: &Request, token: &Arc<str>, retention: Duration) -> Self {
+        Op {
+            fence_keys: Arc::clone(&request.fence_keys),
+            ttl_ms: request.ttl.ms(),
+            keep_ms: ttl::ms(retention),
+            ..Op::new(Kind::Extend, &request.keys, token)
+        }
+    }
+
+    pub(crate) fn fence(
+        request: &Request,
+        token: &Arc<str>,
+        fences: &Arc<[u64]>,
+        retention: Duration,
+    ) -> Self {
+        Op {
+            fence_keys: Arc::clone(&request.fence_keys),
+            keep_ms: request.ttl.ms().saturating_add(ttl::ms(retention)),
+            fences: Arc::clone(fences),
+            ..Op::new(Kind::Fence, &request.keys, token)
+        }
+    }
+
+    pub(crate) fn release(keys: &Arc<[Arc<str>]>, token: &Arc<str>) -> Self {
+        Op::new(Kind::Release, keys, token)
+    }
+
+    pub(crate) fn remove(keys: &Arc<[Arc<str>]>, token: &Arc<str>) -> Self {
+        Op::new(Kind::Remove, keys, token)
+    }
+
+    /// Appends this operation's header, keys and arguments (`scripts/ops.lua`).
+    fn encode(&self, headers: &mut Vec<Value>, keys: &mut Vec<Value>, args: &mut Vec<Value>) {
+        let (keys_before, args_before) = (keys.len(), args.len());
+        keys.extend(self.keys.iter().map(|k| string(k)));
+        args.push(string(&self.token));
+        let kind = match self.kind {
+            Kind::Acquire => {
+                keys.extend(self.fence_keys.iter().map(|k| string(k)));
+                let period = match &self.quarantine {
+                    Some(q) => {
+                        keys.push(string(&q.marker));
+                        keys.push(string(&q.guard));
+                        int(ttl::ms(q.period))
+                    }
+                    None => Value::Integer(-1),
+                };
+                args.extend([
+                    int(self.ttl_ms),
+                    period,
+                    Value::from(self.floor.to_string()),
+                    int(self.keep_ms),
+                ]);
+                "a"
+            }
+            Kind::Extend => {
+                keys.extend(self.fence_keys.iter().map(|k| string(k)));
+                args.extend([int(self.ttl_ms), int(self.keep_ms)]);
+                "e"
+            }
+            Kind::Fence => {
+                keys.extend(self.fence_keys.iter().map(|k| string(k)));
+                args.push(int(self.keep_ms));
+                args.extend(self.fences.iter().map(|f| Value::from(f.to_string())));
+                "f"
+            }
+            Kind::Release => {
+                args.push(Value::String(Str::from_static(RELEASE_CHANNEL_PREFIX)));
+                "d"
+            }
+            Kind::Remove => "d",
+        };
+        headers.extend([
+            Value::String(Str::from_static(kind)),
+            count(keys.len() - keys_before),
+            count(args.len() - args_before),
+        ]);
+    }
+}
+
+/// The arguments of `EVAL`/`EVALSHA` of the batch script for `ops`: `script` (its
+/// text or digest), the number of keys, the keys, then the arguments.
+pub(crate) fn batch_args(script: Value, ops: &[Arc<Op>]) -> Vec<Value> {
+    let (mut headers, mut keys, mut args) = (
+        Vec::with_capacity(1 + 3 * ops.len()),
+        Vec::new(),
+        Vec::new(),
+    );
+    headers.push(count(ops.len()));
+    for op in ops {
+        op.encode(&mut headers, &mut keys, &mut args);
+    }
+    let mut all = Vec::with_capacity(2 + keys.len() + headers.len() + args.len());
+    all.push(script);
+    all.push(count(keys.len()));
+    all.extend(keys);
+    all.extend(headers);
+    all.extend(args);
+    all
+}
+
+/// `script numkeys key... arg...` for a script fredlock sends by itself.
+pub(crate) fn script_args(script: Value, keys: &[&str], args: Vec<Value>) -> Vec<Value> {
+    let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(script);
+    all.push(count(keys.len()));
+    all.extend(keys.iter().map(|k| string(k)));
+    all.extend(args);
+    all
+}
+
+fn string(s: &str) -> Value {
+    Value::String(Str::from(s))
+}
+
+fn int(ms: u64) -> Value {
+    Value::Integer(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+fn count(n: usize) -> Value {
+    Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,194 @@
+-- fredlock's operations on one node, run as a batch: one call carries every operation
+-- that was waiting for this node, and each gets its own result. An operation that
+-- fails (WRONGTYPE on its key, a quarantined node, an exhausted fencing counter)
+-- fails alone; the others run as if they had come by themselves, in order.
+--
+-- ARGV[1] = m, the number of operations. Then, for operation i, ARGV[3i - 1 .. 3i + 1]
+-- = its kind, its number of keys, its number of arguments. Then every operation's
+-- arguments, in order. KEYS = every operation's keys, in order.
+-- Returns m results: an operation's reply, or a string "!<message>" when it failed.
+--
+-- Each operation reads and checks before it writes, so one that fails has changed
+-- nothing.
+
+-- The restart quarantine, once per batch: the milliseconds this node still sits out
+-- of acquisitions (0 when it votes). run_id changes with every start of the server
+-- process, and a replica promoted in its place has its own; a marker that is missing
+-- (flushed, evicted, never written) or holds another run_id means locks this node
+-- granted may be gone.
+local quarantine_left = nil
+local function quarantine(marker, guard, period)
+    if quarantine_left then
+        return quarantine_left
+    end
+    local run_id = string.match(redis.call("INFO", "server"), "run_id:(%x+)")
+    if not run_id then
+        error({err = "ERR fredlock: INFO server has no run_id"})
+    end
+    if redis.call("GET", marker) ~= run_id then
+        -- A whole period from now; never shorten a guard that another client set with
+        -- a longer period.
+        if redis.call("PTTL", guard) < period then
+            redis.call("SET", guard, run_id, "PX", period)
+        end
+        redis.call("SET", marker, run_id)
+    end
+    local left = redis.call("PTTL", guard)
+    if left == -1 then
+        -- A guard without expiry (set or PERSISTed by hand) would keep the node out
+        -- for good: give it the period.
+        redis.call("PEXPIRE", guard, period)
+        left = period
+    end
+    quarantine_left = math.max(left, 0)
+    return quarantine_left
+end
+
+-- Acquire: all-or-nothing SET NX PX of the n lock keys, raising each resource's
+-- fencing counter in the same step.
+-- keys = the n lock keys, the n counters, then (when a period is given) the node's
+-- incarnation marker and quarantine guard. args = token, TTL ms, period ms or -1,
+-- fencing floor, counter retention ms.
+-- Returns the n raised counters, or 0 if a lock key is taken (nothing set).
+local function acquire(keys, args)
+    local period = tonumber(args[3])
+    local n = period >= 0 and (#keys - 2) / 2 or #keys / 2
+    if period >= 0 then
+        local left = quarantine(keys[2 * n + 1], keys[2 * n + 2], period)
+        if left > 0 then
+            error({err = string.format("QUARANTINED %d", left)})
+        end
+    end
+    -- Each counter moves to max(counter + 1, floor), the floor the client proposes (its
+    -- clock in microseconds): nodes that saw the same acquisitions return the same
+    -- value, and a counter that was lost or expired comes back at the floor
+    -- (docs/fencing.md). Read and checked before anything is written.
+    local floor = tonumber(args[4])
+    local fences = {}
+    for i = 1, n do
+        local current = tonumber(redis.call("GET", keys[n + i]) or "0")
+        -- 2^53 - 1: the largest integer a double holds with its successor.
+        if current >= 9007199254740991 then
+            error({err = string.format("FENCE_EXHAUSTED %d", i)})
+        end
+        fences[i] = math.max(current + 1, floor)
+    end
+    if n == 1 then
+        -- One key: SET NX is the check and the write in one call.
+        if not redis.call("SET", keys[1], args[1], "NX", "PX", args[2]) then
+            return 0
+        end
+    else
+        for i = 1, n do
+            if redis.call("EXISTS", keys[i]) == 1 then
+                return 0
+            end
+        end
+        for i = 1, n do
+            redis.call("SET", keys[i], args[1], "PX", args[2])
+        end
+    end
+    -- The counter outlives this lock by the retention. An earlier lock of the resource
+    -- has ended (its key was free), so from now is long enough for it too.
+    local keep = tonumber(args[2]) + tonumber(args[5])
+    for i = 1, n do
+        redis.call("SET", keys[n + i], string.format("%d", fences[i]), "PX", keep)
+    end
+    return fences
+end
+
+-- Whether every one of the n lock keys holds the token.
+local function ours(keys, n, token)
+    for i = 1, n do
+        if redis.call("GET", keys[i]) ~= token then
+            return false
+        end
+    end
+    return true
+end
+
+-- Extend: compare-and-pexpire. keys = the n lock keys, then the n counters.
+-- args = token, TTL ms, counter retention ms. Returns 1 if renewed, 0 if not ours
+-- (nothing changed).
+local function extend(keys, args)
+    local n = #keys / 2
+    if not ours(keys, n, args[1]) then
+        return 0
+    end
+    local keep = tonumber(args[2]) + tonumber(args[3])
+    for i = 1, n do
+        redis.call("PEXPIRE", keys[i], args[2])
+        -- A counter lost meanwhile stays lost: PEXPIRE does not create it.
+        redis.call("PEXPIRE", keys[n + i], keep)
+    end
+    return 1
+end
+
+-- Fencing write-back: while the lock keys hold the token, raise each counter to at
+-- least the token handed out. keys = the n lock keys, then the n counters. args =
+-- token, counter life ms (TTL + retention), then the n fencing tokens. Returns 1 if
+-- the keys are ours (counters raised), 0 otherwise (nothing changed).
+local function fence(keys, args)
+    local n = #keys / 2
+    if not ours(keys, n, args[1]) then
+        return 0
+    end
+    for i = 1, n do
+        local current = tonumber(redis.call("GET", keys[n + i]) or "0")
+        if current < tonumber(args[2 + i]) then
+            redis.call("SET", keys[n + i], args[2 + i], "PX", args[2])
+        end
+    end
+    return 1
+end
+
+-- Compare-and-delete of each lock key that holds the token. args = token, and for a
+-- release the channel prefix: each deleted key is announced on prefix .. key with
+-- the token, which wakes the clients waiting for it. Returns 1 if every key held the
+-- token, 0 otherwise (those that did were deleted anyway).
+local function delete(keys, args)
+    local all = 1
+    for _, key in ipairs(keys) do
+        if redis.call("GET", key) == args[1] then
+            redis.call("DEL", key)
+            if args[2] then
+                redis.call("PUBLISH", args[2] .. key, args[1])
+            end
+        else
+            all = 0
+        end
+    end
+    return all
+end
+
+local kinds = {a = acquire, e = extend, f = fence, d = delete}
+
+local m = tonumber(ARGV[1])
+local key_at, arg_at = 0, 1 + 3 * m
+local results = {}
+for i = 1, m do
+    local kind = ARGV[3 * i - 1]
+    local nkeys, nargs = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+    local keys, args = {}, {}
+    for j = 1, nkeys do
+        keys[j] = KEYS[key_at + j]
+    end
+    for j = 1, nargs do
+        args[j] = ARGV[arg_at + j]
+    end
+    key_at, arg_at = key_at + nkeys, arg_at + nargs
+    local run = kinds[kind]
+    if not run then
+        results[i] = "!ERR fredlock: unknown operation " .. tostring(kind)
+    else
+        local ok, reply = pcall(run, keys, args)
+        if ok then
+            results[i] = reply
+        elseif type(reply) == "table" then
+            results[i] = "!" .. tostring(reply.err)
+        else
+            results[i] = "!" .. tostring(reply)
+        end
+    end
+end
+return results
