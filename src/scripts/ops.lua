@@ -9,7 +9,8 @@
 -- Returns m results: an operation's reply, or a string "!<message>" when it failed.
 --
 -- Each operation reads and checks before it writes, so one that fails has changed
--- nothing.
+-- nothing. Operations read their keys and arguments in place: KEYS[k + j] is an
+-- operation's j-th key, ARGV[a + j] its j-th argument, and nk its number of keys.
 
 -- The restart quarantine, once per batch: the milliseconds this node still sits out
 -- of acquisitions (0 when it votes). run_id changes with every start of the server
@@ -50,11 +51,11 @@ end
 -- incarnation marker and quarantine guard. args = token, TTL ms, period ms or -1,
 -- fencing floor, counter retention ms.
 -- Returns the n raised counters, or 0 if a lock key is taken (nothing set).
-local function acquire(keys, args)
-    local period = tonumber(args[3])
-    local n = period >= 0 and (#keys - 2) / 2 or #keys / 2
+local function acquire(k, nk, a)
+    local period = tonumber(ARGV[a + 3])
+    local n = period >= 0 and (nk - 2) / 2 or nk / 2
     if period >= 0 then
-        local left = quarantine(keys[2 * n + 1], keys[2 * n + 2], period)
+        local left = quarantine(KEYS[k + 2 * n + 1], KEYS[k + 2 * n + 2], period)
         if left > 0 then
             error({err = string.format("QUARANTINED %d", left)})
         end
@@ -63,44 +64,45 @@ local function acquire(keys, args)
     -- clock in microseconds): nodes that saw the same acquisitions return the same
     -- value, and a counter that was lost or expired comes back at the floor
     -- (docs/fencing.md). Read and checked before anything is written.
-    local floor = tonumber(args[4])
+    local floor = tonumber(ARGV[a + 4])
     local fences = {}
     for i = 1, n do
-        local current = tonumber(redis.call("GET", keys[n + i]) or "0")
+        local current = tonumber(redis.call("GET", KEYS[k + n + i]) or "0")
         -- 2^53 - 1: the largest integer a double holds with its successor.
         if current >= 9007199254740991 then
             error({err = string.format("FENCE_EXHAUSTED %d", i)})
         end
         fences[i] = math.max(current + 1, floor)
     end
+    local token, ttl = ARGV[a + 1], ARGV[a + 2]
     if n == 1 then
         -- One key: SET NX is the check and the write in one call.
-        if not redis.call("SET", keys[1], args[1], "NX", "PX", args[2]) then
+        if not redis.call("SET", KEYS[k + 1], token, "NX", "PX", ttl) then
             return 0
         end
     else
         for i = 1, n do
-            if redis.call("EXISTS", keys[i]) == 1 then
+            if redis.call("EXISTS", KEYS[k + i]) == 1 then
                 return 0
             end
         end
         for i = 1, n do
-            redis.call("SET", keys[i], args[1], "PX", args[2])
+            redis.call("SET", KEYS[k + i], token, "PX", ttl)
         end
     end
     -- The counter outlives this lock by the retention. An earlier lock of the resource
     -- has ended (its key was free), so from now is long enough for it too.
-    local keep = tonumber(args[2]) + tonumber(args[5])
+    local keep = tonumber(ttl) + tonumber(ARGV[a + 5])
     for i = 1, n do
-        redis.call("SET", keys[n + i], string.format("%d", fences[i]), "PX", keep)
+        redis.call("SET", KEYS[k + n + i], string.format("%d", fences[i]), "PX", keep)
     end
     return fences
 end
 
--- Whether every one of the n lock keys holds the token.
-local function ours(keys, n, token)
+-- Whether every one of the n lock keys from KEYS[k + 1] holds the token.
+local function ours(k, n, token)
     for i = 1, n do
-        if redis.call("GET", keys[i]) ~= token then
+        if redis.call("GET", KEYS[k + i]) ~= token then
             return false
         end
     end
@@ -110,16 +112,17 @@ end
 -- Extend: compare-and-pexpire. keys = the n lock keys, then the n counters.
 -- args = token, TTL ms, counter retention ms. Returns 1 if renewed, 0 if not ours
 -- (nothing changed).
-local function extend(keys, args)
-    local n = #keys / 2
-    if not ours(keys, n, args[1]) then
+local function extend(k, nk, a)
+    local n = nk / 2
+    if not ours(k, n, ARGV[a + 1]) then
         return 0
     end
-    local keep = tonumber(args[2]) + tonumber(args[3])
+    local ttl = ARGV[a + 2]
+    local keep = tonumber(ttl) + tonumber(ARGV[a + 3])
     for i = 1, n do
-        redis.call("PEXPIRE", keys[i], args[2])
+        redis.call("PEXPIRE", KEYS[k + i], ttl)
         -- A counter lost meanwhile stays lost: PEXPIRE does not create it.
-        redis.call("PEXPIRE", keys[n + i], keep)
+        redis.call("PEXPIRE", KEYS[k + n + i], keep)
     end
     return 1
 end
@@ -128,15 +131,16 @@ end
 -- least the token handed out. keys = the n lock keys, then the n counters. args =
 -- token, counter life ms (TTL + retention), then the n fencing tokens. Returns 1 if
 -- the keys are ours (counters raised), 0 otherwise (nothing changed).
-local function fence(keys, args)
-    local n = #keys / 2
-    if not ours(keys, n, args[1]) then
+local function fence(k, nk, a)
+    local n = nk / 2
+    if not ours(k, n, ARGV[a + 1]) then
         return 0
     end
     for i = 1, n do
-        local current = tonumber(redis.call("GET", keys[n + i]) or "0")
-        if current < tonumber(args[2 + i]) then
-            redis.call("SET", keys[n + i], args[2 + i], "PX", args[2])
+        local counter, token = KEYS[k + n + i], ARGV[a + 2 + i]
+        local current = tonumber(redis.call("GET", counter) or "0")
+        if current < tonumber(token) then
+            redis.call("SET", counter, token, "PX", ARGV[a + 2])
         end
     end
     return 1
@@ -146,13 +150,15 @@ end
 -- release the channel prefix: each deleted key is announced on prefix .. key with
 -- the token, which wakes the clients waiting for it. Returns 1 if every key held the
 -- token, 0 otherwise (those that did were deleted anyway).
-local function delete(keys, args)
+local function delete(k, nk, a, na)
+    local token, channel = ARGV[a + 1], na > 1 and ARGV[a + 2]
     local all = 1
-    for _, key in ipairs(keys) do
-        if redis.call("GET", key) == args[1] then
+    for i = 1, nk do
+        local key = KEYS[k + i]
+        if redis.call("GET", key) == token then
             redis.call("DEL", key)
-            if args[2] then
-                redis.call("PUBLISH", args[2] .. key, args[1])
+            if channel then
+                redis.call("PUBLISH", channel .. key, token)
             end
         else
             all = 0
@@ -164,24 +170,16 @@ end
 local kinds = {a = acquire, e = extend, f = fence, d = delete}
 
 local m = tonumber(ARGV[1])
-local key_at, arg_at = 0, 1 + 3 * m
+local k, a = 0, 1 + 3 * m
 local results = {}
 for i = 1, m do
     local kind = ARGV[3 * i - 1]
-    local nkeys, nargs = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
-    local keys, args = {}, {}
-    for j = 1, nkeys do
-        keys[j] = KEYS[key_at + j]
-    end
-    for j = 1, nargs do
-        args[j] = ARGV[arg_at + j]
-    end
-    key_at, arg_at = key_at + nkeys, arg_at + nargs
+    local nk, na = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
     local run = kinds[kind]
     if not run then
         results[i] = "!ERR fredlock: unknown operation " .. tostring(kind)
     else
-        local ok, reply = pcall(run, keys, args)
+        local ok, reply = pcall(run, k, nk, a, na)
         if ok then
             results[i] = reply
         elseif type(reply) == "table" then
@@ -190,5 +188,6 @@ for i = 1, m do
             results[i] = "!" .. tostring(reply)
         end
     end
+    k, a = k + nk, a + na
 end
 return results
