@@ -7,14 +7,14 @@ use crate::support::{Nodes, TestResult, resource};
 
 /// One holding: who held the resource, from when until when, on the test's clock.
 #[derive(Clone, Copy, Debug)]
-struct Held {
-    holder: (usize, usize),
-    from: Instant,
-    until: Instant,
+pub struct Held {
+    pub holder: (usize, usize),
+    pub from: Instant,
+    pub until: Instant,
 }
 
 /// Every pair of holdings by different holders whose intervals intersect.
-fn overlapping(mut held: Vec<Held>) -> Vec<(Held, Held)> {
+pub fn overlapping(mut held: Vec<Held>) -> Vec<(Held, Held)> {
     held.sort_by_key(|h| h.from);
     let mut found = Vec::new();
     for (i, a) in held.iter().enumerate() {

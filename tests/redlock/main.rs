@@ -7,6 +7,7 @@
 
 mod acquire;
 mod bad_input;
+mod batching;
 mod building;
 mod contention;
 mod extend_release;
