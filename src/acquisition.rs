@@ -42,6 +42,11 @@ impl Acquisition {
         self.round.decide().await
     }
 
+    /// Runs `work` while the calls still running are polled to their end.
+    pub(crate) async fn listen_during<W: Future>(&mut self, work: W) -> W::Output {
+        self.round.listen_during(work).await
+    }
+
     pub(crate) fn round(&self) -> &Round {
         &self.round
     }

@@ -212,10 +212,10 @@ mod tests {
         let batches = memories[0].batches();
         let renewals: usize = batches.iter().skip(20).sum();
         assert!(renewals >= 40, "{batches:?}");
-        // Their renewals share two or three ticks: at least 2.5 per call on average.
-        // (Without the tick, renewals that meet one in flight still batch: in runs
-        // made with it removed, 1.5 to 2.6, so this fails about half the time.)
-        assert!(5 * (batches.len() - 20) <= 2 * renewals, "{batches:?}");
+        // Their renewals share two or three ticks: on each, the first ones go out
+        // alone (one per free slot) and the rest together; at least two renewals per
+        // call on average.
+        assert!(batches.len() - 20 <= renewals / 2, "{batches:?}");
         for lock in locks {
             lock.release().await.expect("released");
         }

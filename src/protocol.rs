@@ -88,15 +88,16 @@ async fn acquire_in(
     let min_validity = core.settings.min_validity;
     let mut fencing_failed = None;
     if decision == Decision::Quorum && request.ttl.validity(elapsed) > min_validity {
-        let yes = granted(acquisition.round().answers());
-        let fenced = match fencing::tokens(&yes, core.quorum()) {
+        let tokens = fencing::tokens(&granted(acquisition.round().answers()), core.quorum());
+        let fenced = match tokens {
             None => Err(acquisition.round().votes()),
             Some((fences, false)) => Ok(Arc::from(fences)),
             Some((fences, true)) => {
                 let fences = Arc::from(fences);
-                write_back(core, request, &token, &fences)
-                    .await
-                    .map(|()| fences)
+                // The acquisition's calls still running are polled meanwhile: a node's
+                // next operation may wait for its call in flight to end (1.9).
+                let written = write_back(core, request, &token, &fences);
+                acquisition.listen_during(written).await.map(|()| fences)
             }
         };
         match fenced {

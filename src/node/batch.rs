@@ -1,21 +1,25 @@
-//! Group commit: one call in flight per node, and what arrives meanwhile goes out
-//! together in the next call.
+//! Group commit: one call in flight per node ([`MAX_IN_FLIGHT`]), and what arrives
+//! while it is busy goes out together in the next call.
 //!
-//! An operation for an idle node is sent at once, from the caller's task, with no
-//! hop and no added wait. While a call is in flight, the operations for that node
-//! wait in its queue; when the call ends, everything waiting (up to [`MAX_BATCH`]) is
-//! sent as one script call by a task spawned for it. So a busy node gets one write,
-//! one read and one Lua invocation for many operations, and a lone one costs what it
-//! did before.
+//! An operation for a node with a free slot and nothing waiting is sent at once, from
+//! the caller's task, with no hop and no added wait. Otherwise it waits in the node's
+//! queue; when the call ends, everything waiting (up to [`MAX_BATCH`]) is sent as one
+//! script call by a task spawned for it. So a busy node gets one write, one read and
+//! one Lua invocation for many operations, and a lone one costs what it did before.
 //!
 //! The order in which operations enter the queue is the order in which the node runs
-//! them: nothing of ours reaches a node while one of its calls is in flight, and a
-//! call runs its operations in order. So an acquisition is always run before a
-//! release or removal of its token that was made after it, even when the
-//! acquisition is still waiting when its round is decided.
+//! them. fred writes one connection's commands in the order they are handed over, a
+//! call runs its operations in order, and an operation only skips the queue when the
+//! queue is empty and no batch taken from it is still on its way to the connection.
+//! So an acquisition is always run before a release or removal of its token that was
+//! made after it, even when the acquisition is still waiting when its round is
+//! decided.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -27,6 +31,11 @@ use crate::scripts::Op;
 /// The most operations one call carries; more wait for the next call.
 pub(crate) const MAX_BATCH: usize = 128;
 
+/// The most calls of ours in flight on one node. One gives the largest batches; two
+/// or four were measured (docs/benchmarks.md) and gave lower throughput with many
+/// tasks and no better latency for one.
+pub(crate) const MAX_IN_FLIGHT: usize = 1;
+
 /// A node's queue.
 #[derive(Debug, Default)]
 pub(super) struct Queue {
@@ -35,8 +44,13 @@ pub(super) struct Queue {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Whether a call is in flight (or about to be sent) on this node.
-    busy: bool,
+    /// Calls sent or about to be sent.
+    in_flight: usize,
+    /// A batch was taken from the queue and is not yet on the connection: nothing may
+    /// skip the queue until it is, or it could overtake the batch.
+    preparing: bool,
+    /// The latest deadline of the calls counted in flight.
+    latest_deadline: Option<Instant>,
     waiting: VecDeque<Waiting>,
 }
 
@@ -55,12 +69,34 @@ impl Queue {
     }
 }
 
-/// Runs `op` on `node`, alone if the node is idle, else in the next batch; answers by
-/// `deadline` (a `Timeout` vote then, while the operation may still be sent).
+impl State {
+    /// Takes the next batch if one may go out now (a free slot, nothing preparing).
+    fn next_batch(&mut self, deadline: Instant) -> Option<Vec<Waiting>> {
+        if self.preparing || self.in_flight >= MAX_IN_FLIGHT || self.waiting.is_empty() {
+            return None;
+        }
+        let take = self.waiting.len().min(MAX_BATCH);
+        self.occupy(deadline);
+        self.preparing = true;
+        Some(self.waiting.drain(..take).collect())
+    }
+
+    fn occupy(&mut self, deadline: Instant) {
+        self.in_flight += 1;
+        self.latest_deadline = Some(self.latest_deadline.map_or(deadline, |d| d.max(deadline)));
+    }
+}
+
+/// Runs `op` on `node`, alone if the node has a free slot and nothing waits, else in a
+/// batch; answers by `deadline` (a `Timeout` vote then, while the operation may still
+/// be sent).
 pub(super) async fn submit(node: &Arc<Node>, op: Arc<Op>, deadline: Instant) -> Reply {
     let waiting = {
         let mut state = node.queue.state();
-        if state.busy {
+        if state.in_flight < MAX_IN_FLIGHT && state.waiting.is_empty() && !state.preparing {
+            state.occupy(deadline);
+            Ok(op)
+        } else {
             let (reply, answer) = oneshot::channel();
             state.waiting.push_back(Waiting {
                 op,
@@ -68,16 +104,13 @@ pub(super) async fn submit(node: &Arc<Node>, op: Arc<Op>, deadline: Instant) -> 
                 reply,
             });
             Err(answer)
-        } else {
-            state.busy = true;
-            Ok(op)
         }
     };
     match waiting {
         Ok(op) => {
-            let turn = Turn(Arc::clone(node));
+            let slot = Slot(Arc::clone(node));
             let reply = node.run(std::slice::from_ref(&op), deadline).await.pop();
-            drop(turn);
+            drop(slot);
             reply.unwrap_or_else(|| Reply::Vote(Vote::Error("no reply".into())))
         }
         Err(answer) => match tokio::time::timeout_at(deadline.into(), answer).await {
@@ -85,60 +118,110 @@ pub(super) async fn submit(node: &Arc<Node>, op: Arc<Op>, deadline: Instant) -> 
             Ok(Err(_)) => Reply::Vote(Vote::Error(
                 "the batch carrying this operation was dropped (runtime shutting down)".into(),
             )),
-            Err(_) => Reply::Vote(Vote::Timeout),
+            Err(_) => {
+                unstick(node);
+                Reply::Vote(Vote::Timeout)
+            }
         },
     }
 }
 
-/// The node's one call in flight. Dropped (the call ended, or its future was dropped),
-/// it hands the node to the next batch, or marks it idle.
-struct Turn(Arc<Node>);
+/// A call in flight frees its slot when its future ends, which needs the future to be
+/// polled: fredlock polls every call it starts, but the caller of `lock()` may hold a
+/// future it no longer polls. A waiter that times out while every call in flight is a
+/// node timeout past its deadline stops counting them (they were handed to fred when
+/// first polled, so the order does not depend on them) and sends what waits.
+fn unstick(node: &Arc<Node>) {
+    let now = Instant::now();
+    let batch = {
+        let mut state = node.queue.state();
+        let stalled = state
+            .latest_deadline
+            .and_then(|d| d.checked_add(node.timeout))
+            .is_some_and(|d| d < now);
+        if !stalled || state.preparing {
+            return;
+        }
+        state.in_flight = 0;
+        state.next_batch(now.checked_add(node.timeout).unwrap_or(now))
+    };
+    if let Some(batch) = batch {
+        send(node, batch);
+    }
+}
 
-impl Drop for Turn {
+/// One call in flight on a node. Dropped (the call ended, or its future was dropped),
+/// it frees its slot and sends the next batch if one is waiting.
+struct Slot(Arc<Node>);
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        let node = &self.0;
-        let batch: Vec<Waiting> = {
-            let mut state = node.queue.state();
-            let take = state.waiting.len().min(MAX_BATCH);
-            let batch: Vec<Waiting> = state.waiting.drain(..take).collect();
-            if batch.is_empty() {
-                state.busy = false;
-                return;
-            }
-            batch
+        let batch = {
+            let mut state = self.0.queue.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
+            let now = Instant::now();
+            state.next_batch(now.checked_add(self.0.timeout).unwrap_or(now))
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(flush(Arc::clone(node), batch));
-            }
-            Err(_) => {
-                // No runtime to send it (one shutting down): the waiting callers are
-                // answered with an error as their senders drop, and the node is idle.
-                node.queue.state().busy = false;
-            }
+        if let Some(batch) = batch {
+            send(&self.0, batch);
         }
     }
 }
 
-/// Sends one batch, answers its callers, then hands the node on.
+/// Sends `batch` (already counted in flight) from a task of its own.
+fn send(node: &Arc<Node>, batch: Vec<Waiting>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(flush(Arc::clone(node), batch));
+        }
+        Err(_) => {
+            // No runtime to send it (one shutting down): the waiting callers are
+            // answered with an error as their senders drop.
+            let mut state = node.queue.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
+            state.preparing = false;
+        }
+    }
+}
+
+/// Sends one batch, answers its callers, then frees its slot.
 async fn flush(node: Arc<Node>, batch: Vec<Waiting>) {
-    let turn = Turn(Arc::clone(&node));
+    let slot = Slot(Arc::clone(&node));
     let now = Instant::now();
     // An acquisition, extension or write-back whose caller has given up is not sent:
     // nobody would remove its key or use its renewal.
-    let (send, late): (Vec<Waiting>, Vec<Waiting>) = batch
+    let (send_now, late): (Vec<Waiting>, Vec<Waiting>) = batch
         .into_iter()
         .partition(|w| w.deadline > now || w.op.kind.harmless_late());
     for waiting in late {
         let _ = waiting.reply.send(Reply::Vote(Vote::Timeout));
     }
-    if !send.is_empty() {
-        let ops: Vec<Arc<Op>> = send.iter().map(|w| Arc::clone(&w.op)).collect();
-        let deadline = now.checked_add(node.timeout).unwrap_or(now);
-        let replies = node.run(&ops, deadline).await;
-        for (waiting, reply) in send.into_iter().zip(replies) {
-            let _ = waiting.reply.send(reply);
-        }
+    let ops: Vec<Arc<Op>> = send_now.iter().map(|w| Arc::clone(&w.op)).collect();
+    if ops.is_empty() {
+        node.queue.state().preparing = false;
+        // The slot's drop sends whatever waits now.
+        return;
     }
-    drop(turn);
+    let deadline = now.checked_add(node.timeout).unwrap_or(now);
+    let mut call = pin!(node.run(&ops, deadline));
+    // The first poll hands the call to the connection; from then on, later operations
+    // may skip the queue again, and another batch may go out.
+    let first = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    let next = {
+        let mut state = node.queue.state();
+        state.preparing = false;
+        let now = Instant::now();
+        state.next_batch(now.checked_add(node.timeout).unwrap_or(now))
+    };
+    if let Some(next) = next {
+        send(&node, next);
+    }
+    let replies = match first {
+        Poll::Ready(replies) => replies,
+        Poll::Pending => call.await,
+    };
+    for (waiting, reply) in send_now.into_iter().zip(replies) {
+        let _ = waiting.reply.send(reply);
+    }
+    drop(slot);
 }

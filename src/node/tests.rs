@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::batch::{MAX_BATCH, MAX_IN_FLIGHT};
 use super::memory::{self, Mode};
 use super::{Answer, Node};
 use crate::quorum::Vote;
@@ -59,15 +60,18 @@ async fn operations_that_meet_a_call_in_flight_go_out_together() {
     let calls = (0..10).map(|i| Arc::clone(&node).call(acquire(&format!("r{i}"), "t")));
     let answers = futures::future::join_all(calls).await;
     assert!(answers.iter().all(|a| a.vote == Vote::Yes), "{answers:?}");
-    // The first went out alone; the nine that met it, in one call.
-    assert_eq!(memory.batches(), vec![1, 9]);
+    // The first ones went out alone, one per slot; the others that met them, in one
+    // call.
+    let mut expected = vec![1; MAX_IN_FLIGHT];
+    expected.push(10 - MAX_IN_FLIGHT);
+    assert_eq!(memory.batches(), expected);
 }
 
 #[tokio::test]
 async fn a_batch_carries_at_most_max_batch_operations() {
     let (node, memory) = one();
     memory.set_mode(Mode::Slow(Duration::from_millis(10)));
-    let n = 2 * super::batch::MAX_BATCH + 5;
+    let n = 2 * MAX_BATCH + 5;
     let calls = (0..n).map(|i| Arc::clone(&node).call(release(&format!("r{i}"), "t")));
     let answers = futures::future::join_all(calls).await;
     assert!(
@@ -77,10 +81,7 @@ async fn a_batch_carries_at_most_max_batch_operations() {
     );
     let batches = memory.batches();
     assert_eq!(batches.iter().sum::<usize>(), n);
-    assert!(
-        batches.iter().all(|b| *b <= super::batch::MAX_BATCH),
-        "{batches:?}"
-    );
+    assert!(batches.iter().all(|b| *b <= MAX_BATCH), "{batches:?}");
 }
 
 #[tokio::test]
@@ -88,21 +89,27 @@ async fn one_operations_error_fails_only_that_operation() {
     let (node, memory) = one();
     memory.set_wrong_type("bad");
     memory.set_mode(Mode::Slow(Duration::from_millis(20)));
-    let first = tokio::spawn(Arc::clone(&node).call(acquire("first", "t")));
+    let first: Vec<_> = (0..MAX_IN_FLIGHT)
+        .map(|i| tokio::spawn(Arc::clone(&node).call(acquire(&format!("first{i}"), "t"))))
+        .collect();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let (good, bad, after) = tokio::join!(
         Arc::clone(&node).call(acquire("good", "t")),
         Arc::clone(&node).call(acquire("bad", "t")),
         Arc::clone(&node).call(acquire("after", "t")),
     );
-    assert_eq!(first.await.expect("task").vote, Vote::Yes);
+    for first in first {
+        assert_eq!(first.await.expect("task").vote, Vote::Yes);
+    }
     assert_eq!(good.vote, Vote::Yes);
     assert!(
         matches!(&bad.vote, Vote::Error(e) if e.starts_with("WRONGTYPE")),
         "{bad:?}"
     );
     assert_eq!(after.vote, Vote::Yes);
-    assert_eq!(memory.batches(), vec![1, 3]);
+    let mut expected = vec![1; MAX_IN_FLIGHT];
+    expected.push(3);
+    assert_eq!(memory.batches(), expected);
     assert_eq!(memory.holder("after").as_deref(), Some("t"));
 }
 
@@ -110,17 +117,24 @@ async fn one_operations_error_fails_only_that_operation() {
 async fn a_release_made_after_an_acquisition_runs_after_it_on_a_frozen_node() {
     let (node, memory) = one();
     memory.set_mode(Mode::Frozen);
-    // The acquisition goes out and the frozen node holds it; the release, made while
-    // it is in flight, waits in the queue and goes out behind it.
+    // Every slot busy with an earlier call: the acquisition waits in the queue, and
+    // the release, made while it waits, behind it.
+    let earlier: Vec<_> = (0..MAX_IN_FLIGHT)
+        .map(|i| tokio::spawn(Arc::clone(&node).call(release(&format!("e{i}"), "t"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
     let acquired = tokio::spawn(Arc::clone(&node).call(acquire("a", "t")));
     tokio::time::sleep(Duration::from_millis(10)).await;
     let released = tokio::spawn(Arc::clone(&node).call(release("a", "t")));
+    for call in earlier {
+        assert_eq!(call.await.expect("task").vote, Vote::Timeout);
+    }
     assert_eq!(acquired.await.expect("task").vote, Vote::Timeout);
-    tokio::time::sleep(Duration::from_millis(20)).await;
     memory.set_mode(Mode::Up);
     assert_eq!(released.await.expect("task").vote, Vote::Timeout);
+    assert_eq!(memory.batches(), [vec![1; MAX_IN_FLIGHT], vec![2]].concat());
     let log: Vec<Kind> = memory.log().into_iter().map(|(kind, _)| kind).collect();
-    assert_eq!(log, vec![Kind::Acquire, Kind::Release]);
+    assert_eq!(&log[MAX_IN_FLIGHT..], [Kind::Acquire, Kind::Release]);
     assert_eq!(memory.holder("a"), None);
     assert_eq!(memory.live_keys(), 1, "only the fencing counter is left");
 }
@@ -143,4 +157,24 @@ async fn every_call_answers_by_the_node_timeout() {
     let answer = Arc::clone(&node).call(acquire("x", "t")).await;
     assert!(matches!(&answer.vote, Vote::Error(e) if e.starts_with("not connected")));
     assert!(start.elapsed() < TIMEOUT);
+}
+
+#[tokio::test]
+async fn a_call_whose_future_is_no_longer_polled_holds_its_node_for_at_most_two_timeouts() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Frozen);
+    // Polled once (sent), then kept without being polled: its slot stays taken.
+    let mut stalled = Box::pin(Arc::clone(&node).call(acquire("a", "t")));
+    assert!(futures::poll!(stalled.as_mut()).is_pending());
+    memory.set_mode(Mode::Up);
+    let waited = Arc::clone(&node).call(acquire("b", "t")).await;
+    assert_eq!(waited.vote, Vote::Timeout);
+    tokio::time::sleep(TIMEOUT).await;
+    // Past the stalled call's deadline by a node timeout: this waiter's timeout frees
+    // the node, and the next operation goes out.
+    let freeing = Arc::clone(&node).call(acquire("c", "t")).await;
+    assert_eq!(freeing.vote, Vote::Timeout);
+    let answer = Arc::clone(&node).call(acquire("d", "t")).await;
+    assert_eq!(answer.vote, Vote::Yes);
+    drop(stalled);
 }

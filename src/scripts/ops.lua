@@ -45,6 +45,38 @@ local function quarantine(marker, guard, period)
     return quarantine_left
 end
 
+-- 2^53 - 1: the largest integer a double holds with its successor.
+local MAX_COUNTER = 9007199254740991
+
+-- One key, the healthy path in two calls: SET NX is the check and the write of the
+-- lock, and SET ... GET writes the floor and returns the counter it replaced, which
+-- almost always lies below the floor (the floor is a clock in microseconds). Only a
+-- counter at or above the floor needs a third call. A counter of another type fails
+-- the SET ... GET and the lock key is deleted again; an exhausted or unreadable one is
+-- put back (with the new expiry) and the lock key deleted: nothing of the lock stays.
+local function acquire_one(key, counter, token, ttl, floor, keep)
+    if not redis.call("SET", key, token, "NX", "PX", ttl) then
+        return 0
+    end
+    local old = redis.pcall("SET", counter, floor, "PX", keep, "GET")
+    if type(old) == "table" and old.err then
+        redis.call("DEL", key)
+        error(old)
+    end
+    local current = tonumber(old or "0")
+    if not current or current >= MAX_COUNTER then
+        redis.call("SET", counter, old, "PX", keep)
+        redis.call("DEL", key)
+        error({err = current and "FENCE_EXHAUSTED 1" or "ERR fredlock: fencing counter 1 is not a number"})
+    end
+    local fence = tonumber(floor)
+    if current >= fence then
+        fence = current + 1
+        redis.call("SET", counter, string.format("%d", fence), "PX", keep)
+    end
+    return {fence}
+end
+
 -- Acquire: all-or-nothing SET NX PX of the n lock keys, raising each resource's
 -- fencing counter in the same step.
 -- keys = the n lock keys, the n counters, then (when a period is given) the node's
@@ -63,37 +95,33 @@ local function acquire(k, nk, a)
     -- Each counter moves to max(counter + 1, floor), the floor the client proposes (its
     -- clock in microseconds): nodes that saw the same acquisitions return the same
     -- value, and a counter that was lost or expired comes back at the floor
-    -- (docs/fencing.md). Read and checked before anything is written.
-    local floor = tonumber(ARGV[a + 4])
+    -- (docs/fencing.md).
+    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
+    local keep = tonumber(ttl) + tonumber(ARGV[a + 5])
+    if n == 1 then
+        return acquire_one(KEYS[k + 1], KEYS[k + 2], token, ttl, floor, keep)
+    end
+    -- Several keys: every counter read and checked, then every key checked, before
+    -- anything is written.
     local fences = {}
     for i = 1, n do
         local current = tonumber(redis.call("GET", KEYS[k + n + i]) or "0")
-        -- 2^53 - 1: the largest integer a double holds with its successor.
-        if current >= 9007199254740991 then
+        if not current then
+            error({err = string.format("ERR fredlock: fencing counter %d is not a number", i)})
+        elseif current >= MAX_COUNTER then
             error({err = string.format("FENCE_EXHAUSTED %d", i)})
         end
-        fences[i] = math.max(current + 1, floor)
+        fences[i] = math.max(current + 1, tonumber(floor))
     end
-    local token, ttl = ARGV[a + 1], ARGV[a + 2]
-    if n == 1 then
-        -- One key: SET NX is the check and the write in one call.
-        if not redis.call("SET", KEYS[k + 1], token, "NX", "PX", ttl) then
+    for i = 1, n do
+        if redis.call("EXISTS", KEYS[k + i]) == 1 then
             return 0
         end
-    else
-        for i = 1, n do
-            if redis.call("EXISTS", KEYS[k + i]) == 1 then
-                return 0
-            end
-        end
-        for i = 1, n do
-            redis.call("SET", KEYS[k + i], token, "PX", ttl)
-        end
     end
-    -- The counter outlives this lock by the retention. An earlier lock of the resource
-    -- has ended (its key was free), so from now is long enough for it too.
-    local keep = tonumber(ttl) + tonumber(ARGV[a + 5])
     for i = 1, n do
+        redis.call("SET", KEYS[k + i], token, "PX", ttl)
+        -- The counter outlives this lock by the retention. An earlier lock of the
+        -- resource has ended (its key was free), so from now is long enough for it.
         redis.call("SET", KEYS[k + n + i], string.format("%d", fences[i]), "PX", keep)
     end
     return fences
