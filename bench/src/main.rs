@@ -10,10 +10,16 @@
 
 mod clients;
 mod cpu;
+mod env;
+mod goals;
+mod plot;
+mod probe;
 mod report;
 mod run;
 mod scenario;
 mod stats;
+mod table;
+mod tables;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +31,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::clients::{BenchClient, ClientKind, ClientSettings};
+use crate::probe::Probe;
 use crate::run::{RunResult, RunSpec};
 use crate::scenario::{Scenario, ScenarioKind, Target};
 
@@ -195,7 +202,7 @@ async fn run_main(args: Args) -> ExitCode {
         eprintln!("quorum-bench: no scenario left to run with these options");
         return ExitCode::from(2);
     }
-    let environment = report::Environment::collect(&args, &target).await;
+    let environment = env::Environment::collect(&args, &target).await;
 
     let outcome = tokio::select! {
         results = execute(&args, &target, &plan) => Some(results),
@@ -221,9 +228,6 @@ async fn run_main(args: Args) -> ExitCode {
         }
     }
 }
-
-/// Above this share of the CPU taken by other processes, a run is flagged as disturbed.
-pub const DISTURBED: f64 = 0.05;
 
 /// Runs every scenario of the plan, each client after the other, with a progress bar.
 async fn execute(args: &Args, target: &Target, plan: &[Scenario]) -> Vec<RunResult> {
@@ -285,19 +289,22 @@ async fn execute(args: &Args, target: &Target, plan: &[Scenario]) -> Vec<RunResu
                 ),
             };
             run::prewarm(&client, &spec, PREWARM).await;
+            // Connected before the fault, which would keep it from connecting.
+            let probe = Probe::connect(&target.urls(scenario.nodes, None)).await;
             if let Err(e) = target.inject(&scenario.fault).await {
                 bar.println(format!(
                     "{label}: cannot inject {:?}: {e}; skipped",
                     scenario.fault
                 ));
                 let _ = target.clear(&scenario.fault).await;
+                probe.quit().await;
                 done += per_run;
                 continue;
             }
             let live = Arc::new(AtomicU64::new(0));
             let start = Instant::now();
             let result = {
-                let measured = run::measure(&scenario.id, kind, &client, &spec, &live);
+                let measured = run::measure(&scenario.id, kind, &client, &spec, &live, &probe);
                 tokio::pin!(measured);
                 let mut tick = tokio::time::interval(Duration::from_millis(200));
                 loop {
@@ -313,6 +320,7 @@ async fn execute(args: &Args, target: &Target, plan: &[Scenario]) -> Vec<RunResu
                     }
                 }
             };
+            probe.quit().await;
             if let Err(e) = target.clear(&scenario.fault).await {
                 bar.println(format!("{label}: cannot clear {:?}: {e}", scenario.fault));
             }
@@ -323,29 +331,7 @@ async fn execute(args: &Args, target: &Target, plan: &[Scenario]) -> Vec<RunResu
             }
             done += per_run;
             bar.set_position(done.as_millis() as u64);
-            bar.println(format!(
-                "{label}: {:.0} locks/s, acquire p50 {} ms, p99 {} ms{}{}",
-                result.throughput,
-                result
-                    .acquire
-                    .as_ref()
-                    .map_or("-".into(), |s| stats::fmt_ms(s.p50_us)),
-                result
-                    .acquire
-                    .as_ref()
-                    .map_or("-".into(), |s| stats::fmt_ms(s.p99_us)),
-                if result.failures.is_empty() {
-                    String::new()
-                } else {
-                    format!(", failures {}", report::failures_line(&result.failures))
-                },
-                match result.foreign_cpu_share {
-                    Some(x) if x > DISTURBED => {
-                        format!(" (DISTURBED: {:.0}% of the CPU went elsewhere)", x * 100.0)
-                    }
-                    _ => String::new(),
-                }
-            ));
+            bar.println(format!("{label}: {}", report::progress_line(&result)));
             results.push(result);
         }
     }

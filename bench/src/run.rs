@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::clients::{BenchClient, ClientKind, Cycle, CycleParams};
+use crate::probe::{self, Probe};
 use crate::stats::Summary;
 
 /// What a run does, apart from the client.
@@ -78,6 +79,17 @@ pub struct RunResult {
     /// Share of all cores' time taken by other processes (not the benchmark, its Redis
     /// nodes or Docker's plumbing) during the run: above ~0.05 the run was disturbed.
     pub foreign_cpu_share: Option<f64>,
+    /// What the nodes and this process's CPU clock said over the measured window.
+    pub window: probe::Window,
+    /// The benchmark's plus the nodes' CPU time per acquisition (with its release) in
+    /// the window, µs; absent when no node's INFO could be read.
+    pub cpu_us_per_lock: Option<f64>,
+    /// fredlock, uncontended: node operations (lock attempts plus releases, times the
+    /// nodes read) per EVAL/EVALSHA call the nodes counted; above 1 when operations
+    /// share a script call. Absent for the other clients (their commands are not all
+    /// scripts), when contended (`lock()`'s retries are not seen from outside) and when
+    /// INFO could not be read.
+    pub ops_per_script_call: Option<f64>,
 }
 
 #[derive(Default)]
@@ -101,19 +113,43 @@ pub async fn prewarm(client: &Arc<BenchClient>, spec: &RunSpec, duration: Durati
     let _ = execute(client, &quick, &live).await;
 }
 
-/// Runs the warm-up and the measured window and reduces the logs.
+/// Runs the warm-up and the measured window, reading `probe` at the window's start and
+/// end, and reduces the logs.
 pub async fn measure(
     scenario: &str,
     kind: ClientKind,
     client: &Arc<BenchClient>,
     spec: &RunSpec,
     live: &Arc<AtomicU64>,
+    probe: &Probe,
 ) -> RunResult {
     let before = crate::cpu::Snapshot::take();
-    let (logs, window, abandoned) = execute(client, spec, live).await;
+    let window_start = Instant::now() + spec.warmup;
+    let sampler = async {
+        tokio::time::sleep_until(window_start.into()).await;
+        let start = probe.sample().await;
+        tokio::time::sleep_until((window_start + spec.duration).into()).await;
+        probe::Window::between(&start, &probe.sample().await)
+    };
+    let ((logs, window, abandoned), nodes) = tokio::join!(execute(client, spec, live), sampler);
     let after = crate::cpu::Snapshot::take();
     let mut result = reduce(scenario, kind, spec, logs, window, abandoned);
     result.foreign_cpu_share = before.zip(after).and_then(|(b, a)| b.foreign_share(&a));
+    if nodes.nodes_read > 0 {
+        result.cpu_us_per_lock = nodes.client_cpu_s.and_then(|own| {
+            let locks = result.acquisitions as f64;
+            (locks > 0.0).then(|| (own + nodes.redis_cpu_s) * 1e6 / locks)
+        });
+        if kind == ClientKind::Fredlock && !spec.contended && nodes.script_calls > 0 {
+            let count = |s: &Option<Summary>| s.as_ref().map_or(0, |s| s.count as u64);
+            let failed: u64 = result.failures.values().map(|f| f.count).sum();
+            // Failed acquisitions and failed releases are operations too.
+            let calls = count(&result.acquire) + count(&result.release) + failed;
+            let ops = calls * nodes.nodes_read as u64;
+            result.ops_per_script_call = Some(ops as f64 / nodes.script_calls as f64);
+        }
+    }
+    result.window = nodes;
     result
 }
 
@@ -308,6 +344,9 @@ fn reduce(
         abandoned_tasks: abandoned,
         loadavg_after: loadavg(),
         foreign_cpu_share: None,
+        window: probe::Window::default(),
+        cpu_us_per_lock: None,
+        ops_per_script_call: None,
     }
 }
 

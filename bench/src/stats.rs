@@ -43,19 +43,6 @@ impl Summary {
             curve: CURVE.iter().map(|&p| (p, at(p))).collect(),
         })
     }
-
-    /// The figure for one of [`PERCENTILES`]' names, or `"max"`.
-    pub fn get(&self, name: &str) -> f64 {
-        match name {
-            "p50" => self.p50_us,
-            "p90" => self.p90_us,
-            "p99" => self.p99_us,
-            "p99.9" => self.p999_us,
-            "max" => self.max_us,
-            "mean" => self.mean_us,
-            other => panic!("no such figure {other}"),
-        }
-    }
 }
 
 /// Nearest-rank percentile of sorted samples: the smallest sample that at least a
@@ -72,15 +59,16 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 /// Milliseconds with three significant digits for the tables: `0.412`, `3.07`, `51.2`,
 /// `502`.
 pub fn fmt_ms(us: f64) -> String {
-    let ms = us / 1000.0;
-    if ms >= 100.0 {
-        format!("{ms:.0}")
-    } else if ms >= 10.0 {
-        format!("{ms:.1}")
-    } else if ms >= 1.0 {
-        format!("{ms:.2}")
-    } else {
-        format!("{ms:.3}")
+    sig3(us / 1000.0)
+}
+
+/// Three significant digits (at least the units): `0.412`, `3.07`, `51.2`, `502`.
+pub fn sig3(x: f64) -> String {
+    match x.abs() {
+        a if a >= 100.0 => format!("{x:.0}"),
+        a if a >= 10.0 => format!("{x:.1}"),
+        a if a >= 1.0 => format!("{x:.2}"),
+        _ => format!("{x:.3}"),
     }
 }
 
