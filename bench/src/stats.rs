@@ -64,10 +64,11 @@ pub fn fmt_ms(us: f64) -> String {
 
 /// Three significant digits (at least the units): `0.412`, `3.07`, `51.2`, `502`.
 pub fn sig3(x: f64) -> String {
+    // Chosen on the value as rounded, so that 0.9996 reads 1.00, not 1.000.
     match x.abs() {
-        a if a >= 100.0 => format!("{x:.0}"),
-        a if a >= 10.0 => format!("{x:.1}"),
-        a if a >= 1.0 => format!("{x:.2}"),
+        a if a >= 99.95 => format!("{x:.0}"),
+        a if a >= 9.995 => format!("{x:.1}"),
+        a if a >= 0.9995 => format!("{x:.2}"),
         _ => format!("{x:.3}"),
     }
 }
@@ -97,5 +98,7 @@ mod tests {
         assert_eq!(fmt_ms(3070.0), "3.07");
         assert_eq!(fmt_ms(51_234.0), "51.2");
         assert_eq!(fmt_ms(502_000.0), "502");
+        assert_eq!(sig3(0.9996), "1.00");
+        assert_eq!(sig3(9.996), "10.0");
     }
 }
