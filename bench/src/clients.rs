@@ -15,12 +15,22 @@
 //!   `lock` + `unlock`.
 //! * `redlock` 2.0: `RedLock::new(urls)` with its defaults, `lock` + `unlock`, blocking,
 //!   run on tokio's blocking threads.
+//! * `dist-lock`: distributed-lock-redis 0.2 (fred 9). `RedisLockProvider::builder()
+//!   .urls(urls)` with the run's TTL as expiry and 90 % of it as minimum validity (its
+//!   own default ratio, 27 s of 30 s: its default of 27 s would leave a 10 s TTL no time
+//!   to acquire), its other defaults; a fresh `create_lock` per cycle (the lock id is
+//!   drawn when the lock is created), `try_acquire` + `release`. It has no retry of its
+//!   own (`acquire(timeout)` is one attempt too), so contended the benchmark tries again
+//!   after fredlock's retry delay plus a random share of its jitter.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
+use distributed_lock_core::error::LockError;
+use distributed_lock_core::traits::{DistributedLock, LockHandle, LockProvider};
+use distributed_lock_redis::{RedisLockHandle, RedisLockProvider};
 use fred::prelude::{
     Builder as FredBuilder, Client, ClientLike, Config, Expiration, KeysInterface, Options,
     ReconnectPolicy, SetOptions,
@@ -41,6 +51,10 @@ pub enum ClientKind {
     Rslock,
     /// redlock 2.0 (redis-rs 0.23, blocking, on tokio's blocking threads).
     Redlock,
+    /// distributed-lock-redis 0.2 (fred 9, async, tokio).
+    #[serde(rename = "dist-lock")]
+    #[value(name = "dist-lock")]
+    DistLock,
 }
 
 impl ClientKind {
@@ -50,6 +64,7 @@ impl ClientKind {
             ClientKind::Fredlock => "fredlock",
             ClientKind::Rslock => "rslock",
             ClientKind::Redlock => "redlock",
+            ClientKind::DistLock => "dist-lock",
         }
     }
 }
@@ -65,6 +80,8 @@ pub struct ClientSettings {
     /// `None`).
     pub retry_delay: Option<Duration>,
     pub retry_jitter: Option<Duration>,
+    /// The lock TTL, for dist-lock, which fixes it when its provider is built.
+    pub ttl: Duration,
 }
 
 /// The parameters of one cycle.
@@ -128,6 +145,7 @@ pub enum BenchClient {
     Fredlock(fredlock::Redlock),
     Rslock(rslock::LockManager),
     Redlock(Arc<redlock::RedLock>),
+    DistLock(DistLock),
 }
 
 /// What an async client holds between acquire and release.
@@ -135,6 +153,7 @@ enum Held {
     Floor { value: String, nodes: Vec<usize> },
     Fredlock(fredlock::Lock),
     Rslock(rslock::Lock),
+    DistLock(RedisLockHandle),
 }
 
 impl BenchClient {
@@ -181,6 +200,9 @@ impl BenchClient {
                     urls.to_vec(),
                 ))))
             }
+            ClientKind::DistLock => Ok(BenchClient::DistLock(
+                DistLock::connect(urls, settings).await?,
+            )),
         }
     }
 
@@ -189,7 +211,8 @@ impl BenchClient {
         match self {
             BenchClient::Floor(floor) => floor.quit().await,
             BenchClient::Fredlock(redlock) => redlock.quit().await,
-            BenchClient::Rslock(_) | BenchClient::Redlock(_) => {}
+            // dist-lock's provider has no way to close its fred 9 clients.
+            BenchClient::Rslock(_) | BenchClient::Redlock(_) | BenchClient::DistLock(_) => {}
         }
     }
 
@@ -212,9 +235,15 @@ impl BenchClient {
             if !params.contended || Instant::now() >= params.end {
                 break None;
             }
-            if matches!(self, BenchClient::Floor(_)) {
+            match self {
                 // The spin must not starve the holder's task.
-                tokio::task::yield_now().await;
+                BenchClient::Floor(_) => tokio::task::yield_now().await,
+                // dist-lock does not retry: the pause is the benchmark's (see `DistLock`).
+                BenchClient::DistLock(dl) => {
+                    let left = params.end.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(dl.retry_pause().min(left)).await;
+                }
+                _ => {}
             }
         };
         let Some(held) = held else {
@@ -254,6 +283,7 @@ impl BenchClient {
                 .await
                 .map(Held::Rslock)
                 .map_err(rslock_failure),
+            BenchClient::DistLock(dl) => dl.acquire(resource).await,
             BenchClient::Redlock(_) => unreachable!("redlock runs whole cycles on a thread"),
         }
     }
@@ -270,6 +300,9 @@ impl BenchClient {
             (BenchClient::Rslock(manager), Held::Rslock(lock)) => {
                 manager.unlock(&lock).await;
                 Ok(())
+            }
+            (BenchClient::DistLock(_), Held::DistLock(handle)) => {
+                handle.release().await.map_err(dist_lock_failure)
             }
             _ => unreachable!("a lock is released by the client that took it"),
         }
@@ -294,6 +327,17 @@ fn rslock_failure(e: rslock::LockError) -> Failure {
         rslock::LockError::TtlExceeded => "ttl_exceeded",
         rslock::LockError::Redis(_) => "redis_error",
         rslock::LockError::Io(_) => "io_error",
+        _ => "other",
+    };
+    Failure::new(kind, e.to_string())
+}
+
+fn dist_lock_failure(e: LockError) -> Failure {
+    let kind = match &e {
+        LockError::Timeout(_) => "timeout",
+        LockError::Connection(_) => "connection",
+        LockError::Backend(_) => "redis_error",
+        LockError::LockLost(_) => "lost",
         _ => "other",
     };
     Failure::new(kind, e.to_string())
@@ -525,4 +569,60 @@ fn redlock_cycle_blocking(rl: &redlock::RedLock, resource: &str, params: &CycleP
     rl.unlock(&lock);
     cycle.released = Some(Instant::now());
     cycle
+}
+
+/// distributed-lock-redis's provider, and the pause the benchmark makes between its
+/// attempts in the contended workload.
+pub struct DistLock {
+    provider: RedisLockProvider,
+    retry_delay: Duration,
+    retry_jitter: Duration,
+}
+
+impl DistLock {
+    async fn connect(urls: &[String], settings: &ClientSettings) -> Result<DistLock, String> {
+        // Its acquire gives up after `expiry - min_validity` in all (its only time
+        // bound: no per-node timeout); 90 % is the ratio of its own defaults.
+        let min_validity = settings.ttl.mul_f64(0.9);
+        let build = RedisLockProvider::builder()
+            .urls(urls)
+            .expiry(settings.ttl)
+            .min_validity(min_validity)
+            .build();
+        // It waits for each connection without a bound of its own.
+        let bound =
+            Duration::from_secs(5).saturating_mul(u32::try_from(urls.len()).unwrap_or(u32::MAX));
+        let provider = tokio::time::timeout(bound, build)
+            .await
+            .map_err(|_| format!("no connection to every node within {bound:?}"))?
+            .map_err(|e| e.to_string())?;
+        Ok(DistLock {
+            provider,
+            // fredlock's, so one pair of options sets both clients' pause.
+            retry_delay: settings
+                .retry_delay
+                .unwrap_or(fredlock::DEFAULT_RETRY_DELAY),
+            retry_jitter: settings
+                .retry_jitter
+                .unwrap_or(fredlock::DEFAULT_RETRY_JITTER),
+        })
+    }
+
+    fn retry_pause(&self) -> Duration {
+        self.retry_delay + self.retry_jitter.mul_f64(rand::random::<f64>())
+    }
+
+    async fn acquire(&self, resource: &str) -> Result<Held, Failure> {
+        // A lock object draws its id when created: one per cycle, as one per acquisition.
+        let lock = self.provider.create_lock(resource);
+        match lock.try_acquire().await {
+            Ok(Some(handle)) => Ok(Held::DistLock(handle)),
+            // Taken, node errors and its time budget all come back as `None`.
+            Ok(None) => Err(Failure::new(
+                "not_acquired",
+                "try_acquire returned None (taken, failed nodes or out of time)",
+            )),
+            Err(e) => Err(dist_lock_failure(e)),
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `quorum-bench`: fredlock measured side by side with the physical floor (a bare fred
-//! fan-out) and the Rust Redlock peers (rslock 0.10, redlock 2.0), on the user's own
-//! masters (`--endpoints`) or on a throwaway cluster of Redis containers.
+//! fan-out) and the Rust Redlock peers (rslock 0.10, redlock 2.0, distributed-lock-redis
+//! 0.2), on the user's own masters (`--endpoints`) or on a throwaway cluster of Redis
+//! containers.
 //!
 //! ```sh
 //! cargo run --release -p fredlock-bench --bin quorum-bench -- --out bench-results
@@ -48,10 +49,10 @@ enum WorkloadChoice {
 }
 
 /// Redlock quorum benchmark: fredlock, the floor (a bare fred fan-out: SET NX PX to all
-/// nodes, then DEL) and the Rust peers rslock 0.10 and redlock 2.0, in the same run on
-/// the same nodes. Without --endpoints it starts a throwaway cluster of Redis containers
-/// (image from FREDLOCK_REDIS_IMAGE, else scripts/redis-image.sh, else redis:7.4) and
-/// removes it afterwards.
+/// nodes, then DEL) and the Rust peers rslock 0.10, redlock 2.0 and distributed-lock-redis
+/// 0.2 (`dist-lock`), in the same run on the same nodes. Without --endpoints it starts a
+/// throwaway cluster of Redis containers (image from FREDLOCK_REDIS_IMAGE, else
+/// scripts/redis-image.sh, else redis:7.4) and removes it afterwards.
 #[derive(Debug, Parser)]
 #[command(name = "quorum-bench", version)]
 pub struct Args {
@@ -91,7 +92,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "floor,fredlock,rslock,redlock"
+        default_value = "floor,fredlock,rslock,redlock,dist-lock"
     )]
     clients: Vec<ClientKind>,
     /// Cluster sizes of the scaling scenario (one task each).
@@ -115,10 +116,12 @@ pub struct Args {
     /// fredlock's acquire timeout in the contended scenario (lock() retries until it).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     acquire_timeout: Duration,
-    /// fredlock's retry delay in the contended scenario [default: the library's, 100ms].
+    /// fredlock's retry delay in the contended scenario, also dist-lock's pause between
+    /// attempts there [default: the library's, 100ms].
     #[arg(long, value_parser = parse_duration)]
     retry_delay: Option<Duration>,
-    /// fredlock's retry jitter in the contended scenario [default: the library's, 100ms].
+    /// fredlock's retry jitter in the contended scenario, also dist-lock's [default: the
+    /// library's, 100ms].
     #[arg(long, value_parser = parse_duration)]
     retry_jitter: Option<Duration>,
     /// Bound on one lock or release call of any client; longer is a failure.
@@ -250,6 +253,7 @@ async fn execute(args: &Args, target: &Target, plan: &[Scenario]) -> Vec<RunResu
         acquire_timeout: args.acquire_timeout,
         retry_delay: args.retry_delay,
         retry_jitter: args.retry_jitter,
+        ttl: args.ttl,
     };
     let mut results = Vec::new();
     let mut done = Duration::ZERO;
@@ -380,7 +384,7 @@ mod tests {
         assert_eq!(args.nodes, 5);
         assert_eq!(args.tasks, 64);
         assert_eq!(args.scaling, vec![1, 3, 5, 7, 9]);
-        assert_eq!(args.clients.len(), 4);
+        assert_eq!(args.clients.len(), 5);
         assert!(check(&args).is_ok());
     }
 }
