@@ -589,7 +589,9 @@ impl DistLock {
             .expiry(settings.ttl)
             .min_validity(min_validity)
             .build();
-        // It waits for each connection without a bound of its own.
+        // It connects the nodes one after the other, each bounded only by fred 9's 10 s
+        // connection timeout; the floor's 5 s per node keeps a dead endpoint from
+        // stalling the run longer than the other clients do.
         let bound =
             Duration::from_secs(5).saturating_mul(u32::try_from(urls.len()).unwrap_or(u32::MAX));
         let provider = tokio::time::timeout(bound, build)
