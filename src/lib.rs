@@ -43,6 +43,11 @@
 //! * [`Error::Lost`]: the lock was lost while [`Redlock::with_lock`] ran the work.
 //! * [`Error::Denied`]: at `build()`, a node's ACL refuses a command fredlock needs.
 //!
+//! Share one `Redlock` (it is cheap to clone) between the tasks of a service: while a
+//! node has a call of ours in flight, the operations of every task for that node wait
+//! and then go out together as one script call, each with its own result, while a lone
+//! operation is sent at once (`docs/design.md`, 1.9).
+//!
 //! Every round error carries each node's [`Vote`]. Acquire, extend and release run in
 //! `tracing` spans (`fredlock.acquire`, `fredlock.extend`, `fredlock.release`, at DEBUG
 //! level) that record the resource, the votes, the elapsed time and the outcome.

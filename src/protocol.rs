@@ -108,7 +108,7 @@ async fn acquire_in(
                 if validity > min_validity {
                     if !span.is_disabled() {
                         let votes = acquisition.round().votes();
-                        record(span, &votes, elapsed, validity, "acquired");
+                        record(span, &votes, elapsed, Some(validity), "acquired");
                     }
                     acquisition.keep();
                     let valid_until = request.ttl.valid_until(start, elapsed);
@@ -144,7 +144,7 @@ async fn acquire_in(
         })
     };
     if let Some(votes) = error.votes() {
-        record(span, votes, elapsed, validity, outcome_label(&error));
+        record(span, votes, elapsed, Some(validity), outcome_label(&error));
     }
     tracing::debug!(parent: span, %error, "attempt failed");
     Err(Failed { error, cleanup })
@@ -179,6 +179,7 @@ pub(crate) async fn extend(
     let result = extend_in(core, request, token, shared, &span)
         .instrument(span.clone())
         .await;
+    // An extension refused before any request records only its outcome.
     if let Err(error) = &result {
         span.record("outcome", outcome_label(error));
     }
@@ -221,12 +222,12 @@ async fn extend_in(
             votes,
         }
     } else {
-        record(span, &votes, elapsed, validity, "extended");
+        record(span, &votes, elapsed, Some(validity), "extended");
         shared.set_valid_until(request.ttl.valid_until(start, elapsed));
         return Ok(());
     };
     if let Some(votes) = error.votes() {
-        record(span, votes, elapsed, validity, outcome_label(&error));
+        record(span, votes, elapsed, Some(validity), outcome_label(&error));
     }
     // The nodes that renewed the key expire it `ttl` after the round began at the
     // earliest; the others at their former time. The lock lasts no longer than the
@@ -272,13 +273,7 @@ pub(crate) async fn release(
     };
     if !span.is_disabled() {
         let outcome = result.as_ref().map_or_else(outcome_label, |()| "released");
-        record(
-            &span,
-            &round.votes(),
-            start.elapsed(),
-            Duration::ZERO,
-            outcome,
-        );
+        record(&span, &round.votes(), start.elapsed(), None, outcome);
     }
     result
 }
@@ -304,17 +299,17 @@ fn expired_error(resource: String, votes: Votes) -> Error {
     Error::Expired { resource, votes }
 }
 
-/// Records a round's end in its span; a release has no validity to record.
+/// Records a round's end in its span (a release has no validity to record).
 fn record(
     span: &tracing::Span,
     votes: &Votes,
     elapsed: Duration,
-    validity: Duration,
+    validity: Option<Duration>,
     outcome: &str,
 ) {
     span.record("votes", display(votes));
     span.record("elapsed_us", elapsed.as_micros());
-    if outcome != "released" {
+    if let Some(validity) = validity {
         span.record("validity_ms", validity.as_millis());
     }
     span.record("outcome", outcome);

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# What fredlock's scripts cost on a node: Redis's own time per call (`INFO
+# commandstats`, usec_per_call), on a throwaway redis-server on 127.0.0.1, for a lone
+# operation and for batches of 10, against the floor's SET NX PX and DEL. Needs
+# redis-server and redis-cli (Debian's redis-server package). Optionally a git
+# revision whose acquire.lua and release.lua (the scripts before the batch script)
+# are measured too:  bench/script-cost.sh [REV]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${FREDLOCK_COST_PORT:-7987}
+calls=${FREDLOCK_COST_CALLS:-3000}
+redis-server --port "$port" --save '' --appendonly no --daemonize yes >/dev/null
+trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+cli() { redis-cli -p "$port" "$@"; }
+
+# Runs `calls` commands made by the function named $2 (given the call number) and
+# prints Redis's microseconds per call of command $1.
+measure() {
+    local command=$1 make=$2
+    cli flushall >/dev/null
+    cli set fredlock:incarnation "$(cli info server | sed -n 's/^run_id:\([0-9a-f]*\).*/\1/p')" >/dev/null
+    cli config resetstat >/dev/null
+    for i in $(seq "$calls"); do "$make" "$i"; done | cli >/dev/null
+    cli info commandstats | tr -d '\r' |
+        sed -n "s/^cmdstat_${command}:.*usec_per_call=\([0-9.]*\).*/\1/p"
+}
+
+ops=$(cli script load "$(cat src/scripts/ops.lua)")
+q="fredlock:incarnation fredlock:quarantine"
+acquire_off() { echo "EVALSHA $ops 2 k$1 fredlock:fence:k$1 1 a 2 5 tok 10000 -1 100 600000"; }
+acquire_on() { echo "EVALSHA $ops 4 k$1 fredlock:fence:k$1 $q 1 a 4 5 tok 10000 60000 100 600000"; }
+acquire_release() {
+    acquire_on "$1"
+    echo "EVALSHA $ops 1 k$1 1 d 1 2 tok fredlock:released:"
+}
+batch() {
+    local keys="" heads="" args=""
+    for j in $(seq 10); do
+        keys="$keys k$1-$j fredlock:fence:k$1-$j $q"; heads="$heads a 4 5"
+        args="$args tok 10000 60000 100 600000"
+    done
+    echo "EVALSHA $ops 40 $keys 10 $heads $args"
+}
+release_batch() {
+    local keys="" heads="" args=""
+    for j in $(seq 10); do keys="$keys k$1-$j"; heads="$heads d 1 2"; args="$args tok fredlock:released:"; done
+    echo "EVALSHA $ops 10 $keys 10 $heads $args"
+}
+set_nx() { echo "SET k$1 tok NX PX 10000"; }
+set_del() { echo "SET k$1 tok NX PX 10000"; echo "DEL k$1"; }
+
+printf '%-62s %10s\n' "call (Redis 7: $(cli info server | tr -d '\r' | sed -n 's/^redis_version://p'))" "µs/call"
+printf '%-62s %10s\n' "ops.lua: one acquisition, quarantine off" "$(measure evalsha acquire_off)"
+printf '%-62s %10s\n' "ops.lua: one acquisition, quarantine on" "$(measure evalsha acquire_on)"
+printf '%-62s %10s\n' "ops.lua: acquisition then release, one call each (mean)" "$(measure evalsha acquire_release)"
+printf '%-62s %10s\n' "ops.lua: 10 acquisitions in one call, quarantine on" "$(measure evalsha batch)"
+printf '%-62s %10s\n' "ops.lua: 10 releases in one call (keys absent)" "$(measure evalsha release_batch)"
+printf '%-62s %10s\n' "floor: SET NX PX" "$(measure set set_nx)"
+printf '%-62s %10s\n' "floor: DEL (after SET NX PX)" "$(measure del set_del)"
+if [ -n "${1:-}" ]; then
+    old=$(cli script load "$(git show "$1:src/scripts/acquire.lua")")
+    rel=$(cli script load "$(git show "$1:src/scripts/release.lua")")
+    old_acquire() { echo "EVALSHA $old 4 k$1 fredlock:fence:k$1 $q tok 10000 1 60000 100 600000"; }
+    old_pair() { old_acquire "$1"; echo "EVALSHA $rel 1 k$1 tok fredlock:released:"; }
+    printf '%-62s %10s\n' "$1 acquire.lua: one acquisition, quarantine on" "$(measure evalsha old_acquire)"
+    printf '%-62s %10s\n' "$1 acquire.lua + release.lua (mean)" "$(measure evalsha old_pair)"
+fi
