@@ -325,5 +325,16 @@ impl Builder {
     }
 }
 
+/// The builder's defaults, for unit tests of what lies above the settings.
+#[cfg(test)]
+impl Default for Settings {
+    fn default() -> Self {
+        match Builder::from_urls(Vec::new()).settings() {
+            Ok(settings) => settings,
+            Err(e) => panic!("the defaults are valid: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

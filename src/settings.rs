@@ -76,26 +76,6 @@ pub(crate) struct Settings {
     pub(crate) fencing_retention: Duration,
 }
 
-impl Default for Settings {
-    /// The builder's defaults.
-    fn default() -> Self {
-        Settings {
-            retry_count: DEFAULT_RETRY_COUNT,
-            retry_delay: DEFAULT_RETRY_DELAY,
-            retry_jitter: DEFAULT_RETRY_JITTER,
-            drift_factor: DEFAULT_DRIFT_FACTOR,
-            node_timeout: DEFAULT_NODE_TIMEOUT,
-            min_validity: Duration::ZERO,
-            key_prefix: String::new(),
-            acquire_timeout: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            keep_alive_at: DEFAULT_KEEP_ALIVE_AT,
-            quarantine: Quarantine::default(),
-            fencing_retention: DEFAULT_FENCING_RETENTION,
-        }
-    }
-}
-
 impl Settings {
     /// The pause before the next attempt (or keep-alive renewal).
     pub(crate) fn retry_pause(&self, rng: &mut impl Rng) -> Duration {

@@ -2,10 +2,6 @@
 
 use super::*;
 
-fn urls(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
 fn field(err: Error) -> &'static str {
     match err {
         Error::Config { field, .. } => field,
@@ -14,7 +10,7 @@ fn field(err: Error) -> &'static str {
 }
 
 fn builder() -> Builder {
-    Builder::from_urls(urls(&["redis://127.0.0.1:1"]))
+    Builder::from_urls(vec!["redis://127.0.0.1:1".to_string()])
 }
 
 #[test]
