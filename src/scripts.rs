@@ -5,7 +5,7 @@
 //! operations for one node. `scripts/lift.lua` lifts the restart quarantine and
 //! `scripts/check.lua` is the permission check of `build()`.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use fred::bytes_utils::Str;
@@ -79,6 +79,17 @@ pub(crate) struct Op {
     pub(crate) fences: Arc<[u64]>,
     /// With the restart quarantine on (acquire).
     pub(crate) quarantine: Option<Arc<QuarantineKeys>>,
+    /// The operation as the script reads it, made once for all the nodes.
+    wire: OnceLock<Wire>,
+}
+
+/// An operation's header (kind, number of keys, number of arguments), keys and
+/// arguments, as values that clone without copying their bytes.
+#[derive(Debug)]
+struct Wire {
+    header: [Value; 3],
+    keys: Vec<Value>,
+    args: Vec<Value>,
 }
 
 impl Op {
@@ -93,6 +104,7 @@ impl Op {
             floor: 0,
             fences: Arc::from([]),
             quarantine: None,
+            wire: OnceLock::new(),
         }
     }
 
@@ -146,9 +158,15 @@ impl Op {
 
     /// Appends this operation's header, keys and arguments (`scripts/ops.lua`).
     fn encode(&self, headers: &mut Vec<Value>, keys: &mut Vec<Value>, args: &mut Vec<Value>) {
-        let (keys_before, args_before) = (keys.len(), args.len());
-        keys.extend(self.keys.iter().map(|k| string(k)));
-        args.push(string(&self.token));
+        let wire = self.wire.get_or_init(|| self.wire());
+        headers.extend(wire.header.iter().cloned());
+        keys.extend(wire.keys.iter().cloned());
+        args.extend(wire.args.iter().cloned());
+    }
+
+    fn wire(&self) -> Wire {
+        let mut keys: Vec<Value> = self.keys.iter().map(|k| string(k)).collect();
+        let mut args = vec![string(&self.token)];
         let kind = match self.kind {
             Kind::Acquire => {
                 keys.extend(self.fence_keys.iter().map(|k| string(k)));
@@ -185,11 +203,15 @@ impl Op {
             }
             Kind::Remove => "d",
         };
-        headers.extend([
-            Value::String(Str::from_static(kind)),
-            count(keys.len() - keys_before),
-            count(args.len() - args_before),
-        ]);
+        Wire {
+            header: [
+                Value::String(Str::from_static(kind)),
+                count(keys.len()),
+                count(args.len()),
+            ],
+            keys,
+            args,
+        }
     }
 }
 
