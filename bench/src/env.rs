@@ -120,17 +120,14 @@ fn host_of(url: &str) -> String {
 }
 
 async fn redis_version(urls: &[String]) -> Option<String> {
-    use fred::prelude::{Builder, ClientLike, Config};
+    use fred::prelude::ClientLike;
     use fred::types::CustomCommand;
     let url = urls.first()?;
-    let client = Builder::from_config(Config::from_url(url).ok()?)
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))
-        .build()
-        .ok()?;
-    tokio::time::timeout(Duration::from_secs(3), client.init())
-        .await
-        .ok()?
-        .ok()?;
+    let client = crate::fred_client::connect(url, Duration::from_secs(3), |b| {
+        b.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2));
+    })
+    .await
+    .ok()?;
     let info: Option<String> = client
         .custom(
             CustomCommand::new_static("INFO", None::<u16>, false),

@@ -12,7 +12,10 @@
 mod clients;
 mod cpu;
 mod env;
+mod floor;
+mod fred_client;
 mod goals;
+mod peers;
 mod plot;
 mod probe;
 mod report;

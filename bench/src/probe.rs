@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
-use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy};
+use fred::prelude::{Client, ClientLike, ReconnectPolicy};
 use fred::types::InfoKind;
 use serde::Serialize;
+
+use crate::fred_client;
 
 /// How long a node may take to answer INFO: a killed or frozen node never does, and the
 /// window must not wait for it.
@@ -48,19 +50,16 @@ impl Probe {
         let connect = |url: &String| {
             let url = url.clone();
             async move {
-                let client = Builder::from_config(Config::from_url(&url).ok()?)
-                    .with_performance_config(|p| p.default_command_timeout = ANSWER)
-                    .with_connection_config(|c| {
-                        c.connection_timeout = Duration::from_secs(2);
-                        c.max_command_attempts = 1;
-                    })
-                    .set_policy(ReconnectPolicy::new_constant(0, 200))
-                    .build()
-                    .ok()?;
-                match tokio::time::timeout(Duration::from_secs(3), client.init()).await {
-                    Ok(Ok(_)) => Some(client),
-                    _ => None,
-                }
+                fred_client::connect(&url, Duration::from_secs(3), |b| {
+                    b.with_performance_config(|p| p.default_command_timeout = ANSWER)
+                        .with_connection_config(|c| {
+                            c.connection_timeout = Duration::from_secs(2);
+                            c.max_command_attempts = 1;
+                        })
+                        .set_policy(ReconnectPolicy::new_constant(0, 200));
+                })
+                .await
+                .ok()
             }
         };
         let clients = futures::future::join_all(urls.iter().map(connect)).await;
