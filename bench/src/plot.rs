@@ -8,11 +8,12 @@ use crate::clients::ClientKind;
 use crate::report::Report;
 use crate::scenario::ScenarioKind;
 
-const COLORS: [(ClientKind, &str); 4] = [
+const COLORS: [(ClientKind, &str); 5] = [
     (ClientKind::Floor, "#7f7f7f"),
     (ClientKind::Fredlock, "#d62728"),
     (ClientKind::Rslock, "#1f77b4"),
     (ClientKind::Redlock, "#2ca02c"),
+    (ClientKind::DistLock, "#9467bd"),
 ];
 
 fn color(c: ClientKind) -> &'static str {

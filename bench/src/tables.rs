@@ -27,7 +27,12 @@ impl Report {
             }
         }
         if let Some(fl) = cells(ClientKind::Fredlock) {
-            for other in [ClientKind::Floor, ClientKind::Rslock, ClientKind::Redlock] {
+            for other in [
+                ClientKind::Floor,
+                ClientKind::Rslock,
+                ClientKind::Redlock,
+                ClientKind::DistLock,
+            ] {
                 if let Some(o) = clients.contains(&other).then(|| cells(other)).flatten() {
                     let quotients = fl
                         .iter()
