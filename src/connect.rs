@@ -63,8 +63,8 @@ async fn connect(nodes: &[Arc<Node>], timeout: Duration) -> Result<(), Error> {
     Err(Error::Connect { votes })
 }
 
-/// On every connected node: loads the scripts (the node loads them on each connection
-/// too, but in the background: waiting here means the first acquisition finds them),
+/// On every connected node: loads the lock script (the node loads it on each connection
+/// too, but in the background: waiting here means the first acquisition finds it),
 /// then checks that its ACL allows every command fredlock needs.
 async fn prepare(nodes: &[Arc<Node>], settings: &Settings) -> Result<(), Error> {
     let probe = format!("{}{RESERVED_PREFIX}probe", settings.key_prefix);

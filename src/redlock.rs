@@ -290,9 +290,9 @@ impl Builder {
     /// From clients: the clients are used as they are (they should already be
     /// connected; see [`Redlock::from_clients`]).
     ///
-    /// Either way, it then loads the lock scripts into every connected node (`SCRIPT
-    /// LOAD`, bounded by 2 s), so that the first acquisition finds them (fredlock loads
-    /// them again on every reconnection), and runs every command the scripts use
+    /// Either way, it then loads the lock script into every connected node (`SCRIPT
+    /// LOAD`, bounded by 2 s), so that the first acquisition finds it (fredlock loads
+    /// it again on every reconnection), and runs every command the script uses
     /// (`SET`, `GET`, `EXISTS`, `PTTL`, `PEXPIRE`, `DEL`, `PUBLISH`, and `INFO` when the
     /// restart quarantine is on) on a probe key in fredlock's namespace, so that a
     /// node whose ACL denies one of them is an error now rather than a lock that can
