@@ -16,8 +16,8 @@ use crate::scripts::Op;
 /// from every node in the background.
 pub(crate) struct Acquisition {
     round: Round,
-    /// The removal of our token, made once and sent to whichever node needs it.
-    remove: Arc<Op>,
+    /// The acquisition, whose keys and token a removal needs.
+    op: Arc<Op>,
     /// Whether the verdict was given; until then, dropping cleans up.
     settled: bool,
 }
@@ -26,10 +26,10 @@ impl Acquisition {
     /// Prepares `op` (an acquisition) for every node; nothing is sent before
     /// [`decide`](Self::decide).
     pub(crate) fn new(nodes: &Arc<[Arc<Node>]>, op: Op) -> Self {
-        let remove = Arc::new(Op::remove(&op.keys, &op.token));
+        let op = Arc::new(op);
         Acquisition {
-            round: Round::new(nodes, op),
-            remove,
+            round: Round::shared(nodes, &op),
+            op,
             settled: false,
         }
     }
@@ -49,6 +49,11 @@ impl Acquisition {
 
     pub(crate) fn round(&self) -> &Round {
         &self.round
+    }
+
+    /// The compare-and-delete of our token, made only for an attempt that failed.
+    fn removal(&self) -> Arc<Op> {
+        Arc::new(Op::remove(&self.op.keys, &self.op.token))
     }
 
     /// The lock is kept. The calls still running no longer matter; dropping the round
@@ -71,9 +76,10 @@ impl Acquisition {
             .map(|(index, _)| index)
             .collect();
         let nodes = Arc::clone(self.round.nodes());
+        let remove = self.removal();
         let removals = futures::future::join_all(yes.iter().filter_map(|&index| {
             let node = nodes.get(index)?;
-            Some(Arc::clone(node).call(Arc::clone(&self.remove)))
+            Some(Arc::clone(node).call(Arc::clone(&remove)))
         }));
         self.round.listen_during(removals).await;
         self.settled = true;
@@ -88,17 +94,18 @@ impl Acquisition {
     /// `node::batch`); a timed-out acquisition that was never sent is never run.
     fn remove_in_background(&mut self, done: &[usize]) -> Option<JoinHandle<()>> {
         let nodes = Arc::clone(self.round.nodes());
+        let remove = self.removal();
         let mut work: Vec<Call> = Vec::new();
         for (index, answer) in self.round.answers().iter().enumerate() {
             let may_be_set = matches!(answer, Some(a) if a.vote != Vote::Taken);
             if let (true, false, Some(node)) = (may_be_set, done.contains(&index), nodes.get(index))
             {
-                work.push(Box::pin(Arc::clone(node).call(Arc::clone(&self.remove))));
+                work.push(Box::pin(Arc::clone(node).call(Arc::clone(&remove))));
             }
         }
         for (index, call) in self.round.take_running() {
             if let Some(node) = nodes.get(index) {
-                let (node, remove) = (Arc::clone(node), Arc::clone(&self.remove));
+                let (node, remove) = (Arc::clone(node), Arc::clone(&remove));
                 work.push(Box::pin(async move {
                     let answer = call.await;
                     if answer.vote != Vote::Taken {

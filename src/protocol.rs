@@ -206,23 +206,24 @@ async fn extend_in(
     let mut round = Round::new(&core.nodes, Op::extend(request, token, retention));
     let decision = round.decide().await;
     let elapsed = start.elapsed();
-    let votes = round.votes();
     let validity = request.ttl.validity(elapsed);
     let min_validity = core.settings.min_validity;
     let error = if decision == Decision::NoQuorum {
-        verdict(request, round.tally(), votes, expired_error)
+        verdict(request, round.tally(), round.votes(), expired_error)
     } else if start + elapsed >= shared.valid_until() {
         // The quorum must be reached while the lock was still valid.
-        expired(votes)
+        expired(round.votes())
     } else if validity <= min_validity {
         Error::TooLate {
             resource: request.resource.to_string(),
             validity,
             min_validity,
-            votes,
+            votes: round.votes(),
         }
     } else {
-        record(span, &votes, elapsed, Some(validity), "extended");
+        if !span.is_disabled() {
+            record(span, &round.votes(), elapsed, Some(validity), "extended");
+        }
         shared.set_valid_until(request.ttl.valid_until(start, elapsed));
         return Ok(());
     };

@@ -34,10 +34,14 @@ pub(crate) struct Round {
 impl Round {
     /// Prepares `op` for every node. Nothing is sent before the round is polled.
     pub(crate) fn new(nodes: &Arc<[Arc<Node>]>, op: Op) -> Self {
-        let op = Arc::new(op);
+        Round::shared(nodes, &Arc::new(op))
+    }
+
+    /// [`new`](Round::new) for an operation the caller keeps too.
+    pub(crate) fn shared(nodes: &Arc<[Arc<Node>]>, op: &Arc<Op>) -> Self {
         let running = nodes
             .iter()
-            .map(|node| Some(Box::pin(Arc::clone(node).call(Arc::clone(&op))) as Call))
+            .map(|node| Some(Box::pin(Arc::clone(node).call(Arc::clone(op))) as Call))
             .collect();
         Round {
             nodes: Arc::clone(nodes),

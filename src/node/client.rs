@@ -10,6 +10,7 @@ use fred::prelude::{
 };
 use fred::types::CustomCommand;
 
+use crate::quorum::Vote;
 use crate::scripts::OPS_LUA;
 
 /// The bound on loading the scripts into a node, in the background.
@@ -105,6 +106,20 @@ pub(crate) async fn load_scripts(client: Client) -> Option<String> {
             tracing::debug!(error = %e, "loading the lock script failed");
             Some(error_message(&e))
         }
+    }
+}
+
+/// The vote for a node's error `message`: an ACL refusal names the commands fredlock
+/// needs; any other error is its text.
+pub(crate) fn error_vote(message: String) -> Vote {
+    if is_acl_refusal(&message) {
+        Vote::Error(format!(
+            "{message}: the node's ACL refuses a command fredlock's scripts use (EVAL, \
+             EVALSHA, SCRIPT LOAD, SET, GET, EXISTS, PTTL, PEXPIRE, DEL, PUBLISH, and INFO for \
+             the restart quarantine)"
+        ))
+    } else {
+        Vote::Error(message)
     }
 }
 

@@ -172,14 +172,7 @@ impl Node {
                  number counts exactly: no larger token can be made until the counter expires"
             ));
         }
-        if is_acl_refusal(message) {
-            return Vote::Error(format!(
-                "{message}: the node's ACL refuses a command fredlock's scripts use (EVAL, \
-                 EVALSHA, SCRIPT LOAD, SET, GET, EXISTS, PTTL, PEXPIRE, DEL, PUBLISH, and INFO \
-                 for the restart quarantine)"
-            ));
-        }
-        Vote::Error(message.to_string())
+        client::error_vote(message.to_string())
     }
 
     /// Remembers a node that refused an acquisition with `QUARANTINED <ms left>`, so

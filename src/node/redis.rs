@@ -10,7 +10,9 @@ use fred::prelude::{Client, ClientLike, EventInterface, Value};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use super::Reply;
-use super::client::{error_message, is_acl_refusal, load_scripts, options, script_command};
+use super::client::{
+    error_message, error_vote, is_acl_refusal, load_scripts, options, script_command,
+};
 use crate::quorum::Vote;
 use crate::scripts::{CHECK_LUA, Kind, LIFT_LUA, OPS, OPS_LUA, Op, batch_args, script_args};
 
@@ -197,13 +199,7 @@ impl Redis {
         match e.kind() {
             fred::error::ErrorKind::Timeout => Vote::Timeout,
             fred::error::ErrorKind::Canceled => self.not_connected(&error_message(e)),
-            _ if is_acl_refusal(e.details()) => Vote::Error(format!(
-                "{}: the node's ACL refuses a command fredlock's scripts use (EVAL, EVALSHA, \
-                 SCRIPT LOAD, SET, GET, EXISTS, PTTL, PEXPIRE, DEL, PUBLISH, and INFO for the \
-                 restart quarantine)",
-                error_message(e)
-            )),
-            _ => Vote::Error(error_message(e)),
+            _ => error_vote(error_message(e)),
         }
     }
 
