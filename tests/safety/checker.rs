@@ -63,21 +63,21 @@ enum Holders {
 /// One holder's window `[from, until)` on the shared clock, in microseconds since the
 /// run began, and its writes to the fenced store.
 #[derive(Clone, Copy, Debug)]
-struct Window {
-    client: usize,
-    from: u128,
-    until: u128,
-    token: u64,
+pub(crate) struct Window {
+    pub(crate) client: usize,
+    pub(crate) from: u128,
+    pub(crate) until: u128,
+    pub(crate) token: u64,
     /// Worked past its validity on purpose.
-    overran: bool,
+    pub(crate) overran: bool,
     /// Worked until its validity was nearly over.
-    to_the_end: bool,
+    pub(crate) to_the_end: bool,
     /// Sequence numbers of its first and last write to the fenced store, and whether
     /// the store took them. A holder makes its first write, and an honest holder its
     /// last, only while the lock is still valid (a holder descheduled for longer than
     /// its validity right after `lock()` returned skips it).
-    first: Option<(u64, bool)>,
-    last: Option<(u64, bool)>,
+    pub(crate) first: Option<(u64, bool)>,
+    pub(crate) last: Option<(u64, bool)>,
 }
 
 /// A store that takes a write only with a fencing token at least as large as every one
@@ -128,7 +128,7 @@ fn run_length() -> Duration {
         .unwrap_or(Duration::from_secs(12))
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     std::env::var("FREDLOCK_SAFETY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -137,7 +137,7 @@ fn seed() -> u64 {
 
 /// Sorts the windows by start and returns every pair of different holders that
 /// overlap.
-fn overlaps(windows: &mut [Window]) -> Vec<(Window, Window)> {
+pub(crate) fn overlaps(windows: &mut [Window]) -> Vec<(Window, Window)> {
     windows.sort_by_key(|w| (w.from, w.until));
     let mut found = Vec::new();
     for (i, a) in windows.iter().enumerate() {
@@ -324,7 +324,8 @@ async fn check(config: Config, holders: Holders) -> TestResult {
     let restore: Vec<(String, &str)> = (0..BLOCKED)
         .map(|k| (blocked_resource(k), FOREIGN))
         .collect();
-    let counts = nemesis::run(&nodes, &mut rng, restarts, stop_at, &restore).await?;
+    let stop = || Instant::now() >= stop_at;
+    let counts = nemesis::run(&nodes, &mut rng, restarts, &stop, &restore).await?;
     for worker in workers {
         worker.await??;
     }

@@ -4,8 +4,10 @@
 
 mod checker;
 mod fencing;
+mod history;
 mod nemesis;
 mod quarantine;
 mod scenarios;
+mod soak;
 #[path = "../redlock/support.rs"]
 mod support;

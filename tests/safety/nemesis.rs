@@ -47,7 +47,8 @@ struct Active {
     undone: bool,
 }
 
-/// Runs the schedule until `stop_at`, then undoes every fault still in place.
+/// Runs the schedule until `stop()` says so (asked at every tick, 100-400 ms apart),
+/// then undoes every fault still in place.
 ///
 /// Pauses and partitions last at most 0.8 s (undone when due, give or take the docker
 /// command): well below the 2 s after which fredlock's connections give up on a node
@@ -60,12 +61,12 @@ pub async fn run(
     nodes: &Nodes,
     rng: &mut StdRng,
     restarts: Restarts,
-    stop_at: Instant,
+    stop: &(dyn Fn() -> bool + Sync),
     restore: &[(String, &str)],
 ) -> Result<FaultCounts, Box<dyn std::error::Error + Send + Sync>> {
     let mut counts = FaultCounts::default();
     let mut active: Vec<Active> = Vec::new();
-    while Instant::now() < stop_at {
+    while !stop() {
         // The next tick, or the first fault due to be undone if that comes sooner.
         let tick = Instant::now() + Duration::from_millis(rng.random_range(100..400));
         let due = active
