@@ -24,11 +24,18 @@
 //!   behind a loopback TCP proxy on its own fixed port, and the proxy can delay the bytes
 //!   of each direction.
 //!
+//! And one node's clock can be stepped: [`Cluster::start_with_fake_clocks`] runs the
+//! nodes it names with a small preloaded library (`src/clockshift.c`, compiled on the
+//! host with `cc`) that adds an offset to the wall clock, and [`Cluster::jump_clock`]
+//! moves it forward while the other nodes keep real time. Redis's key expiry follows
+//! the wall clock, so keys with a TTL shorter than the jump expire on that node at once.
+//!
 //! All containers are removed when the [`Cluster`] is dropped, whatever state its nodes
 //! are in, and the proxies are stopped. Dropping needs a Tokio runtime (testcontainers
 //! removes containers from `Drop` via the current runtime): drop the cluster inside the
 //! test's runtime.
 
+mod clock;
 mod partition;
 mod proxy;
 
@@ -40,6 +47,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use clock::FakeClock;
+use testcontainers::core::{AccessMode, Mount};
 use testcontainers::{
     ContainerAsync, GenericImage, ImageExt, TestcontainersError,
     core::{IntoContainerPort, WaitFor, client::ClientError},
@@ -120,6 +129,9 @@ pub enum Error {
     NoProxy(usize),
     /// A proxy could not be started.
     Proxy(std::io::Error),
+    /// [`Cluster::jump_clock`] on a node started without a controllable clock (see
+    /// [`Cluster::start_with_fake_clocks`]).
+    NoFakeClock(usize),
 }
 
 impl fmt::Display for Error {
@@ -151,6 +163,10 @@ impl fmt::Display for Error {
                 "node {i} has no proxy; start the cluster with Cluster::start_with_proxies"
             ),
             Error::Proxy(e) => write!(f, "cannot start a proxy: {e}"),
+            Error::NoFakeClock(i) => write!(
+                f,
+                "node {i} has real time; name it in Cluster::start_with_fake_clocks"
+            ),
         }
     }
 }
@@ -190,6 +206,9 @@ struct Node {
     partition: tokio::sync::Mutex<Option<PathBuf>>,
     /// The latency proxy in front of the node, if the cluster has proxies.
     proxy: Option<Proxy>,
+    /// The node's controllable clock, if it has one. After `container`, so the
+    /// container is removed before the directory it mounts.
+    clock: Option<FakeClock>,
 }
 
 impl Node {
@@ -255,7 +274,27 @@ impl Cluster {
     /// If any node fails to start, the nodes already started are removed and the first
     /// error is returned.
     pub async fn start(n: usize) -> Result<Cluster, Error> {
-        Self::start_inner(n, false).await
+        Self::start_inner(n, false, &[]).await
+    }
+
+    /// Like [`Cluster::start`], and the nodes in `fake` run with a wall clock that
+    /// [`Cluster::jump_clock`] can move forward; the other nodes keep real time.
+    ///
+    /// Each such node gets a host directory (in the temporary folder, removed with the
+    /// cluster) holding `clockshift.so` and its offset file, bind-mounted read-only at
+    /// `/fredlock-clock`, and `LD_PRELOAD` names the library. It shifts
+    /// `clock_gettime(CLOCK_REALTIME…)`, `gettimeofday` and `time` by the offset, read
+    /// again on every call, and leaves the monotonic clocks alone. The library is built
+    /// on the host with `cc` (`$CC` if set) the first time; it needs only libc, so it
+    /// runs in glibc-based images (the locally built one, the official `redis:7.4`),
+    /// not in musl (Alpine) ones. The offset survives [`Cluster::restart`].
+    ///
+    /// # Errors
+    /// [`Error::NoSuchNode`] for an index not below `n`, [`Error::Command`] when the
+    /// library cannot be built or its directory written, and those of
+    /// [`Cluster::start`].
+    pub async fn start_with_fake_clocks(n: usize, fake: &[usize]) -> Result<Cluster, Error> {
+        Self::start_inner(n, false, fake).await
     }
 
     /// Like [`Cluster::start`], and puts each node behind its own loopback TCP proxy
@@ -274,11 +313,17 @@ impl Cluster {
     ///
     /// Must be called within a Tokio runtime (the proxies are spawned on it).
     pub async fn start_with_proxies(n: usize) -> Result<Cluster, Error> {
-        Self::start_inner(n, true).await
+        Self::start_inner(n, true, &[]).await
     }
 
-    async fn start_inner(n: usize, with_proxies: bool) -> Result<Cluster, Error> {
+    async fn start_inner(n: usize, with_proxies: bool, fake: &[usize]) -> Result<Cluster, Error> {
         let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+        if let Some(&index) = fake.iter().find(|&&i| i >= n) {
+            return Err(Error::NoSuchNode { index, len: n });
+        }
+        let mut clocks = (0..n)
+            .map(|i| fake.contains(&i).then(|| FakeClock::new(i)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
         // Choose all ports while holding every listener, so that the nodes of this
         // cluster get distinct ports.
         let ports = free_ports(n)?;
@@ -286,7 +331,8 @@ impl Cluster {
         let mut set = JoinSet::new();
         for (index, port) in ports.into_iter().enumerate() {
             let image = image.clone();
-            set.spawn(async move { (index, start_node(&image, index, port).await) });
+            let clock = clocks[index].take();
+            set.spawn(async move { (index, start_node(&image, index, port, clock).await) });
         }
 
         let mut slots: Vec<Option<Node>> = (0..n).map(|_| None).collect();
@@ -425,6 +471,30 @@ impl Cluster {
             .proxy
             .as_ref()
             .map_or(Duration::ZERO, Proxy::latency)
+    }
+
+    /// Moves node `i`'s wall clock forward by `by`, on top of earlier jumps. The node
+    /// sees the new time at its next wall-clock read (the offset file is replaced
+    /// atomically); its monotonic clock does not move. Keys whose TTL is shorter than
+    /// the jump are expired for every command from then on, like keys whose time ran
+    /// out.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchNode`], [`Error::NoFakeClock`] when the node was not named in
+    /// [`Cluster::start_with_fake_clocks`], [`Error::Command`] when the offset file
+    /// cannot be written.
+    pub fn jump_clock(&self, i: usize, by: Duration) -> Result<(), Error> {
+        let clock = self.node(i)?.clock.as_ref().ok_or(Error::NoFakeClock(i))?;
+        clock.jump(by)
+    }
+
+    /// How far node `i`'s clock has been moved forward in total, or `None` for a node
+    /// with real time.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn clock_offset(&self, i: usize) -> Option<Duration> {
+        self.nodes[i].clock.as_ref().map(FakeClock::offset)
     }
 
     /// Kills node `i` with no grace period (`docker stop -t 0`: the process gets
@@ -574,7 +644,12 @@ fn split_image(image: &str) -> (String, String) {
     }
 }
 
-async fn start_node(image: &str, index: usize, first_port: u16) -> Result<Node, Error> {
+async fn start_node(
+    image: &str,
+    index: usize,
+    first_port: u16,
+    clock: Option<FakeClock>,
+) -> Result<Node, Error> {
     let (name, tag) = split_image(image);
     let mut port = first_port;
     let mut attempt = 0;
@@ -596,6 +671,16 @@ async fn start_node(image: &str, index: usize, first_port: u16) -> Result<Node, 
                     }
                 }
             });
+        let request = match &clock {
+            None => request,
+            Some(clock) => request
+                .with_mount(
+                    Mount::bind_mount(clock.host_dir().to_string_lossy(), clock::CONTAINER_DIR)
+                        .with_access_mode(AccessMode::ReadOnly),
+                )
+                .with_env_var("LD_PRELOAD", FakeClock::preload())
+                .with_env_var(clock::OFFSET_ENV, FakeClock::offset_file()),
+        };
         match request.start().await {
             Ok(container) => {
                 let node = Node {
@@ -604,6 +689,7 @@ async fn start_node(image: &str, index: usize, first_port: u16) -> Result<Node, 
                     state: Mutex::new(NodeState::Running),
                     partition: tokio::sync::Mutex::new(None),
                     proxy: None,
+                    clock,
                 };
                 wait_ready(index, port, READY_TIMEOUT).await?;
                 return Ok(node);
@@ -670,7 +756,95 @@ async fn ping(addr: SocketAddr, limit: Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{DEFAULT_IMAGE, IMAGE_ENV, split_image, start_node};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{Cluster, DEFAULT_IMAGE, Error, IMAGE_ENV, split_image, start_node};
+
+    /// One inline command on node `i`; the reply's first line, or for an array (TIME)
+    /// its first element.
+    async fn inline(cluster: &Cluster, i: usize, command: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", cluster.port(i)))
+            .await
+            .expect("connect");
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "node {i} closed the connection on `{command}`");
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply).to_string();
+            let lines: Vec<&str> = text.split("\r\n").collect();
+            if text.starts_with('*') {
+                // *2 $10 <seconds> ...: wait for the first element.
+                if lines.len() > 3 {
+                    return lines[2].to_string();
+                }
+            } else if lines.len() > 1 {
+                return lines[0].to_string();
+            }
+        }
+    }
+
+    /// A jump of one node's clock expires that node's keys at once (its wall clock
+    /// passed their expiry) and leaves the other node's keys alone; its TIME moves by
+    /// the jump, and the offset survives a restart. Needs Docker, the image and `cc`.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_jumping_node_expires_its_keys_and_the_others_keep_them() {
+        let cluster = Cluster::start_with_fake_clocks(2, &[1])
+            .await
+            .expect("cluster starts");
+        assert_eq!(cluster.clock_offset(0), None);
+        assert_eq!(cluster.clock_offset(1), Some(Duration::ZERO));
+        assert!(matches!(
+            cluster.jump_clock(0, Duration::from_secs(1)),
+            Err(Error::NoFakeClock(0))
+        ));
+        let now = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs() as i64
+        };
+        let time_of = async |i| {
+            inline(&cluster, i, "TIME")
+                .await
+                .parse::<i64>()
+                .expect("seconds")
+        };
+        // Unjumped, the preloaded node tells real time.
+        assert!((time_of(1).await - now()).abs() <= 1);
+        for i in 0..2 {
+            assert_eq!(inline(&cluster, i, "SET k v PX 20000").await, "+OK");
+        }
+        cluster
+            .jump_clock(1, Duration::from_secs(30))
+            .expect("jump");
+        assert_eq!(cluster.clock_offset(1), Some(Duration::from_secs(30)));
+        assert_eq!(
+            inline(&cluster, 1, "PTTL k").await,
+            ":-2",
+            "expired on the jumped node"
+        );
+        let kept: i64 = inline(&cluster, 0, "PTTL k").await[1..]
+            .parse()
+            .expect("ms");
+        assert!(kept > 15_000, "the other node keeps its key: {kept} ms");
+        let ahead = time_of(1).await - now();
+        assert!((29..=31).contains(&ahead), "TIME is {ahead} s ahead");
+
+        cluster.restart(1).await.expect("restart");
+        let ahead = time_of(1).await - now();
+        assert!(
+            (29..=31).contains(&ahead),
+            "after a restart TIME is {ahead} s ahead"
+        );
+    }
 
     /// Docker fails `start` with "address already in use" when the chosen host port was
     /// taken meanwhile; the node must come up on another port and the container left
@@ -680,7 +854,7 @@ mod tests {
         let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
         let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let taken_port = taken.local_addr().unwrap().port();
-        let node = start_node(&image, 0, taken_port)
+        let node = start_node(&image, 0, taken_port, None)
             .await
             .expect("node starts");
         assert_ne!(node.port, taken_port);
