@@ -32,6 +32,15 @@ impl Nodes {
         Nodes::admin_for(Cluster::start_with_proxies(n).await?).await
     }
 
+    /// Like [`Nodes::start`], with the nodes in `fake` running on a wall clock that
+    /// `cluster.jump_clock` can step (tests/safety/clock_jump.rs).
+    pub async fn start_with_fake_clocks(
+        n: usize,
+        fake: &[usize],
+    ) -> Result<Nodes, Box<dyn std::error::Error + Send + Sync>> {
+        Nodes::admin_for(Cluster::start_with_fake_clocks(n, fake).await?).await
+    }
+
     async fn admin_for(
         cluster: Cluster,
     ) -> Result<Nodes, Box<dyn std::error::Error + Send + Sync>> {
