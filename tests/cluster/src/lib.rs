@@ -762,6 +762,10 @@ mod tests {
 
     use super::{Cluster, DEFAULT_IMAGE, Error, IMAGE_ENV, split_image, start_node};
 
+    /// Taken by the tests here that start containers: the taken-port test counts the
+    /// containers of this process, which another test's nodes would add to.
+    static CONTAINERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// One inline command on node `i`; the reply's first line, or for an array (TIME)
     /// its first element.
     async fn inline(cluster: &Cluster, i: usize, command: &str) -> String {
@@ -796,6 +800,7 @@ mod tests {
     /// the jump, and the offset survives a restart. Needs Docker, the image and `cc`.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_jumping_node_expires_its_keys_and_the_others_keep_them() {
+        let _alone = CONTAINERS.lock().await;
         let cluster = Cluster::start_with_fake_clocks(2, &[1])
             .await
             .expect("cluster starts");
@@ -851,6 +856,11 @@ mod tests {
     /// behind by the failed start must be removed. Needs Docker and the image.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_taken_port_is_replaced_and_the_failed_container_removed() {
+        let _alone = CONTAINERS.lock().await;
+        let began = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos();
         let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
         let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let taken_port = taken.local_addr().unwrap().port();
@@ -863,8 +873,18 @@ mod tests {
             .arg(format!("name=fredlock-testcluster-{}-", std::process::id()))
             .output()
             .unwrap();
-        let names = String::from_utf8_lossy(&names.stdout).to_string();
-        assert_eq!(names.lines().count(), 1, "only the started node: {names}");
+        // Only the containers created since this test began (their names carry the
+        // creation time): another test's, made before it took the lock, may still be
+        // on their way out.
+        let names: Vec<String> = String::from_utf8_lossy(&names.stdout)
+            .lines()
+            .filter(|name| {
+                let nanos = name.split('-').nth(3).and_then(|n| n.parse::<u128>().ok());
+                nanos.is_some_and(|n| n >= began)
+            })
+            .map(str::to_string)
+            .collect();
+        assert_eq!(names.len(), 1, "only the started node: {names:?}");
         drop(node);
     }
 
