@@ -274,14 +274,9 @@ async fn check(config: Config, holders: Holders) -> TestResult {
                     .is_valid()
                     .then(|| Fenced::write(&store, lock.fencing_token()));
                 if overran {
-                    // Past the validity on purpose: another holder may take over now.
-                    let past = Duration::from_millis(rng.random_range(30..150));
-                    tokio::time::sleep(lock.remaining() + past).await;
+                    work_past_the_end(&lock, &mut rng).await;
                 } else if to_the_end {
-                    // To the end of the validity: the window closes as the keys could
-                    // first expire, so a validity that overstates shows as an overlap.
-                    let left = lock.remaining().saturating_sub(Duration::from_millis(1));
-                    tokio::time::sleep(left).await;
+                    work_to_the_end(&lock).await;
                 } else {
                     tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
                     if rng.random_bool(0.3) {
@@ -441,6 +436,19 @@ async fn check(config: Config, holders: Holders) -> TestResult {
         "{rate:.1} acquisitions/s is below the floor of {MIN_RATE}/s (seed {seed})"
     );
     Ok(())
+}
+
+/// Past the validity on purpose, by 30-150 ms: another holder may take over meanwhile.
+pub(crate) async fn work_past_the_end(lock: &Lock, rng: &mut StdRng) {
+    let past = Duration::from_millis(rng.random_range(30..150));
+    tokio::time::sleep(lock.remaining() + past).await;
+}
+
+/// To 1 ms before the end of the validity: the window closes as the keys could first
+/// expire, so a validity that overstates shows as an overlap.
+pub(crate) async fn work_to_the_end(lock: &Lock) {
+    let left = lock.remaining().saturating_sub(Duration::from_millis(1));
+    tokio::time::sleep(left).await;
 }
 
 /// Per node, the probe keys on it: any key of a probe of its own, and our key on a

@@ -82,7 +82,7 @@ async fn wait_expired(nodes: &Nodes, i: usize, key: &str, limit: Duration) {
 /// still has most of its TTL on the `others`. The run_ids show the nodes were not
 /// restarted, only their clocks moved.
 async fn jump(nodes: &Nodes, jumping: &[usize], others: &[usize], key: &str) {
-    let before: Vec<String> = futures_run_ids(nodes, jumping).await;
+    let before: Vec<String> = run_ids_of(nodes, jumping).await;
     for &i in jumping {
         nodes.cluster.jump_clock(i, JUMP).expect("jump the clock");
     }
@@ -93,14 +93,10 @@ async fn jump(nodes: &Nodes, jumping: &[usize], others: &[usize], key: &str) {
         let pttl = nodes.pttl(i, key).await;
         assert!(pttl > 5_000, "node {i} keeps the key: PTTL {pttl}");
     }
-    assert_eq!(
-        futures_run_ids(nodes, jumping).await,
-        before,
-        "same processes"
-    );
+    assert_eq!(run_ids_of(nodes, jumping).await, before, "same processes");
 }
 
-async fn futures_run_ids(nodes: &Nodes, which: &[usize]) -> Vec<String> {
+async fn run_ids_of(nodes: &Nodes, which: &[usize]) -> Vec<String> {
     let mut ids = Vec::new();
     for &i in which {
         ids.push(run_id(nodes, i).await);

@@ -175,38 +175,18 @@ pub fn check(log: &[(u64, u64)], writes: &[Write], grants: &[Grant]) -> Findings
         }
     }
 
-    // Check 3: the highest token acknowledged before each moment, by a sweep over the
-    // accepted writes in the order their answers came.
-    let mut acknowledged: Vec<(u128, u64)> =
-        accepted.iter().map(|w| (w.replied, w.token)).collect();
-    acknowledged.sort_unstable();
-    let mut prefix_max = Vec::with_capacity(acknowledged.len());
-    let mut max = 0;
-    for (_, token) in &acknowledged {
-        max = max.max(*token);
-        prefix_max.push(max);
-    }
-    let highest_before = |at: u128, times: &[(u128, u64)], maxima: &[u64]| {
-        let n = times.partition_point(|(t, _)| *t < at);
-        n.checked_sub(1).map_or(0, |i| maxima[i])
-    };
+    // Check 3: the highest token acknowledged before each write was sent.
+    let acknowledged = HighestBefore::new(accepted.iter().map(|w| (w.replied, w.token)));
     for w in &accepted {
-        if highest_before(w.sent, &acknowledged, &prefix_max) > w.token {
+        if acknowledged.at(w.sent) > w.token {
             found.stale_accepted.push(**w);
         }
     }
 
     // Check 4: the highest token granted before each write was sent.
-    let mut granted: Vec<(u128, u64)> = grants.iter().map(|g| (g.at, g.token)).collect();
-    granted.sort_unstable();
-    let mut granted_max = Vec::with_capacity(granted.len());
-    let mut max = 0;
-    for (_, token) in &granted {
-        max = max.max(*token);
-        granted_max.push(max);
-    }
+    let granted = HighestBefore::new(grants.iter().map(|g| (g.at, g.token)));
     for w in &accepted {
-        if highest_before(w.sent, &granted, &granted_max) > w.token {
+        if granted.at(w.sent) > w.token {
             if w.overran {
                 found.overrun_after_takeover += 1;
             } else {
@@ -215,6 +195,35 @@ pub fn check(log: &[(u64, u64)], writes: &[Write], grants: &[Grant]) -> Findings
         }
     }
     found
+}
+
+/// The highest token among events `(time, token)` strictly before a given time.
+struct HighestBefore {
+    /// The events' times, in order, and the running maximum of their tokens.
+    times: Vec<u128>,
+    highest: Vec<u64>,
+}
+
+impl HighestBefore {
+    fn new(events: impl Iterator<Item = (u128, u64)>) -> HighestBefore {
+        let mut events: Vec<(u128, u64)> = events.collect();
+        events.sort_unstable();
+        let times = events.iter().map(|(t, _)| *t).collect();
+        let highest = events
+            .iter()
+            .scan(0, |max, (_, token)| {
+                *max = (*token).max(*max);
+                Some(*max)
+            })
+            .collect();
+        HighestBefore { times, highest }
+    }
+
+    /// 0 when nothing came before `at`.
+    fn at(&self, at: u128) -> u64 {
+        let n = self.times.partition_point(|t| *t < at);
+        n.checked_sub(1).map_or(0, |i| self.highest[i])
+    }
 }
 
 #[cfg(test)]

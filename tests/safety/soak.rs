@@ -16,7 +16,7 @@ use fredlock::{Error, Quarantine, Redlock, Vote};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::checker::{Window, overlaps, seed};
+use crate::checker::{Window, overlaps, seed, work_past_the_end, work_to_the_end};
 use crate::history::{self, Findings, Grant, Write};
 use crate::nemesis::{self, Restarts};
 use crate::support::{MARKER, Nodes, TestResult, lift_quarantine, resource};
@@ -59,18 +59,6 @@ async fn soak_long() -> TestResult {
     soak(target, Duration::from_secs(50 * 60)).await
 }
 
-/// One holder's hold, on the run's clock (µs).
-#[derive(Clone, Copy, Debug)]
-struct Hold {
-    holder: usize,
-    resource: usize,
-    from: u128,
-    until: u128,
-    token: u64,
-    overran: bool,
-    to_the_end: bool,
-}
-
 #[derive(Default, Debug)]
 struct Outcomes {
     failed_attempts: usize,
@@ -92,7 +80,8 @@ struct Shared {
     acquired: AtomicUsize,
     target: usize,
     write_ids: AtomicU64,
-    holds: Mutex<Vec<Hold>>,
+    /// Per hold, its resource and its window (`client` is the holder).
+    holds: Mutex<Vec<(usize, Window)>>,
     writes: Mutex<Vec<(usize, Write)>>,
     outcomes: Mutex<Outcomes>,
 }
@@ -193,10 +182,10 @@ async fn soak(target: usize, limit: Duration) -> TestResult {
             .collect();
         let grants: Vec<Grant> = holds
             .iter()
-            .filter(|h| h.resource == r)
-            .map(|h| Grant {
-                at: h.from,
-                token: h.token,
+            .filter(|(resource, _)| *resource == r)
+            .map(|(_, w)| Grant {
+                at: w.from,
+                token: w.token,
             })
             .collect();
         findings.push(history::check(&log, &mine, &grants));
@@ -296,11 +285,9 @@ async fn hold_repeatedly(
             writes.push(write(&shared, r, token, overran).await?);
         }
         if overran {
-            let past = Duration::from_millis(rng.random_range(30..150));
-            tokio::time::sleep(lock.remaining() + past).await;
+            work_past_the_end(&lock, &mut rng).await;
         } else if to_the_end {
-            let left = lock.remaining().saturating_sub(Duration::from_millis(1));
-            tokio::time::sleep(left).await;
+            work_to_the_end(&lock).await;
         } else {
             tokio::time::sleep(Duration::from_micros(rng.random_range(0..2_000))).await;
             if rng.random_bool(0.1) {
@@ -324,15 +311,17 @@ async fn hold_repeatedly(
         } else {
             shared.now().min(until)
         };
-        shared.holds.lock().expect("poisoned").push(Hold {
-            holder,
-            resource: r,
+        let window = Window {
+            client: holder,
             from,
             until: end,
             token,
             overran,
             to_the_end,
-        });
+            first: None,
+            last: None,
+        };
+        shared.holds.lock().expect("poisoned").push((r, window));
         shared
             .writes
             .lock()
@@ -380,22 +369,13 @@ type Pair = (Window, Window);
 /// Per resource: overlapping holds (none may have an honest earlier holder), overlaps
 /// after an overrunning holder (fencing's case, counted), and consecutive holds whose
 /// tokens do not strictly increase.
-fn check_holds(holds: &[Hold]) -> (Vec<Pair>, usize, Vec<Pair>) {
+fn check_holds(holds: &[(usize, Window)]) -> (Vec<Pair>, usize, Vec<Pair>) {
     let (mut violations, mut fenced, mut tokens) = (Vec::new(), 0, Vec::new());
     for r in 0..RESOURCES {
         let mut windows: Vec<Window> = holds
             .iter()
-            .filter(|h| h.resource == r)
-            .map(|h| Window {
-                client: h.holder,
-                from: h.from,
-                until: h.until,
-                token: h.token,
-                overran: h.overran,
-                to_the_end: h.to_the_end,
-                first: None,
-                last: None,
-            })
+            .filter(|(resource, _)| *resource == r)
+            .map(|(_, w)| *w)
             .collect();
         for (a, b) in overlaps(&mut windows) {
             if a.overran {
@@ -418,12 +398,11 @@ fn check_holds(holds: &[Hold]) -> (Vec<Pair>, usize, Vec<Pair>) {
 /// Waits for every node to answer, then for the lock keys to be gone (within a TTL,
 /// plus the delivery slack) and for every key but the incarnation marker to be gone
 /// (the counters within TTL + retention, the quarantine guards within their period).
-/// Returns how long each took from the end of the run.
+/// Returns how long each took from the moment every node answered again.
 async fn keys_expire(nodes: &Nodes) -> (Duration, Duration) {
     for i in 0..5 {
         nodes.wait_admin(i, Duration::from_secs(10)).await;
     }
-    // The run's end: every fault was undone before the nodes answered.
     let start = Instant::now();
     let lock_keys = format!("{}*", resource("soak:"));
     let lock_keys = wait_for_no_keys(nodes, &lock_keys, start, TTL).await;
