@@ -17,8 +17,9 @@ enum Source {
     Clients(Vec<Client>),
 }
 
-/// Configures and connects a [`Redlock`]. Made by [`Redlock::builder`] or
-/// [`Redlock::from_clients`].
+/// Configures and connects a [`Redlock`](crate::Redlock). Made by
+/// [`Redlock::builder`](crate::Redlock::builder) or
+/// [`Redlock::from_clients`](crate::Redlock::from_clients).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -108,7 +109,8 @@ impl Builder {
         Builder::new(Source::Clients(clients))
     }
 
-    /// How many times [`Redlock::lock`] tries again after a failed attempt.
+    /// How many times [`Redlock::lock`](crate::Redlock::lock) tries again after a failed
+    /// attempt.
     ///
     /// Default: 3, or unlimited (until the deadline) when an
     /// [`acquire_timeout`](Self::acquire_timeout) is set.
@@ -162,8 +164,9 @@ impl Builder {
         self
     }
 
-    /// Bounds the total wait of [`Redlock::lock`]: no attempt starts unless it can end
-    /// before this deadline (give or take the lateness of a timer on a busy runtime).
+    /// Bounds the total wait of [`Redlock::lock`](crate::Redlock::lock): no attempt starts
+    /// unless it can end before this deadline (give or take the lateness of a timer on a
+    /// busy runtime).
     /// Without an explicit [`retry_count`](Self::retry_count), `lock()` then retries
     /// until the deadline. Must be at least the node timeout.
     /// Default: none (the retry count bounds the wait).
@@ -187,8 +190,8 @@ impl Builder {
     }
 
     /// When a kept-alive lock ([`Lock::keep_alive`](crate::Lock::keep_alive),
-    /// [`Redlock::with_lock`]) is extended: once this share of its validity is left.
-    /// Must be in `(0, 1)`. Default: 0.5.
+    /// [`Redlock::with_lock`](crate::Redlock::with_lock)) is extended: once this share of
+    /// its validity is left. Must be in `(0, 1)`. Default: 0.5.
     pub fn keep_alive_at(mut self, share: f64) -> Self {
         self.keep_alive_at = share;
         self

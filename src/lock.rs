@@ -79,7 +79,8 @@ impl Lock {
     }
 
     /// The resource name this lock was taken for; for a lock over several resources
-    /// ([`Redlock::lock_many`]), their names joined by `", "`.
+    /// ([`Redlock::lock_many`](crate::Redlock::lock_many)), their names joined by
+    /// `", "`.
     pub fn resource(&self) -> &str {
         &self.request.resource
     }
