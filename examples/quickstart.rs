@@ -6,18 +6,19 @@
 //! ```
 //!
 //! Each argument that is not a flag is one master's URL (`redis://[:password@]host:port`,
-//! or `rediss://` with a TLS feature). The example builds a [`Redlock`] over them, takes
-//! a lock on the resource (`--resource NAME`, default `quickstart`) for 10 s, prints its
-//! fencing token and remaining validity, extends it to 20 s from then, and releases it,
-//! printing each step. Any failure is printed with every node's vote, and the exit status is 1
-//! (2 for bad arguments).
+//! or `rediss://` with the `tls-rustls` or `tls-native` feature). The example builds a
+//! [`Redlock`] over them, takes a lock on the resource (`--resource NAME`, default
+//! `quickstart`) for 10 s, prints its fencing token and remaining validity, extends it
+//! to 20 s from then, and releases it, printing each step. A failure is printed (a round's with every node's vote) and the
+//! exit status is 1; bad arguments print the usage text and exit with 2.
 //!
 //! `--fresh-deployment` lifts the restart quarantine before locking. fredlock keeps a
-//! node that lost or changed its data out of acquisitions for 60 s, because such a node
-//! may have forgotten a lock it granted; new, empty nodes look exactly like that, so on
-//! a fresh deployment the first acquisition would quarantine every node and fail. Lifting
-//! the quarantine is safe only when no lock granted by these nodes can still be held:
-//! on nodes that other clients already use, it can let a second holder in.
+//! node that lost or changed its data out of acquisitions (for 60 s by default),
+//! because such a node may have forgotten a lock it granted. New, empty nodes look the
+//! same to fredlock, so on a fresh deployment the first acquisition quarantines every
+//! node and fails. Lifting the quarantine is safe only when no lock granted by these
+//! nodes can still be held: on nodes that other clients already use, it can let a
+//! second holder in.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -124,9 +125,6 @@ async fn lock_extend_release(
     let t = Instant::now();
     let mut lock = match redlock.lock(resource, TTL).await {
         Ok(lock) => lock,
-        Err(e @ Error::Taken { .. }) => {
-            return Err(format!("locking: another owner holds it: {e}"));
-        }
         Err(e) if !fresh_deployment && quarantined(&e) => {
             return Err(format!(
                 "locking: {e}\n(new nodes are quarantined at their first use, like nodes that \
