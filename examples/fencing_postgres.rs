@@ -14,8 +14,8 @@
 //! Holder A takes the lock on a throwaway 3-node Redis cluster (Docker), writes, stalls
 //! past its validity; holder B takes the lock and writes; A's late write touches no row.
 //!
-//! It needs a PostgreSQL server; the table `fencing_example` is created there (and
-//! dropped at the end). A throwaway server on 127.0.0.1:54329, trusting every local
+//! It needs a PostgreSQL server; `fencing_example` is a temporary table of the example's
+//! session, so nothing is left there and no table of yours is touched. A throwaway server on 127.0.0.1:54329, trusting every local
 //! connection, as root on Debian (`apt-get install -y postgresql`):
 //!
 //! ```sh
@@ -67,8 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The row exists before any holder writes: the guarded UPDATE cannot tell a
     // missing row from a refusal.
     db.batch_execute(
-        "DROP TABLE IF EXISTS fencing_example;
-         CREATE TABLE fencing_example (
+        "CREATE TEMPORARY TABLE fencing_example (
              id    TEXT PRIMARY KEY,
              value TEXT NOT NULL,
              fence BIGINT NOT NULL
@@ -76,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          INSERT INTO fencing_example VALUES ('ledger', '', 0);",
     )
     .await?;
-    println!("0. table fencing_example: row {ROW:?} with fence 0");
+    println!("0. temporary table fencing_example: row {ROW:?} with fence 0");
 
     let cluster = Cluster::start(3).await?;
     let client = || {
@@ -131,7 +130,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Err(e) = stale.release().await {
         println!("6. A's release says: {e}");
     }
-    db.batch_execute("DROP TABLE fencing_example").await?;
     drop(db);
     connection.await??;
     Ok(())
