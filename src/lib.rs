@@ -86,6 +86,8 @@ mod fencing;
 mod keep_alive;
 mod lease;
 mod lock;
+#[cfg(test)]
+mod model;
 mod node;
 mod protocol;
 mod quorum;

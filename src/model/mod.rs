@@ -1,0 +1,466 @@
+//! A model of fredlock's protocol for the `stateright` model checker: acquisition with
+//! cleanup, fencing write-back, extension and release by 2-3 clients over 3 nodes that
+//! crash, restart with or without their data, lose messages, and (in one
+//! configuration) jump their clocks. The checker explores every interleaving within the
+//! bounds of a [`Config`] (docs/safety.md, "Model checking").
+//!
+//! The clients decide with the crate's own pure parts: [`Tally`] for the votes and the
+//! quorum, [`Ttl::validity`] for the validity a round leaves, [`fencing::tokens`] for
+//! the token handed out and whether to write it back. The nodes run what
+//! `scripts/ops.lua` runs (`node.rs`).
+//!
+//! Time is discrete: one tick is [`TICK`], and everything that happens within a tick
+//! happens at its start. A node executes a request and its answer reaches the client
+//! in one step; an answer that arrives later can only make a round's validity smaller
+//! (the same end, a later start) or turn a vote into a timeout, which the model covers
+//! by losing the answer.
+
+mod client;
+mod node;
+#[cfg(test)]
+mod tests;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use stateright::{Model, Property};
+
+use crate::ttl::Ttl;
+use client::{Client, Phase};
+use node::{Node, Op, Restart, Token};
+
+/// Time in ticks of [`TICK`].
+pub(crate) type Tick = u8;
+
+/// One tick of the model's clock.
+pub(crate) const TICK: Duration = Duration::from_millis(20);
+/// The lock TTL: 2 ticks (40 ms). A round decided in the tick it began leaves 34 ms
+/// of validity, one decided a tick later 16 ms, two ticks later none.
+pub(crate) const TTL: Tick = 2;
+/// `fencing_retention`: a counter lives `TTL + RETENTION` from its last write.
+pub(crate) const RETENTION: Tick = 1;
+/// The restart quarantine period: the TTL, the largest a client may use.
+pub(crate) const PERIOD: Tick = 2;
+/// The drift factor the clients are configured with.
+pub(crate) const DRIFT_FACTOR: f64 = 0.1;
+
+/// A client's clock reading at tick `t`, in microseconds. The clients' clocks run at
+/// `1 - DRIFT_FACTOR` of the nodes' rate: the slowest the configured factor allows,
+/// which makes every validity last longest in real time (the worst case for mutual
+/// exclusion; a faster client clock only ends its windows sooner).
+pub(crate) fn client_clock(t: Tick) -> u64 {
+    let tick_us = u64::try_from(TICK.as_micros()).unwrap_or(u64::MAX);
+    u64::from(t) * tick_us * 9 / 10
+}
+
+/// What the checker explores: the bounds and the switches that break the protocol on
+/// purpose, to show that the properties catch it.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) nodes: usize,
+    pub(crate) clients: usize,
+    /// Acquisition attempts per client.
+    pub(crate) attempts: u8,
+    /// Extensions per client.
+    pub(crate) extends: u8,
+    /// The last tick.
+    pub(crate) horizon: Tick,
+    /// Node crashes (each followed by a restart of any kind, at any later time).
+    pub(crate) crashes: u8,
+    /// Requests or answers lost.
+    pub(crate) losses: u8,
+    /// Forward clock jumps on nodes.
+    pub(crate) jumps: u8,
+    /// The restart quarantine is on.
+    pub(crate) quarantine: bool,
+    /// The clients subtract the drift allowance from the validity.
+    pub(crate) drift: bool,
+    /// A failed attempt removes its token from every node.
+    pub(crate) cleanup: bool,
+    /// Disagreeing fencing counters are written back to a quorum before the token is
+    /// handed out.
+    pub(crate) write_back: bool,
+}
+
+impl Config {
+    /// The implementation's protocol, two clients with one attempt each, over three
+    /// nodes one of which may crash and restart, for two ticks (a whole TTL).
+    pub(crate) fn protocol() -> Config {
+        Config {
+            nodes: 3,
+            clients: 2,
+            attempts: 1,
+            extends: 0,
+            horizon: 2,
+            crashes: 1,
+            losses: 0,
+            jumps: 0,
+            quarantine: true,
+            drift: true,
+            cleanup: true,
+            write_back: true,
+        }
+    }
+
+    fn ttl(&self) -> Ttl {
+        let factor = if self.drift { DRIFT_FACTOR } else { 0.0 };
+        // 40 ms is above the drift allowance of either factor.
+        Ttl::new(TICK * u32::from(TTL), factor).unwrap_or_else(|_| unreachable!())
+    }
+}
+
+/// The whole system at one moment, with the history the properties need.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct State {
+    pub(crate) now: Tick,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) clients: Vec<Client>,
+    /// Requests in flight, one FIFO per client and node (`client * nodes + node`): one
+    /// connection each, so a removal always runs after the acquisition it undoes.
+    pub(crate) wires: Vec<Vec<(Token, u8, Op)>>,
+    /// Per wire: a request of it was lost (a removal may never arrive).
+    pub(crate) lossy: Vec<bool>,
+    pub(crate) crashes: u8,
+    pub(crate) losses: u8,
+    pub(crate) jumps: u8,
+    /// The largest fencing token handed out so far.
+    pub(crate) max_fence: Option<u64>,
+    /// A token was handed out that was not above every earlier one.
+    pub(crate) fence_violation: bool,
+    pub(crate) grants: u8,
+    /// A node refused an acquisition while quarantined.
+    pub(crate) refused: bool,
+}
+
+/// One step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Action {
+    /// Time advances one tick: keys expire, and every vote still pending fails (the
+    /// node timeout is one tick).
+    Tick,
+    Start(u8),
+    Extend(u8),
+    Release(u8),
+    /// The node runs the first request on the wire from this client; its answer arrives.
+    Deliver(u8, u8),
+    /// The first request on the wire is lost.
+    LoseRequest(u8, u8),
+    /// The node runs the first request; its answer is lost.
+    LoseAnswer(u8, u8),
+    Crash(u8),
+    Restart(u8, Restart),
+    Jump(u8),
+}
+
+/// The model: a [`Config`] and the TTL every client uses.
+pub(crate) struct Redlock {
+    pub(crate) config: Config,
+    ttl: Ttl,
+}
+
+impl Redlock {
+    pub(crate) fn new(config: Config) -> Redlock {
+        let ttl = config.ttl();
+        Redlock { config, ttl }
+    }
+
+    fn wire(&self, client: usize, node: usize) -> usize {
+        client * self.config.nodes + node
+    }
+}
+
+impl Model for Redlock {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let c = &self.config;
+        vec![State {
+            now: 0,
+            nodes: vec![Node::new(); c.nodes],
+            clients: vec![Client::new(c.nodes); c.clients],
+            wires: vec![Vec::new(); c.nodes * c.clients],
+            lossy: vec![false; c.nodes * c.clients],
+            crashes: c.crashes,
+            losses: c.losses,
+            jumps: c.jumps,
+            max_fence: None,
+            fence_violation: false,
+            grants: 0,
+            refused: false,
+        }]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        let c = &self.config;
+        if s.now < c.horizon {
+            actions.push(Action::Tick);
+        }
+        for (i, client) in s.clients.iter().enumerate() {
+            let i = i as u8;
+            match client.phase {
+                Phase::Idle if client.attempts < c.attempts => actions.push(Action::Start(i)),
+                Phase::Holding { valid_until, .. } => {
+                    actions.push(Action::Release(i));
+                    if client.extends < c.extends && valid_until > client_clock(s.now) {
+                        actions.push(Action::Extend(i));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (w, wire) in s.wires.iter().enumerate() {
+            let (client, node) = ((w / c.nodes) as u8, (w % c.nodes) as u8);
+            if wire.is_empty() || !s.nodes[usize::from(node)].up {
+                continue;
+            }
+            actions.push(Action::Deliver(client, node));
+            if s.losses > 0 {
+                actions.push(Action::LoseRequest(client, node));
+                actions.push(Action::LoseAnswer(client, node));
+            }
+        }
+        for (n, node) in s.nodes.iter().enumerate() {
+            let n = n as u8;
+            if !node.up {
+                actions.push(Action::Restart(n, Restart::Empty));
+                actions.push(Action::Restart(n, Restart::Snapshot));
+                actions.push(Action::Restart(n, Restart::Persisted));
+            } else if s.crashes > 0 {
+                actions.push(Action::Crash(n));
+            }
+            if node.up && s.jumps > 0 {
+                actions.push(Action::Jump(n));
+            }
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Action::Tick => self.tick(&mut s),
+            Action::Start(c) => self.start(&mut s, usize::from(c)),
+            Action::Extend(c) => self.extend(&mut s, usize::from(c)),
+            Action::Release(c) => self.release(&mut s, usize::from(c)),
+            Action::Deliver(c, n) => self.deliver(&mut s, usize::from(c), usize::from(n), true),
+            Action::LoseAnswer(c, n) => {
+                s.losses -= 1;
+                self.deliver(&mut s, usize::from(c), usize::from(n), false);
+            }
+            Action::LoseRequest(c, n) => {
+                s.losses -= 1;
+                let w = self.wire(usize::from(c), usize::from(n));
+                s.wires[w].remove(0);
+                s.lossy[w] = true;
+            }
+            Action::Crash(n) => self.crash(&mut s, usize::from(n)),
+            Action::Restart(n, how) => s.nodes[usize::from(n)].restart(how),
+            Action::Jump(n) => {
+                s.jumps -= 1;
+                s.nodes[usize::from(n)].jump();
+            }
+        }
+        Some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always("mutual exclusion", |_, s: &State| {
+                let now = client_clock(s.now);
+                s.clients.iter().filter(|c| c.holds_at(now)).count() <= 1
+            }),
+            Property::always("fencing tokens increase", |_, s: &State| !s.fence_violation),
+            Property::always(
+                "no key of a finished attempt stays",
+                |m: &Self, s: &State| m.finished_keys_are_going(s),
+            ),
+            Property::sometimes("two holders, one after the other", |_, s: &State| {
+                s.grants >= 2
+            }),
+            Property::sometimes("a quarantined node refuses", |_, s: &State| s.refused),
+        ]
+    }
+}
+
+/// A canonical member of the state's class under renaming the nodes and the clients.
+/// Nodes are interchangeable, and so are clients (same start, same bounds, no property
+/// names one), so the checker needs to explore one state of each class. Nodes are
+/// ordered by a hash of their column (their keys, their wires, the votes for them);
+/// of the orders of the clients, the one whose state hashes lowest is kept. A hash
+/// collision only costs some reduction, never soundness: the result is always the
+/// same state with nodes and clients renamed.
+pub(crate) fn representative(s: &State) -> State {
+    let mut clients: Vec<usize> = (0..s.clients.len()).collect();
+    let mut best: Option<(u64, State)> = None;
+    loop {
+        let r = order_nodes(&rename_clients(s, &clients));
+        let h = hash(&r);
+        if best.as_ref().is_none_or(|(b, _)| h < *b) {
+            best = Some((h, r));
+        }
+        if !next_permutation(&mut clients) {
+            break;
+        }
+    }
+    best.map_or_else(|| s.clone(), |(_, r)| r)
+}
+
+fn hash(value: &impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// The lexicographically next permutation, or `false` after the last.
+fn next_permutation(p: &mut [usize]) -> bool {
+    let Some(i) = (1..p.len()).rev().find(|&i| p[i - 1] < p[i]) else {
+        return false;
+    };
+    let j = (i..p.len()).rev().find(|&j| p[j] > p[i - 1]).unwrap_or(i);
+    p.swap(i - 1, j);
+    p[i..].reverse();
+    true
+}
+
+/// Client `j` of the result is client `order[j]` of `s`, and tokens follow.
+fn rename_clients(s: &State, order: &[usize]) -> State {
+    let n = s.nodes.len();
+    let mut new_id = vec![0u8; order.len()];
+    for (j, &i) in order.iter().enumerate() {
+        new_id[i] = j as u8;
+    }
+    let rename = |t: Token| Token {
+        client: new_id[usize::from(t.client)],
+        ..t
+    };
+    let mut r = s.clone();
+    for (j, &i) in order.iter().enumerate() {
+        r.clients[j] = s.clients[i].clone();
+        for node in 0..n {
+            r.wires[j * n + node] = s.wires[i * n + node]
+                .iter()
+                .map(|&(t, round, op)| (rename(t), round, op))
+                .collect();
+            r.lossy[j * n + node] = s.lossy[i * n + node];
+        }
+    }
+    for node in &mut r.nodes {
+        node.key = node.key.map(|(t, until)| (rename(t), until));
+    }
+    r
+}
+
+/// Nodes ordered by a hash of their column.
+fn order_nodes(s: &State) -> State {
+    let (n, k) = (s.nodes.len(), s.clients.len());
+    let column = |i: usize| {
+        let wires: Vec<_> = (0..k)
+            .map(|c| {
+                (
+                    &s.wires[c * n + i],
+                    s.lossy[c * n + i],
+                    s.clients[c].ballot(i),
+                )
+            })
+            .collect();
+        hash(&(&s.nodes[i], wires))
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_cached_key(|&i| column(i));
+    let mut r = s.clone();
+    for (j, &i) in order.iter().enumerate() {
+        r.nodes[j] = s.nodes[i].clone();
+        for c in 0..k {
+            r.wires[c * n + j] = s.wires[c * n + i].clone();
+            r.lossy[c * n + j] = s.lossy[c * n + i];
+        }
+    }
+    for client in &mut r.clients {
+        client.permute(&order);
+    }
+    r
+}
+
+impl Redlock {
+    /// Every lock key of an attempt that ended (failed or released) has its removal on
+    /// the wire, or a request of that wire was lost (then it expires with its TTL,
+    /// which every key carries: at most `TTL` after its last write).
+    fn finished_keys_are_going(&self, s: &State) -> bool {
+        s.nodes.iter().enumerate().all(|(n, node)| {
+            let Some((token, until)) = node.key else {
+                return true;
+            };
+            let client = &s.clients[usize::from(token.client)];
+            let w = self.wire(usize::from(token.client), n);
+            let removal = s.wires[w].contains(&(token, 0, Op::Delete));
+            until <= s.now + TTL && (!client.finished(token.attempt) || removal || s.lossy[w])
+        })
+    }
+
+    fn tick(&self, s: &mut State) {
+        s.now += 1;
+        for node in &mut s.nodes {
+            node.expire(s.now);
+        }
+        for c in 0..s.clients.len() {
+            s.clients[c].time_out();
+            self.advance(s, c);
+        }
+    }
+
+    fn crash(&self, s: &mut State, n: usize) {
+        s.crashes -= 1;
+        s.nodes[n].up = false;
+        // The connections fail: what was on their wires is lost, and the votes waiting
+        // for it fail.
+        for c in 0..s.clients.len() {
+            let w = self.wire(c, n);
+            if !s.wires[w].is_empty() {
+                s.wires[w].clear();
+                s.lossy[w] = true;
+            }
+            s.clients[c].fail_vote(n);
+            self.advance(s, c);
+        }
+    }
+
+    fn deliver(&self, s: &mut State, c: usize, n: usize, answered: bool) {
+        let w = self.wire(c, n);
+        let (token, round, op) = s.wires[w].remove(0);
+        let answer = s.nodes[n].apply(token, op, s.now, self.config.quarantine);
+        s.refused |= answer == node::Answer::Quarantined;
+        if answered {
+            s.clients[c].vote(n, round, answer);
+            self.advance(s, c);
+        }
+    }
+
+    /// Sends `op` of the client's current attempt to every node, as a new round: a
+    /// node that is down fails its vote at once (a refused connection).
+    fn send(&self, s: &mut State, c: usize, op: Op) {
+        let token = s.clients[c].token(c);
+        let round = s.clients[c].new_round();
+        for n in 0..self.config.nodes {
+            if s.nodes[n].up {
+                s.wires[self.wire(c, n)].push((token, round, op));
+            } else {
+                s.clients[c].fail_vote(n);
+            }
+        }
+        self.advance(s, c);
+    }
+
+    /// Sends the removal of the client's current token to every node, in round 0: no
+    /// one waits for its answers. A node that is down never gets it.
+    fn remove(&self, s: &mut State, c: usize) {
+        let token = s.clients[c].token(c);
+        for n in 0..self.config.nodes {
+            let w = self.wire(c, n);
+            if s.nodes[n].up {
+                s.wires[w].push((token, 0, Op::Delete));
+            } else {
+                s.lossy[w] = true;
+            }
+        }
+    }
+}
