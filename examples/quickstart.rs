@@ -9,8 +9,9 @@
 //! or `rediss://` with the `tls-rustls` or `tls-native` feature). The example builds a
 //! [`Redlock`] over them, takes a lock on the resource (`--resource NAME`, default
 //! `quickstart`) for 10 s, prints its fencing token and remaining validity, extends it
-//! to 20 s from then, and releases it, printing each step. A failure is printed (a round's with every node's vote) and the
-//! exit status is 1; bad arguments print the usage text and exit with 2.
+//! to 20 s from then, and releases it, printing each step. A failure is printed (a
+//! round's with every node's vote) and the exit status is 1; bad arguments print the
+//! usage text and exit with 2.
 //!
 //! `--fresh-deployment` lifts the restart quarantine before locking. fredlock keeps a
 //! node that lost or changed its data out of acquisitions (for 60 s by default),
