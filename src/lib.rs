@@ -86,8 +86,6 @@ mod fencing;
 mod keep_alive;
 mod lease;
 mod lock;
-#[cfg(test)]
-mod model;
 mod node;
 mod protocol;
 mod quorum;

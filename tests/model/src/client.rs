@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use super::node::{Answer, Op, Token};
-use super::{Redlock, State, Tick, client_clock};
+use super::{DRIFT_FACTOR, Redlock, State, Tick, client_clock};
 use crate::fencing;
 use crate::quorum::{Decision, Tally, Vote, quorum};
 
 /// Where a client is. Validity ends are readings of the client's own clock (µs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Phase {
+pub enum Phase {
     Idle,
     /// An acquisition round begun at `start`.
     Acquiring {
@@ -45,11 +45,11 @@ enum Ballot {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Client {
-    pub(crate) phase: Phase,
+pub struct Client {
+    pub phase: Phase,
     /// Attempts begun; the current one is number `attempts`.
-    pub(crate) attempts: u8,
-    pub(crate) extends: u8,
+    pub attempts: u8,
+    pub extends: u8,
     /// The current round (answers of earlier rounds are ignored); 0 is for removals.
     round: u8,
     /// The current round's votes, one per node; empty between rounds.
@@ -58,7 +58,7 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(nodes: usize) -> Client {
+    pub fn new(nodes: usize) -> Client {
         Client {
             phase: Phase::Idle,
             attempts: 0,
@@ -69,7 +69,7 @@ impl Client {
         }
     }
 
-    pub(crate) fn token(&self, client: usize) -> Token {
+    pub fn token(&self, client: usize) -> Token {
         Token {
             client: u8::try_from(client).unwrap_or(u8::MAX),
             attempt: self.attempts,
@@ -77,12 +77,12 @@ impl Client {
     }
 
     /// Whether the attempt has ended: failed, or its lock released.
-    pub(crate) fn finished(&self, attempt: u8) -> bool {
+    pub fn finished(&self, attempt: u8) -> bool {
         attempt < self.attempts || self.phase == Phase::Idle
     }
 
     /// Whether the client holds a lock with validity left at `now` on its clock.
-    pub(crate) fn holds_at(&self, now: u64) -> bool {
+    pub fn holds_at(&self, now: u64) -> bool {
         match self.phase {
             Phase::Holding { valid_until, .. } | Phase::Extending { valid_until, .. } => {
                 valid_until > now
@@ -91,13 +91,13 @@ impl Client {
         }
     }
 
-    pub(crate) fn new_round(&mut self) -> u8 {
+    pub fn new_round(&mut self) -> u8 {
         self.round += 1;
         self.votes = vec![Ballot::Pending; usize::from(self.nodes)];
         self.round
     }
 
-    pub(crate) fn vote(&mut self, node: usize, round: u8, answer: Answer) {
+    pub fn vote(&mut self, node: usize, round: u8, answer: Answer) {
         if round == self.round && matches!(self.votes.get(node), Some(Ballot::Pending)) {
             self.votes[node] = match answer {
                 Answer::Yes(counter) => Ballot::Yes(counter),
@@ -107,14 +107,14 @@ impl Client {
         }
     }
 
-    pub(crate) fn fail_vote(&mut self, node: usize) {
+    pub fn fail_vote(&mut self, node: usize) {
         if let Some(b @ Ballot::Pending) = self.votes.get_mut(node) {
             *b = Ballot::Failed;
         }
     }
 
     /// The node timeout (one tick) passed: every vote still pending fails.
-    pub(crate) fn time_out(&mut self) {
+    pub fn time_out(&mut self) {
         for b in &mut self.votes {
             if *b == Ballot::Pending {
                 *b = Ballot::Failed;
@@ -123,13 +123,13 @@ impl Client {
     }
 
     /// The vote of `node` in the current round, if a round is on.
-    pub(crate) fn ballot(&self, node: usize) -> Option<impl std::hash::Hash + use<>> {
+    pub fn ballot(&self, node: usize) -> Option<impl std::hash::Hash + use<>> {
         self.votes.get(node).copied()
     }
 
     /// Reorders the votes to a new order of the nodes: vote `j` becomes the vote of
     /// former node `order[j]`.
-    pub(crate) fn permute(&mut self, order: &[usize]) {
+    pub fn permute(&mut self, order: &[usize]) {
         if !self.votes.is_empty() {
             self.votes = order.iter().map(|&i| self.votes[i]).collect();
         }
@@ -167,7 +167,7 @@ impl Client {
 }
 
 impl Redlock {
-    pub(super) fn start(&self, s: &mut State, c: usize) {
+    pub fn start(&self, s: &mut State, c: usize) {
         let client = &mut s.clients[c];
         client.attempts += 1;
         client.phase = Phase::Acquiring { start: s.now };
@@ -175,7 +175,7 @@ impl Redlock {
         self.send(s, c, Op::Acquire { floor });
     }
 
-    pub(super) fn extend(&self, s: &mut State, c: usize) {
+    pub fn extend(&self, s: &mut State, c: usize) {
         let client = &mut s.clients[c];
         if let Phase::Holding { valid_until, fence } = client.phase {
             client.extends += 1;
@@ -189,13 +189,13 @@ impl Redlock {
     }
 
     /// The holder stops trusting the lock, then removes its key from every node.
-    pub(super) fn release(&self, s: &mut State, c: usize) {
+    pub fn release(&self, s: &mut State, c: usize) {
         s.clients[c].settle(Phase::Idle);
         self.remove(s, c);
     }
 
     /// Acts on the current round once its votes decide it.
-    pub(super) fn advance(&self, s: &mut State, c: usize) {
+    pub fn advance(&self, s: &mut State, c: usize) {
         let now = s.now;
         let client = &s.clients[c];
         let Some(decision) = client.decision() else {
@@ -255,7 +255,7 @@ impl Redlock {
     /// no node's key beyond `start + ttl`, less the drift.
     fn renewed(&self, start: Tick) -> u64 {
         let drift = if self.config.drift {
-            self.ttl.drift()
+            crate::ttl::drift(self.ttl.duration(), DRIFT_FACTOR)
         } else {
             Duration::ZERO
         };

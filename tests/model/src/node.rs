@@ -7,14 +7,14 @@ use super::{PERIOD, RETENTION, TTL, Tick};
 /// Who set a lock key: a client and the number of its attempt (the random token of
 /// the implementation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Token {
-    pub(crate) client: u8,
-    pub(crate) attempt: u8,
+pub struct Token {
+    pub client: u8,
+    pub attempt: u8,
 }
 
 /// An operation of `ops.lua`, as a client sends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Op {
+pub enum Op {
     /// `acquire`: the quarantine check, then SET NX PX and the fencing counter raised
     /// to `max(counter + 1, floor)`.
     Acquire { floor: u64 },
@@ -28,7 +28,7 @@ pub(crate) enum Op {
 
 /// What a node answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Answer {
+pub enum Answer {
     /// Done: for an acquisition, the counter it returned.
     Yes(u64),
     /// The key is not ours (another token holds it, or ours is gone).
@@ -39,7 +39,7 @@ pub(crate) enum Answer {
 
 /// How a node comes back after a crash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Restart {
+pub enum Restart {
     /// No persistence: every key is gone.
     Empty,
     /// From an old snapshot: the incarnation marker of an earlier run is back, the
@@ -51,23 +51,23 @@ pub(crate) enum Restart {
 
 /// A node's keyspace, each key with the tick at which it expires.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Node {
-    pub(crate) up: bool,
+pub struct Node {
+    pub up: bool,
     /// The server process's `run_id`: a new one at every start.
-    pub(crate) run_id: u8,
+    pub run_id: u8,
     /// The lock key: its token and expiry.
-    pub(crate) key: Option<(Token, Tick)>,
+    pub key: Option<(Token, Tick)>,
     /// The fencing counter: its value and expiry.
-    pub(crate) counter: Option<(u64, Tick)>,
+    pub counter: Option<(u64, Tick)>,
     /// `fredlock:incarnation`: the `run_id` recorded by the last client (no expiry).
-    pub(crate) marker: Option<u8>,
+    pub marker: Option<u8>,
     /// `fredlock:quarantine`: its expiry.
-    pub(crate) guard: Option<Tick>,
+    pub guard: Option<Tick>,
 }
 
 impl Node {
     /// A node of a deployment whose quarantine was lifted: the marker holds its run_id.
-    pub(crate) fn new() -> Node {
+    pub fn new() -> Node {
         Node {
             up: true,
             run_id: 0,
@@ -79,7 +79,7 @@ impl Node {
     }
 
     /// Runs one operation at `now`; `quarantine` is whether the client sends a period.
-    pub(crate) fn apply(&mut self, token: Token, op: Op, now: Tick, quarantine: bool) -> Answer {
+    pub fn apply(&mut self, token: Token, op: Op, now: Tick, quarantine: bool) -> Answer {
         let ours = matches!(self.key, Some((t, _)) if t == token);
         let counter_until = now + TTL + RETENTION;
         match op {
@@ -133,7 +133,7 @@ impl Node {
 
     /// Time reaches `now`: keys whose expiry came are gone (Redis expires by its own
     /// clock, whether the process runs or not).
-    pub(crate) fn expire(&mut self, now: Tick) {
+    pub fn expire(&mut self, now: Tick) {
         if self.key.is_some_and(|(_, until)| until <= now) {
             self.key = None;
         }
@@ -145,7 +145,7 @@ impl Node {
         }
     }
 
-    pub(crate) fn restart(&mut self, how: Restart) {
+    pub fn restart(&mut self, how: Restart) {
         self.up = true;
         self.run_id += 1;
         match how {
@@ -165,7 +165,7 @@ impl Node {
 
     /// The node's wall clock steps forward by more than any expiry: every key with an
     /// expiry is gone at once (the marker has none).
-    pub(crate) fn jump(&mut self) {
+    pub fn jump(&mut self) {
         self.key = None;
         self.counter = None;
         self.guard = None;

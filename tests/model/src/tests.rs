@@ -144,7 +144,7 @@ fn without_the_write_back_fencing_tokens_can_repeat() {
 }
 
 /// The larger configuration of docs/safety.md: a crash, an extension and three ticks.
-/// Not in CI: `cargo test --release --lib model::tests::larger -- --ignored --nocapture`.
+/// Not in CI: `cargo test --release -p fredlock-model larger -- --ignored --nocapture`.
 #[test]
 #[ignore = "minutes in a release build; run by hand"]
 fn larger() {

@@ -1,11 +1,11 @@
 //! A model of fredlock's protocol for the `stateright` model checker: acquisition with
-//! cleanup, fencing write-back, extension and release by 2-3 clients over 3 nodes that
+//! cleanup, fencing write-back, extension and release by 2 clients over 3 nodes that
 //! crash, restart with or without their data, lose messages, and (in one
 //! configuration) jump their clocks. The checker explores every interleaving within the
 //! bounds of a [`Config`] (docs/safety.md, "Model checking").
 //!
-//! The clients decide with the crate's own pure parts: [`Tally`] for the votes and the
-//! quorum, [`Ttl::validity`] for the validity a round leaves, [`fencing::tokens`] for
+//! The clients decide with the crate's own pure parts: `Tally` for the votes and the
+//! quorum, `Ttl::validity` for the validity a round leaves, `fencing::tokens` for
 //! the token handed out and whether to write it back. The nodes run what
 //! `scripts/ops.lua` runs (`node.rs`).
 //!
@@ -14,6 +14,21 @@
 //! in one step; an answer that arrives later can only make a round's validity smaller
 //! (the same end, a later start) or turn a vote into a timeout, which the model covers
 //! by losing the answer.
+
+// The crate's own pure parts, compiled here from their files: the model decides with
+// the same code as the client. Items the model does not use are allowed to be unused.
+#[allow(dead_code)]
+#[path = "../../../src/error.rs"]
+mod error;
+#[allow(dead_code)]
+#[path = "../../../src/fencing.rs"]
+mod fencing;
+#[allow(dead_code)]
+#[path = "../../../src/quorum.rs"]
+mod quorum;
+#[allow(dead_code)]
+#[path = "../../../src/ttl.rs"]
+mod ttl;
 
 mod client;
 mod node;
@@ -30,25 +45,25 @@ use client::{Client, Phase};
 use node::{Node, Op, Restart, Token};
 
 /// Time in ticks of [`TICK`].
-pub(crate) type Tick = u8;
+pub type Tick = u8;
 
 /// One tick of the model's clock.
-pub(crate) const TICK: Duration = Duration::from_millis(20);
+pub const TICK: Duration = Duration::from_millis(20);
 /// The lock TTL: 2 ticks (40 ms). A round decided in the tick it began leaves 34 ms
 /// of validity, one decided a tick later 16 ms, two ticks later none.
-pub(crate) const TTL: Tick = 2;
+pub const TTL: Tick = 2;
 /// `fencing_retention`: a counter lives `TTL + RETENTION` from its last write.
-pub(crate) const RETENTION: Tick = 1;
+pub const RETENTION: Tick = 1;
 /// The restart quarantine period: the TTL, the largest a client may use.
-pub(crate) const PERIOD: Tick = 2;
+pub const PERIOD: Tick = 2;
 /// The drift factor the clients are configured with.
-pub(crate) const DRIFT_FACTOR: f64 = 0.1;
+pub const DRIFT_FACTOR: f64 = 0.1;
 
 /// A client's clock reading at tick `t`, in microseconds. The clients' clocks run at
 /// `1 - DRIFT_FACTOR` of the nodes' rate: the slowest the configured factor allows,
 /// which makes every validity last longest in real time (the worst case for mutual
 /// exclusion; a faster client clock only ends its windows sooner).
-pub(crate) fn client_clock(t: Tick) -> u64 {
+pub fn client_clock(t: Tick) -> u64 {
     let tick_us = u64::try_from(TICK.as_micros()).unwrap_or(u64::MAX);
     u64::from(t) * tick_us * 9 / 10
 }
@@ -56,36 +71,36 @@ pub(crate) fn client_clock(t: Tick) -> u64 {
 /// What the checker explores: the bounds and the switches that break the protocol on
 /// purpose, to show that the properties catch it.
 #[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) nodes: usize,
-    pub(crate) clients: usize,
+pub struct Config {
+    pub nodes: usize,
+    pub clients: usize,
     /// Acquisition attempts per client.
-    pub(crate) attempts: u8,
+    pub attempts: u8,
     /// Extensions per client.
-    pub(crate) extends: u8,
+    pub extends: u8,
     /// The last tick.
-    pub(crate) horizon: Tick,
+    pub horizon: Tick,
     /// Node crashes (each followed by a restart of any kind, at any later time).
-    pub(crate) crashes: u8,
+    pub crashes: u8,
     /// Requests or answers lost.
-    pub(crate) losses: u8,
+    pub losses: u8,
     /// Forward clock jumps on nodes.
-    pub(crate) jumps: u8,
+    pub jumps: u8,
     /// The restart quarantine is on.
-    pub(crate) quarantine: bool,
+    pub quarantine: bool,
     /// The clients subtract the drift allowance from the validity.
-    pub(crate) drift: bool,
+    pub drift: bool,
     /// A failed attempt removes its token from every node.
-    pub(crate) cleanup: bool,
+    pub cleanup: bool,
     /// Disagreeing fencing counters are written back to a quorum before the token is
     /// handed out.
-    pub(crate) write_back: bool,
+    pub write_back: bool,
 }
 
 impl Config {
     /// The implementation's protocol, two clients with one attempt each, over three
     /// nodes one of which may crash and restart, for two ticks (a whole TTL).
-    pub(crate) fn protocol() -> Config {
+    pub fn protocol() -> Config {
         Config {
             nodes: 3,
             clients: 2,
@@ -111,30 +126,30 @@ impl Config {
 
 /// The whole system at one moment, with the history the properties need.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct State {
-    pub(crate) now: Tick,
-    pub(crate) nodes: Vec<Node>,
-    pub(crate) clients: Vec<Client>,
+pub struct State {
+    pub now: Tick,
+    pub nodes: Vec<Node>,
+    pub clients: Vec<Client>,
     /// Requests in flight, one FIFO per client and node (`client * nodes + node`): one
     /// connection each, so a removal always runs after the acquisition it undoes.
-    pub(crate) wires: Vec<Vec<(Token, u8, Op)>>,
+    pub wires: Vec<Vec<(Token, u8, Op)>>,
     /// Per wire: a request of it was lost (a removal may never arrive).
-    pub(crate) lossy: Vec<bool>,
-    pub(crate) crashes: u8,
-    pub(crate) losses: u8,
-    pub(crate) jumps: u8,
+    pub lossy: Vec<bool>,
+    pub crashes: u8,
+    pub losses: u8,
+    pub jumps: u8,
     /// The largest fencing token handed out so far.
-    pub(crate) max_fence: Option<u64>,
+    pub max_fence: Option<u64>,
     /// A token was handed out that was not above every earlier one.
-    pub(crate) fence_violation: bool,
-    pub(crate) grants: u8,
+    pub fence_violation: bool,
+    pub grants: u8,
     /// A node refused an acquisition while quarantined.
-    pub(crate) refused: bool,
+    pub refused: bool,
 }
 
 /// One step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Action {
+pub enum Action {
     /// Time advances one tick: keys expire, and every vote still pending fails (the
     /// node timeout is one tick).
     Tick,
@@ -153,13 +168,13 @@ pub(crate) enum Action {
 }
 
 /// The model: a [`Config`] and the TTL every client uses.
-pub(crate) struct Redlock {
-    pub(crate) config: Config,
+pub struct Redlock {
+    pub config: Config,
     ttl: Ttl,
 }
 
 impl Redlock {
-    pub(crate) fn new(config: Config) -> Redlock {
+    pub fn new(config: Config) -> Redlock {
         let ttl = config.ttl();
         Redlock { config, ttl }
     }
@@ -289,7 +304,7 @@ impl Model for Redlock {
 /// of the orders of the clients, the one whose state hashes lowest is kept. A hash
 /// collision only costs some reduction, never soundness: the result is always the
 /// same state with nodes and clients renamed.
-pub(crate) fn representative(s: &State) -> State {
+pub fn representative(s: &State) -> State {
     let mut clients: Vec<usize> = (0..s.clients.len()).collect();
     let mut best: Option<(u64, State)> = None;
     loop {
