@@ -54,18 +54,16 @@ pub struct Client {
     round: u8,
     /// The current round's votes, one per node; empty between rounds.
     votes: Vec<Ballot>,
-    nodes: u8,
 }
 
 impl Client {
-    pub fn new(nodes: usize) -> Client {
+    pub fn new() -> Client {
         Client {
             phase: Phase::Idle,
             attempts: 0,
             extends: 0,
             round: 0,
             votes: Vec::new(),
-            nodes: u8::try_from(nodes).unwrap_or(u8::MAX),
         }
     }
 
@@ -91,9 +89,9 @@ impl Client {
         }
     }
 
-    pub fn new_round(&mut self) -> u8 {
+    pub fn new_round(&mut self, nodes: usize) -> u8 {
         self.round += 1;
-        self.votes = vec![Ballot::Pending; usize::from(self.nodes)];
+        self.votes = vec![Ballot::Pending; nodes];
         self.round
     }
 

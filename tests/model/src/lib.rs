@@ -194,7 +194,7 @@ impl Model for Redlock {
         vec![State {
             now: 0,
             nodes: vec![Node::new(); c.nodes],
-            clients: vec![Client::new(c.nodes); c.clients],
+            clients: vec![Client::new(); c.clients],
             wires: vec![Vec::new(); c.nodes * c.clients],
             lossy: vec![false; c.nodes * c.clients],
             crashes: c.crashes,
@@ -356,7 +356,7 @@ impl Redlock {
     /// node that is down fails its vote at once (a refused connection).
     fn send(&self, s: &mut State, c: usize, op: Op) {
         let token = s.clients[c].token(c);
-        let round = s.clients[c].new_round();
+        let round = s.clients[c].new_round(self.config.nodes);
         for n in 0..self.config.nodes {
             if s.nodes[n].up {
                 s.wires[self.wire(c, n)].push((token, round, op));
