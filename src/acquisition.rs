@@ -51,15 +51,60 @@ impl Acquisition {
         &self.round
     }
 
+    /// For a permit, the slot with the most yes votes (the granted one, at a quorum)
+    /// and its key.
+    pub(crate) fn best_slot(&self) -> Option<(usize, &Arc<str>)> {
+        let slot = self.round.best_slot()?;
+        Some((slot, self.op.keys.get(slot)?))
+    }
+
     /// The compare-and-delete of our token, made only for an attempt that failed.
     fn removal(&self) -> Arc<Op> {
         Arc::new(Op::remove(&self.op.keys, &self.op.token))
     }
 
-    /// The lock is kept. The calls still running no longer matter; dropping the round
-    /// polls them to their end in the background.
+    /// The lock is kept. The calls still running no longer matter (dropping the round
+    /// polls them to their end in the background), except for a permit: a node that
+    /// set another slot than the one granted, or may have, has our token removed from
+    /// the other slots, so that it does not hold a second permit until its TTL.
     pub(crate) fn keep(mut self) {
         self.settled = true;
+        let Some(slot) = self.round.best_slot() else {
+            return;
+        };
+        let others: Arc<[Arc<str>]> = (self.op.keys.iter().enumerate())
+            .filter(|&(index, _)| index != slot)
+            .map(|(_, key)| Arc::clone(key))
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let remove = Arc::new(Op::remove(&others, &self.op.token));
+        // Nothing to remove where the node set the granted slot, or set nothing.
+        let settled =
+            move |answer: &Answer| answer.slot == Some(slot) || answer.vote == Vote::Taken;
+        let nodes = Arc::clone(self.round.nodes());
+        let mut work: Vec<Call> = Vec::new();
+        for (index, answer) in self.round.answers().iter().enumerate() {
+            if let (Some(answer), Some(node)) = (answer, nodes.get(index)) {
+                if !settled(answer) {
+                    work.push(Box::pin(Arc::clone(node).call(Arc::clone(&remove))));
+                }
+            }
+        }
+        for (index, call) in self.round.take_running() {
+            if let Some(node) = nodes.get(index) {
+                let (node, remove) = (Arc::clone(node), Arc::clone(&remove));
+                work.push(Box::pin(async move {
+                    let answer = call.await;
+                    if settled(&answer) {
+                        return answer;
+                    }
+                    node.call(remove).await
+                }));
+            }
+        }
+        drop(spawn_all(work));
     }
 
     /// The attempt failed: removes our token from the nodes that voted yes, waiting
@@ -115,14 +160,18 @@ impl Acquisition {
                 }));
             }
         }
-        if work.is_empty() {
-            return None;
-        }
-        // Outside a runtime (a runtime shutting down drops its tasks), the keys expire
-        // with their TTL.
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(runtime.spawn(futures::future::join_all(work).map(drop)))
+        spawn_all(work)
     }
+}
+
+/// Runs `work` in one background task. Outside a runtime (a runtime shutting down
+/// drops its tasks), nothing runs and the keys expire with their TTL.
+fn spawn_all(work: Vec<Call>) -> Option<JoinHandle<()>> {
+    if work.is_empty() {
+        return None;
+    }
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    Some(runtime.spawn(futures::future::join_all(work).map(drop)))
 }
 
 impl Drop for Acquisition {
@@ -134,12 +183,13 @@ impl Drop for Acquisition {
     }
 }
 
-/// The answers of the nodes that granted an acquisition.
-pub(crate) fn granted(answers: &[Option<Answer>]) -> Vec<&[u64]> {
+/// The fencing counters of the nodes that granted an acquisition (for a permit, the
+/// slot `slot`).
+pub(crate) fn granted(answers: &[Option<Answer>], slot: Option<usize>) -> Vec<&[u64]> {
     answers
         .iter()
         .flatten()
-        .filter(|a| a.vote == Vote::Yes)
+        .filter(|a| a.vote == Vote::Yes && a.slot == slot)
         .map(|a| a.fences.as_slice())
         .collect()
 }

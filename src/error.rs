@@ -84,6 +84,25 @@ pub enum Error {
         votes: Votes,
     },
 
+    /// A semaphore was asked for with another number of permits than the one its nodes
+    /// hold for that name while a permit may still be held: every client of a
+    /// semaphore must use the same number. Not retried. The nodes forget the number
+    /// once no permit of the semaphore is held (docs/design.md).
+    #[error(
+        "semaphore `{semaphore}` was asked for with {permits} permits, but its nodes hold it \
+         with {held}: {votes}"
+    )]
+    PermitsMismatch {
+        /// The semaphore's name.
+        semaphore: String,
+        /// The number of permits this client asked with.
+        permits: u32,
+        /// The number a node holds (the first that refused).
+        held: u32,
+        /// Every node's answer in the attempt.
+        votes: Votes,
+    },
+
     /// The lock was lost while [`Redlock::with_lock`](crate::Redlock::with_lock) ran the
     /// protected work: the work was cancelled (dropped) and the lock released in the
     /// background.
@@ -144,6 +163,7 @@ impl Error {
             | Error::TooLate { votes, .. }
             | Error::FencingFailed { votes, .. }
             | Error::Expired { votes, .. }
+            | Error::PermitsMismatch { votes, .. }
             | Error::Connect { votes } => Some(votes),
             Error::Lost { reason, .. } => match reason {
                 LostReason::ExtendFailed(error) => error.votes(),

@@ -195,7 +195,7 @@ mod tests {
                 Ok(granted) => granted,
                 Err(failed) => panic!("{}", failed.error),
             };
-            let mut lock = Lock::new(&core, &request, granted);
+            let mut lock = Lock::new(&core, granted);
             lock.keep_alive();
             locks.push(lock);
             // Spread over 20 ms: without the tick, their renewals would be due at 20

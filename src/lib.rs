@@ -59,6 +59,9 @@
 //!   [`Lock`] is released in the background.
 //! * Waiting: a `lock()` that finds the resource taken is woken by its release.
 //! * [`Redlock::lock_many`]: several resources, all or nothing on each node.
+//! * [`Redlock::read_lock`]: a lock shared by readers and excluding the writer
+//!   ([`Redlock::lock`] on the same resource); a waiting writer keeps new readers out.
+//! * [`Redlock::semaphore`]: at most N holders of a [`Permit`] at once.
 //! * [`Lock::fencing_token`]: strictly increasing from one holder to the next, for
 //!   resources that refuse stale writers.
 //! * [`Quarantine`]: nodes that lost or changed their data sit out acquisitions, for
@@ -94,6 +97,7 @@ mod request;
 mod retry;
 mod round;
 mod scripts;
+mod semaphore;
 mod settings;
 mod ttl;
 mod wakeup;
@@ -104,7 +108,8 @@ pub use lease::Lease;
 pub use lock::Lock;
 pub use quorum::{NodeVote, Vote, Votes, quorum};
 pub use redlock::Redlock;
-pub use request::RESERVED_PREFIX;
+pub use request::{MAX_PERMITS, RESERVED_PREFIX};
+pub use semaphore::{Permit, Semaphore};
 pub use settings::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRIFT_FACTOR, DEFAULT_FENCING_RETENTION,
     DEFAULT_KEEP_ALIVE_AT, DEFAULT_NODE_TIMEOUT, DEFAULT_QUARANTINE_PERIOD,

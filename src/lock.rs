@@ -66,12 +66,13 @@ impl fmt::Debug for Lock {
 }
 
 impl Lock {
-    pub(crate) fn new(core: &Arc<Core>, request: &Request, granted: Granted) -> Self {
+    pub(crate) fn new(core: &Arc<Core>, granted: Granted) -> Self {
+        let request = granted.held;
         Lock {
             core: Arc::clone(core),
-            request: request.clone(),
-            token: granted.token,
             shared: Shared::new(granted.valid_until, request.ttl.duration(), granted.fences),
+            request,
+            token: granted.token,
             extending: Arc::default(),
             keep_alive: None,
             armed: true,

@@ -25,6 +25,8 @@ const TOKEN_BYTES: usize = 20;
 
 /// A lock granted by one attempt.
 pub(crate) struct Granted {
+    /// The request as held: for a permit, the slot granted.
+    pub(crate) held: Request,
     pub(crate) token: Arc<str>,
     pub(crate) valid_until: Instant,
     pub(crate) fences: Arc<[u64]>,
@@ -73,12 +75,18 @@ async fn acquire_in(
     let token: Arc<str> = new_token().into();
     let start = Instant::now();
     let retention = core.settings.fencing_retention;
+    // A permit's free slots are tried from a random one on: clients that race for
+    // free permits mostly ask for different ones.
+    let first_slot = request
+        .semaphore()
+        .map_or(0, |s| rand::random_range(0..s.len().max(1)));
     let op = Op::acquire(
         request,
         &token,
         fencing::floor(),
         core.quarantine(),
         retention,
+        first_slot,
     );
     // Dropped before its verdict (this future was dropped), it removes our token from
     // every node in the background.
@@ -88,7 +96,13 @@ async fn acquire_in(
     let min_validity = core.settings.min_validity;
     let mut fencing_failed = None;
     if decision == Decision::Quorum && request.ttl.validity(elapsed) > min_validity {
-        let tokens = fencing::tokens(&granted(acquisition.round().answers()), core.quorum());
+        let slot = acquisition.best_slot();
+        let held = match slot {
+            Some((_, key)) => request.held_slot(key),
+            None => request.clone(),
+        };
+        let answers = acquisition.round().answers();
+        let tokens = fencing::tokens(&granted(answers, slot.map(|(s, _)| s)), core.quorum());
         let fenced = match tokens {
             None => Err(acquisition.round().votes()),
             Some((fences, false)) => Ok(Arc::from(fences)),
@@ -96,7 +110,7 @@ async fn acquire_in(
                 let fences = Arc::from(fences);
                 // The acquisition's calls still running are polled meanwhile: a node's
                 // next operation may wait for its call in flight to end (1.9).
-                let written = write_back(core, request, &token, &fences);
+                let written = write_back(core, &held, &token, &fences);
                 acquisition.listen_during(written).await.map(|()| fences)
             }
         };
@@ -113,6 +127,7 @@ async fn acquire_in(
                     acquisition.keep();
                     let valid_until = request.ttl.valid_until(start, elapsed);
                     return Ok(Granted {
+                        held,
                         token,
                         valid_until,
                         fences,
@@ -123,12 +138,21 @@ async fn acquire_in(
         }
     }
     let validity = request.ttl.validity(elapsed);
+    let permits_held =
+        (acquisition.round().answers().iter().flatten()).find_map(|answer| answer.permits_held);
     // Our token is removed from the nodes that set it before the error is returned
     // (they answered quickly: one more fast round trip); the others remove it in the
     // background, after their own acquisition, so a late SET is undone too.
     let (votes, tally, cleanup) = acquisition.give_up().await;
     let resource = request.resource.to_string();
-    let error = if let Some(votes) = fencing_failed {
+    let error = if let (Some(held), Some(semaphore)) = (permits_held, request.semaphore()) {
+        Error::PermitsMismatch {
+            semaphore: resource,
+            permits: semaphore.permits,
+            held,
+            votes,
+        }
+    } else if let Some(votes) = fencing_failed {
         Error::FencingFailed { resource, votes }
     } else if decision == Decision::Quorum {
         Error::TooLate {
@@ -257,7 +281,7 @@ pub(crate) async fn release(
 ) -> Result<(), Error> {
     let span = round_span!("fredlock.release", request);
     let start = Instant::now();
-    let mut round = Round::new(&core.nodes, Op::release(&request.keys, token));
+    let mut round = Round::new(&core.nodes, Op::release(request, token));
     let decision = round.decide().instrument(span.clone()).await;
     let result = match decision {
         Decision::Quorum if was_valid => Ok(()),
@@ -323,6 +347,7 @@ fn outcome_label(error: &Error) -> &'static str {
         Error::TooLate { .. } => "too_late",
         Error::FencingFailed { .. } => "fencing_failed",
         Error::Expired { .. } => "expired",
+        Error::PermitsMismatch { .. } => "permits_mismatch",
         _ => "error",
     }
 }

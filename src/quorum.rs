@@ -155,7 +155,11 @@ pub(crate) enum Decision {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Tally {
     n: usize,
+    /// The yes votes that count towards the quorum: all of them, or for a permit those
+    /// of the slot with the most.
     yes: usize,
+    /// Every yes vote, for whatever slot.
+    granted: usize,
     taken: usize,
     failed: usize,
 }
@@ -165,14 +169,26 @@ impl Tally {
         Tally {
             n,
             yes: 0,
+            granted: 0,
             taken: 0,
             failed: 0,
         }
     }
 
+    /// A yes for one of a semaphore's slots, which now has `on_slot` yes votes with
+    /// this one. Nodes may grant different slots; a permit needs a quorum on one, so
+    /// only the best slot's votes count towards it.
+    pub(crate) fn add_slot_yes(&mut self, on_slot: usize) {
+        self.granted += 1;
+        self.yes = self.yes.max(on_slot);
+    }
+
     pub(crate) fn add(&mut self, vote: &Vote) {
         match vote {
-            Vote::Yes => self.yes += 1,
+            Vote::Yes => {
+                self.yes += 1;
+                self.granted += 1;
+            }
             Vote::Taken => self.taken += 1,
             Vote::Error(_) | Vote::Timeout => self.failed += 1,
             Vote::Pending => {}
@@ -183,7 +199,7 @@ impl Tally {
     /// not answered yet say.
     pub(crate) fn decision(&self) -> Option<Decision> {
         let q = quorum(self.n);
-        let answered = self.yes + self.taken + self.failed;
+        let answered = self.granted + self.taken + self.failed;
         let outstanding = self.n.saturating_sub(answered);
         if self.yes >= q {
             Some(Decision::Quorum)
@@ -279,6 +295,29 @@ mod tests {
                 assert_eq!(t.decision(), Some(expected), "{votes:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_permit_needs_a_quorum_on_one_slot() {
+        // 5 nodes: slots 0, 0, 1 granted, one taken; the fifth decides.
+        let mut t = Tally::new(5);
+        for on_slot in [1, 2, 1] {
+            t.add_slot_yes(on_slot);
+        }
+        t.add(&Vote::Taken);
+        assert_eq!(t.decision(), None);
+        let mut yes = t;
+        yes.add_slot_yes(3);
+        assert_eq!(yes.decision(), Some(Decision::Quorum));
+        let mut other = t;
+        other.add_slot_yes(2);
+        assert_eq!(other.decision(), Some(Decision::NoQuorum));
+        // Three grants split over three slots on 3 nodes: no quorum, decided.
+        let mut split = Tally::new(3);
+        for _ in 0..3 {
+            split.add_slot_yes(1);
+        }
+        assert_eq!(split.decision(), Some(Decision::NoQuorum));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::protocol;
 use crate::quorum::Votes;
 use crate::request::Request;
 use crate::retry;
+use crate::semaphore::Semaphore;
 use crate::ttl::drift;
 
 /// A Redlock client over N independent Redis masters.
@@ -207,6 +208,62 @@ impl Redlock {
         }
     }
 
+    /// Acquires a read lock on `resource` for `ttl`, with the retries of
+    /// [`lock`](Redlock::lock): shared with every other reader of `resource`, and
+    /// excluded by its writer, which is [`lock`](Redlock::lock) on the same resource.
+    ///
+    /// The returned [`Lock`] is a reader's: its validity, extension, keep-alive,
+    /// release and fencing token work as a writer's. A writer that finds readers
+    /// claims the resource on the nodes: new readers are refused (as
+    /// [`Error::Taken`]) until the readers present have left and the writer got the
+    /// lock, or its claim ran out (one writer's TTL after its last attempt), so a
+    /// stream of readers cannot starve it (docs/design.md, "Read-write locks").
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn run(redlock: fredlock::Redlock) -> Result<(), fredlock::Error> {
+    /// let reader = redlock.read_lock("catalog", Duration::from_secs(5)).await?;
+    /// // ... read the catalog; other readers may too, no writer can ...
+    /// reader.release().await?;
+    ///
+    /// let writer = redlock.lock("catalog", Duration::from_secs(5)).await?;
+    /// // ... rewrite it, alone ...
+    /// writer.release().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`lock`](Redlock::lock): [`Error::Taken`] while a writer holds or claims the
+    /// resource.
+    pub async fn read_lock(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
+        let request = Request::read(resource, ttl, &self.core.settings)?;
+        retry::lock(&self.core, request).await
+    }
+
+    /// One attempt of [`read_lock`](Redlock::read_lock), without retries.
+    ///
+    /// # Errors
+    /// As [`read_lock`](Redlock::read_lock).
+    pub async fn try_read_lock(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
+        let request = Request::read(resource, ttl, &self.core.settings)?;
+        self.try_request(request).await
+    }
+
+    /// A counting semaphore named `name` with `permits` permits: at most that many
+    /// holders of a [`Permit`](crate::Permit) at once; see [`Semaphore`].
+    ///
+    /// Its keys live in fredlock's namespace, apart from the locks': a semaphore and a
+    /// lock of the same name are unrelated.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `name` when it is empty, or `permits` when it
+    /// is 0 or above [`MAX_PERMITS`](crate::MAX_PERMITS). A number of permits that
+    /// disagrees with what the nodes hold is found at acquisition
+    /// ([`Error::PermitsMismatch`]).
+    pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore, Error> {
+        Semaphore::new(&self.core, name, permits)
+    }
+
     /// Acquires one lock over several resources at once, with the retries of
     /// [`lock`](Redlock::lock). On each node all the keys are set in one script, or
     /// none if any of them is taken there; the quorum, validity, extend and release
@@ -242,7 +299,7 @@ impl Redlock {
 
     async fn try_request(&self, request: Request) -> Result<Lock, Error> {
         match protocol::acquire(&self.core, &request, 0).await {
-            Ok(granted) => Ok(Lock::new(&self.core, &request, granted)),
+            Ok(granted) => Ok(Lock::new(&self.core, granted)),
             Err(failed) => Err(failed.error),
         }
     }

@@ -16,6 +16,42 @@ use crate::ttl::Ttl;
 /// prefix `app:`.)
 pub const RESERVED_PREFIX: &str = "fredlock:";
 
+/// The most permits a semaphore may have: an acquisition carries one key per permit.
+pub const MAX_PERMITS: u32 = 1024;
+
+/// How a request holds its key.
+#[derive(Clone, Debug)]
+pub(crate) enum Mode {
+    /// Exclusively: a lock, or the writer of a read-write lock.
+    Write,
+    /// Shared with other readers, excluding writers.
+    Read,
+    /// One of a semaphore's permits: a slot that is a lock key of its own.
+    Permit(Arc<Semaphore>),
+}
+
+/// A semaphore's keys on a node: its record (the number of permits, while any may be
+/// held) and one slot per permit.
+#[derive(Debug)]
+pub(crate) struct Semaphore {
+    pub(crate) record: Arc<str>,
+    pub(crate) permits: u32,
+    slots: Arc<[Arc<str>]>,
+}
+
+impl Semaphore {
+    /// Every slot, starting from `first` and going round.
+    pub(crate) fn slots_from(&self, first: usize) -> Arc<[Arc<str>]> {
+        let first = first % self.slots.len().max(1);
+        let (before, after) = self.slots.split_at(first);
+        after.iter().chain(before).cloned().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
 /// The resources of one lock, with their keys and TTL.
 #[derive(Clone, Debug)]
 pub(crate) struct Request {
@@ -27,6 +63,7 @@ pub(crate) struct Request {
     /// One fencing-counter key per resource, in the reserved namespace.
     pub(crate) fence_keys: Arc<[Arc<str>]>,
     pub(crate) ttl: Ttl,
+    pub(crate) mode: Mode,
 }
 
 impl Request {
@@ -36,6 +73,69 @@ impl Request {
             return Err(Error::invalid("resource", "must not be empty"));
         }
         Request::new(vec![Arc::from(resource)], ttl, settings)
+    }
+
+    /// A read lock on one resource (the same key as its writer's).
+    pub(crate) fn read(resource: &str, ttl: Duration, settings: &Settings) -> Result<Self, Error> {
+        Ok(Request {
+            mode: Mode::Read,
+            ..Request::one(resource, ttl, settings)?
+        })
+    }
+
+    /// A permit of the semaphore `name` with `permits` permits. Its keys are the slots
+    /// until one is granted ([`held_slot`](Request::held_slot)); they live in
+    /// fredlock's namespace, apart from the locks'.
+    pub(crate) fn permit(
+        name: &str,
+        permits: u32,
+        ttl: Duration,
+        settings: &Settings,
+    ) -> Result<Self, Error> {
+        check_semaphore(name, permits)?;
+        let prefix = &settings.key_prefix;
+        let slots: Arc<[Arc<str>]> = (0..permits)
+            .map(|i| Arc::from(format!("{prefix}{RESERVED_PREFIX}permit:{i}:{name}")))
+            .collect();
+        let semaphore = Semaphore {
+            record: format!("{prefix}{RESERVED_PREFIX}semaphore:{name}").into(),
+            permits,
+            slots: Arc::clone(&slots),
+        };
+        Ok(Request {
+            resource: name.into(),
+            resources: Arc::from([Arc::from(name)]),
+            keys: slots,
+            fence_keys: Arc::from([Arc::from(format!(
+                "{prefix}{RESERVED_PREFIX}permit-fence:{name}"
+            ))]),
+            ttl: checked_ttl(ttl, settings)?,
+            mode: Mode::Permit(Arc::new(semaphore)),
+        })
+    }
+
+    /// The request as held once `key` (one of a permit's slots) was granted.
+    pub(crate) fn held_slot(&self, key: &Arc<str>) -> Self {
+        Request {
+            keys: Arc::from([Arc::clone(key)]),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn semaphore(&self) -> Option<&Arc<Semaphore>> {
+        match &self.mode {
+            Mode::Permit(semaphore) => Some(semaphore),
+            Mode::Write | Mode::Read => None,
+        }
+    }
+
+    /// The keys whose release wakes a waiter: a semaphore's record, for any of its
+    /// permits; otherwise the lock's keys.
+    pub(crate) fn wake_keys(&self) -> Arc<[Arc<str>]> {
+        match &self.mode {
+            Mode::Permit(semaphore) => Arc::from([Arc::clone(&semaphore.record)]),
+            Mode::Write | Mode::Read => Arc::clone(&self.keys),
+        }
     }
 
     /// Several resources: at least one, none empty, no duplicates.
@@ -113,8 +213,32 @@ impl Request {
             keys,
             fence_keys,
             ttl,
+            mode: Mode::Write,
         })
     }
+}
+
+/// A semaphore's name and number of permits, as `Redlock::semaphore` accepts them.
+pub(crate) fn check_semaphore(name: &str, permits: u32) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::invalid("name", "must not be empty"));
+    }
+    if permits == 0 {
+        return Err(Error::invalid(
+            "permits",
+            "must be at least 1: a semaphore without permits could never be acquired",
+        ));
+    }
+    if permits > MAX_PERMITS {
+        return Err(Error::invalid(
+            "permits",
+            format!(
+                "{permits} is more than {MAX_PERMITS}: an acquisition carries one key per \
+                 permit"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A TTL valid for the drift factor and within the restart quarantine period.

@@ -24,10 +24,10 @@ pub(crate) async fn lock(core: &Arc<Core>, request: Request) -> Result<Lock, Err
     loop {
         let attempt_start = Instant::now();
         let Failed { error, cleanup } = match protocol::acquire(core, &request, attempt).await {
-            Ok(granted) => return Ok(Lock::new(core, &request, granted)),
+            Ok(granted) => return Ok(Lock::new(core, granted)),
             Err(failed) => failed,
         };
-        if attempt >= settings.retry_count {
+        if attempt >= settings.retry_count || !error.is_retryable() {
             return Err(error);
         }
         let round_trip = attempt_start.elapsed().min(settings.node_timeout);
@@ -44,7 +44,7 @@ pub(crate) async fn lock(core: &Arc<Core>, request: Request) -> Result<Lock, Err
         let paused_at = Instant::now();
         // Someone holds it: be woken when it is released.
         if subscription.is_none() && matches!(error, Error::Taken { .. }) {
-            subscription = Some(core.wakeup().subscribe(&request.keys));
+            subscription = Some(core.wakeup().subscribe(&request.wake_keys()));
         }
         let wait = async {
             match subscription.as_mut() {

@@ -28,6 +28,8 @@ pub(crate) struct Round {
     running: Vec<Option<Call>>,
     /// Per node: its answer once it came.
     answers: Vec<Option<Answer>>,
+    /// Per slot of a permit acquisition, its yes votes (empty for other operations).
+    slots: Vec<usize>,
     tally: Tally,
 }
 
@@ -47,6 +49,7 @@ impl Round {
             nodes: Arc::clone(nodes),
             running,
             answers: nodes.iter().map(|_| None).collect(),
+            slots: Vec::new(),
             tally: Tally::new(nodes.len()),
         }
     }
@@ -72,7 +75,16 @@ impl Round {
         for (slot, answer) in self.running.iter_mut().zip(&mut self.answers) {
             if let Some(call) = slot {
                 if let Poll::Ready(reply) = call.as_mut().poll(cx) {
-                    self.tally.add(&reply.vote);
+                    match reply.slot {
+                        Some(index) => {
+                            if self.slots.len() <= index {
+                                self.slots.resize(index + 1, 0);
+                            }
+                            self.slots[index] += 1;
+                            self.tally.add_slot_yes(self.slots[index]);
+                        }
+                        None => self.tally.add(&reply.vote),
+                    }
                     *answer = Some(reply);
                     *slot = None;
                 }
@@ -90,6 +102,13 @@ impl Round {
             work.as_mut().poll(cx)
         })
         .await
+    }
+
+    /// For a permit acquisition, the slot with the most yes votes (the first of
+    /// equals); the granted slot once the round decided on a quorum.
+    pub(crate) fn best_slot(&self) -> Option<usize> {
+        let best = self.slots.iter().max()?;
+        self.slots.iter().position(|count| count == best)
     }
 
     pub(crate) fn tally(&self) -> Tally {

@@ -12,7 +12,7 @@ use fred::bytes_utils::Str;
 use fred::prelude::Value;
 use fred::types::scripts::Script;
 
-use crate::request::Request;
+use crate::request::{Mode, Request, Semaphore};
 use crate::ttl;
 
 /// The batch script, see `scripts/ops.lua`.
@@ -34,6 +34,10 @@ pub(crate) const RELEASE_CHANNEL_PREFIX: &str = "fredlock:released:";
 pub(crate) enum Kind {
     /// All-or-nothing `SET NX PX` of the keys, raising their fencing counters.
     Acquire,
+    /// A reader joins the key's readers, unless a writer holds or claims it.
+    Read,
+    /// The first free slot of a semaphore, in the order given, is set to the token.
+    Permit,
     /// Compare-and-pexpire.
     Extend,
     /// Fencing write-back: raise the counters while the keys hold the token.
@@ -45,6 +49,11 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// Whether it acquires (and so is refused by a quarantined node).
+    pub(crate) fn acquires(self) -> bool {
+        matches!(self, Kind::Acquire | Kind::Read | Kind::Permit)
+    }
+
     /// Whether sending it after its caller gave up is harmless: a delete of our own
     /// token is, a `SET` or a renewal nobody waits for any more is not.
     pub(crate) fn harmless_late(self) -> bool {
@@ -79,6 +88,8 @@ pub(crate) struct Op {
     pub(crate) fences: Arc<[u64]>,
     /// With the restart quarantine on (acquire).
     pub(crate) quarantine: Option<Arc<QuarantineKeys>>,
+    /// A semaphore's record and number of permits (permit acquire, extend, release).
+    pub(crate) semaphore: Option<Arc<Semaphore>>,
     /// The operation as the script reads it, made once for all the nodes.
     wire: OnceLock<Wire>,
 }
@@ -104,24 +115,34 @@ impl Op {
             floor: 0,
             fences: Arc::from([]),
             quarantine: None,
+            semaphore: None,
             wire: OnceLock::new(),
         }
     }
 
+    /// An acquisition of `request` as its mode says: a lock, a read lock, or a permit
+    /// (whose free slots are tried from `first_slot` on, round the semaphore).
     pub(crate) fn acquire(
         request: &Request,
         token: &Arc<str>,
         floor: u64,
         quarantine: Option<Arc<QuarantineKeys>>,
         retention: Duration,
+        first_slot: usize,
     ) -> Self {
+        let (kind, keys) = match &request.mode {
+            Mode::Write => (Kind::Acquire, Arc::clone(&request.keys)),
+            Mode::Read => (Kind::Read, Arc::clone(&request.keys)),
+            Mode::Permit(semaphore) => (Kind::Permit, semaphore.slots_from(first_slot)),
+        };
         Op {
             fence_keys: Arc::clone(&request.fence_keys),
             ttl_ms: request.ttl.ms(),
             keep_ms: ttl::ms(retention),
             floor,
             quarantine,
-            ..Op::new(Kind::Acquire, &request.keys, token)
+            semaphore: request.semaphore().cloned(),
+            ..Op::new(kind, &keys, token)
         }
     }
 
@@ -130,6 +151,7 @@ impl Op {
             fence_keys: Arc::clone(&request.fence_keys),
             ttl_ms: request.ttl.ms(),
             keep_ms: ttl::ms(retention),
+            semaphore: request.semaphore().cloned(),
             ..Op::new(Kind::Extend, &request.keys, token)
         }
     }
@@ -148,7 +170,14 @@ impl Op {
         }
     }
 
-    pub(crate) fn release(keys: &Arc<[Arc<str>]>, token: &Arc<str>) -> Self {
+    pub(crate) fn release(request: &Request, token: &Arc<str>) -> Self {
+        Op {
+            semaphore: request.semaphore().cloned(),
+            ..Op::release_keys(&request.keys, token)
+        }
+    }
+
+    pub(crate) fn release_keys(keys: &Arc<[Arc<str>]>, token: &Arc<str>) -> Self {
         Op::new(Kind::Release, keys, token)
     }
 
@@ -168,8 +197,11 @@ impl Op {
         let mut keys: Vec<Value> = self.keys.iter().map(|k| string(k)).collect();
         let mut args = vec![string(&self.token)];
         let kind = match self.kind {
-            Kind::Acquire => {
+            Kind::Acquire | Kind::Read | Kind::Permit => {
                 keys.extend(self.fence_keys.iter().map(|k| string(k)));
+                if let (Kind::Permit, Some(semaphore)) = (self.kind, &self.semaphore) {
+                    keys.push(string(&semaphore.record));
+                }
                 let period = match &self.quarantine {
                     Some(q) => {
                         keys.push(string(&q.marker));
@@ -184,10 +216,20 @@ impl Op {
                     Value::from(self.floor.to_string()),
                     int(self.keep_ms),
                 ]);
-                "a"
+                match (self.kind, &self.semaphore) {
+                    (Kind::Read, _) => "r",
+                    (Kind::Permit, Some(semaphore)) => {
+                        args.push(Value::from(semaphore.permits.to_string()));
+                        "p"
+                    }
+                    _ => "a",
+                }
             }
             Kind::Extend => {
                 keys.extend(self.fence_keys.iter().map(|k| string(k)));
+                if let Some(semaphore) = &self.semaphore {
+                    keys.push(string(&semaphore.record));
+                }
                 args.extend([int(self.ttl_ms), int(self.keep_ms)]);
                 "e"
             }
@@ -199,6 +241,11 @@ impl Op {
             }
             Kind::Release => {
                 args.push(Value::String(Str::from_static(RELEASE_CHANNEL_PREFIX)));
+                // A permit's release wakes the semaphore's waiters, whichever slot it
+                // frees.
+                if let Some(semaphore) = &self.semaphore {
+                    args.push(string(&semaphore.record));
+                }
                 "d"
             }
             Kind::Remove => "d",

@@ -40,7 +40,8 @@ struct Channel {
     waiters: usize,
     /// Bumped once per newly announced token.
     announced: watch::Sender<u64>,
-    seen: VecDeque<String>,
+    /// Recent tokens, with how many nodes announced each.
+    seen: VecDeque<(String, usize)>,
 }
 
 impl Wakeup {
@@ -104,18 +105,31 @@ impl Wakeup {
         }
     }
 
-    /// A message on `channel`: wakes its waiters if `token` is a release not seen yet.
+    /// A message on `channel`: wakes its waiters at the first node's announcement of
+    /// `token`, and again at a quorum's. The first is the earliest a retry can
+    /// succeed; but the nodes run the release and a waiter's acquisition in any order
+    /// (they come on different connections), so that retry may still find the key on
+    /// a quorum, and once a quorum announced it, one cannot.
     fn announce(&self, channel: &str, token: String) {
+        let quorum = crate::quorum::quorum(self.changed.len());
         if let Ok(mut channels) = self.channels.lock() {
             if let Some(channel) = channels.get_mut(channel) {
-                if channel.seen.contains(&token) {
-                    return;
+                let count = match channel.seen.iter_mut().find(|(seen, _)| *seen == token) {
+                    Some((_, count)) => {
+                        *count += 1;
+                        *count
+                    }
+                    None => {
+                        if channel.seen.len() == SEEN_TOKENS {
+                            channel.seen.pop_front();
+                        }
+                        channel.seen.push_back((token, 1));
+                        1
+                    }
+                };
+                if count == 1 || count == quorum {
+                    channel.announced.send_modify(|n| *n = n.wrapping_add(1));
                 }
-                if channel.seen.len() == SEEN_TOKENS {
-                    channel.seen.pop_front();
-                }
-                channel.seen.push_back(token);
-                channel.announced.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }

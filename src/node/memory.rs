@@ -186,6 +186,24 @@ impl State {
                 }
                 Reply::Fences(fences)
             }
+            // The first free slot in the order given (the record of the number of
+            // permits is not modelled here).
+            Kind::Permit => {
+                let free = op.keys.iter().position(|k| !self.keys.contains_key(&**k));
+                let (Some(position), Some(counter)) = (free, op.fence_keys.first()) else {
+                    return Reply::Int(0);
+                };
+                let current = self.counters.get(&**counter).map_or(0, |(c, _)| *c);
+                let fence = (current + 1).max(op.floor);
+                self.counters
+                    .insert(counter.to_string(), (fence, at(op.ttl_ms + op.keep_ms)));
+                self.keys.insert(
+                    op.keys[position].to_string(),
+                    (op.token.to_string(), at(op.ttl_ms)),
+                );
+                Reply::Fences(vec![fence, u64::try_from(position + 1).unwrap_or(u64::MAX)])
+            }
+            Kind::Read => Reply::Failed("ERR read locks are not modelled in memory".into()),
             Kind::Extend | Kind::Fence if !ours => Reply::Int(0),
             Kind::Extend => {
                 for (key, counter) in op.keys.iter().zip(op.fence_keys.iter()) {

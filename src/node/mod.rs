@@ -27,11 +27,16 @@ use crate::quorum::Vote;
 use crate::scripts::{Kind, Op};
 
 /// What one node answered to one operation: its vote and, for an acquisition it
-/// granted, the raised fencing counters.
+/// granted, the raised fencing counters and, for a permit, the slot it set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Answer {
     pub(crate) vote: Vote,
     pub(crate) fences: Vec<u64>,
+    /// A permit's slot: its index in the acquisition's keys.
+    pub(crate) slot: Option<usize>,
+    /// The permits the node's record of the semaphore holds, when it refused a permit
+    /// for asking with another number.
+    pub(crate) permits_held: Option<u32>,
 }
 
 impl From<Vote> for Answer {
@@ -39,6 +44,8 @@ impl From<Vote> for Answer {
         Answer {
             vote,
             fences: Vec::new(),
+            slot: None,
+            permits_held: None,
         }
     }
 }
@@ -117,7 +124,7 @@ impl Node {
     /// node's timeout. The operation is in the node's order when the first poll of
     /// this future returns, so an operation made after that runs after it.
     pub(crate) async fn call(self: Arc<Self>, op: Arc<Op>) -> Answer {
-        if op.kind == Kind::Acquire {
+        if op.kind.acquires() {
             if let Some(until) = self.quarantined_until() {
                 return Vote::Error(format!(
                     "quarantined after a restart for another {:?}",
@@ -144,10 +151,32 @@ impl Node {
 
     fn answer(&self, kind: Kind, reply: Reply) -> Answer {
         let vote = match reply {
-            Reply::Fences(fences) if kind == Kind::Acquire => {
+            // A permit: its fencing token, then the slot's position from 1.
+            Reply::Fences(fences) if kind == Kind::Permit => match fences[..] {
+                [fence, position] if position >= 1 => {
+                    return Answer {
+                        fences: vec![fence],
+                        slot: usize::try_from(position - 1).ok(),
+                        ..Vote::Yes.into()
+                    };
+                }
+                _ => Vote::Error(format!("unexpected reply to a permit: {fences:?}")),
+            },
+            Reply::Fences(fences) if kind.acquires() => {
                 return Answer {
-                    vote: Vote::Yes,
                     fences,
+                    ..Vote::Yes.into()
+                };
+            }
+            Reply::Failed(message) if message.starts_with("PERMITS ") => {
+                let held = message["PERMITS ".len()..].trim().parse().ok();
+                return Answer {
+                    permits_held: held,
+                    ..Vote::Error(format!(
+                        "the semaphore is held here with {} permits",
+                        held.map_or_else(|| "another number of".into(), |n: u32| n.to_string())
+                    ))
+                    .into()
                 };
             }
             Reply::Int(1) => Vote::Yes,

@@ -184,7 +184,7 @@ impl Redis {
         }
         // A release of the probe key with a token nobody holds changes nothing.
         let keys: Arc<[Arc<str>]> = Arc::from([Arc::from(probe)]);
-        let op = Arc::new(Op::release(&keys, &Arc::from("fredlock-probe")));
+        let op = Arc::new(Op::release_keys(&keys, &Arc::from("fredlock-probe")));
         let sha = Value::from(OPS.sha1().clone());
         match script_command::<Value>(&client, "EVALSHA", batch_args(sha, &[op])).await {
             Err(e) if is_acl_refusal(e.details()) => {

@@ -30,11 +30,12 @@ fn acquire(resource: &str, token: &str) -> Arc<Op> {
         1,
         None,
         Duration::from_secs(60),
+        0,
     ))
 }
 
 fn release(resource: &str, token: &str) -> Arc<Op> {
-    Arc::new(Op::release(&request(resource).keys, &Arc::from(token)))
+    Arc::new(Op::release_keys(&request(resource).keys, &Arc::from(token)))
 }
 
 fn one() -> (Arc<Node>, Arc<memory::Memory>) {

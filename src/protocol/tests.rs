@@ -72,7 +72,7 @@ async fn a_taken_attempt_removes_its_token_from_the_nodes_that_said_yes() {
     // Nodes 0 and 1 forget the first lock: the second attempt wins them, loses.
     for m in &memories[..2] {
         let keys = request.keys.clone();
-        let op = crate::scripts::Op::release(&keys, &first.token);
+        let op = crate::scripts::Op::release_keys(&keys, &first.token);
         m.run(&[Arc::new(op)], Instant::now() + TIMEOUT).await;
     }
     let failed = match acquire(&core, &request, 0).await {
@@ -171,12 +171,12 @@ async fn fencing_tokens_increase_from_holder_to_holder_and_lagging_nodes_catch_u
     // out.
     let ahead = second.fences[0] + 1_000_000;
     let token = Arc::from("elsewhere");
-    let op = crate::scripts::Op::acquire(&request, &token, ahead, None, Duration::from_secs(60));
+    let op = crate::scripts::Op::acquire(&request, &token, ahead, None, Duration::from_secs(60), 0);
     memories[0]
         .run(&[Arc::new(op)], Instant::now() + TIMEOUT)
         .await;
     let keys = request.keys.clone();
-    let op = crate::scripts::Op::release(&keys, &token);
+    let op = crate::scripts::Op::release_keys(&keys, &token);
     memories[0]
         .run(&[Arc::new(op)], Instant::now() + TIMEOUT)
         .await;

@@ -45,34 +45,107 @@ local function quarantine(marker, guard, period)
     return quarantine_left
 end
 
+-- Fails the operation while the node sits out of acquisitions.
+local function refuse_if_quarantined(marker, guard, period)
+    local left = quarantine(marker, guard, period)
+    if left > 0 then
+        error({err = string.format("QUARANTINED %d", left)})
+    end
+end
+
 -- 2^53 - 1: the largest integer a double holds with its successor.
 local MAX_COUNTER = 9007199254740991
 
--- One key, the healthy path in two calls: SET NX is the check and the write of the
--- lock, and SET ... GET writes the floor and returns the counter it replaced, which
--- almost always lies below the floor (the floor is a clock in microseconds). Only a
--- counter at or above the floor needs a third call. A counter of another type fails
--- the SET ... GET and the lock key is deleted again; an exhausted or unreadable one is
--- put back (with the new expiry) and the lock key deleted: nothing of the lock stays.
-local function acquire_one(key, counter, token, ttl, floor, keep)
-    if not redis.call("SET", key, token, "NX", "PX", ttl) then
-        return 0
+-- The node's clock in milliseconds, read once per batch: the expiry of a reader or of
+-- a writer's claim is a score on this clock (Redis freezes its own clock for a script
+-- too, so every operation of a batch sees one instant).
+local now_ms = nil
+local function now()
+    if not now_ms then
+        local t = redis.call("TIME")
+        now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
+    return now_ms
+end
+
+-- Raises a fencing counter to max(counter + 1, floor) with a life of `keep` ms, with
+-- SET ... GET: one call when the counter lies below the floor (a clock in
+-- microseconds), as it almost always does. Returns the token, or nil and the error; an
+-- exhausted or unreadable counter is put back as it was (with the new life), and one of
+-- another type is left alone: the caller undoes what it set and raises the error.
+local function raise(counter, floor, keep)
     local old = redis.pcall("SET", counter, floor, "PX", keep, "GET")
     if type(old) == "table" and old.err then
-        redis.call("DEL", key)
-        error(old)
+        return nil, old
     end
     local current = tonumber(old or "0")
     if not current or current >= MAX_COUNTER then
         redis.call("SET", counter, old, "PX", keep)
-        redis.call("DEL", key)
-        error({err = current and "FENCE_EXHAUSTED 1" or "ERR fredlock: fencing counter 1 is not a number"})
+        return nil, {err = current and "FENCE_EXHAUSTED 1" or "ERR fredlock: fencing counter 1 is not a number"}
     end
     local fence = tonumber(floor)
     if current >= fence then
         fence = current + 1
         redis.call("SET", counter, string.format("%d", fence), "PX", keep)
+    end
+    return fence
+end
+
+-- A read-locked resource's key is a sorted set of its readers' tokens, each scored by
+-- its expiry on the node's clock; a writer that found readers adds WRITER, scored by
+-- the end of its claim, which keeps new readers out until the readers have left and
+-- the writer has come back (docs/design.md). The key expires with its last member.
+local WRITER = "#writer"
+
+-- Sets the key's expiry to its latest member's, or deletes it when none is left alive.
+local function settle(key)
+    local last = redis.call("ZREVRANGE", key, 0, 0, "WITHSCORES")
+    if #last == 0 then
+        return
+    end
+    local until_ms = tonumber(last[2])
+    if until_ms <= now() then
+        redis.call("DEL", key)
+    else
+        redis.call("PEXPIREAT", key, string.format("%d", until_ms))
+    end
+end
+
+-- A writer's key that exists: true when it is a set of readers none of whom is still
+-- alive (the key is deleted: free for the writer); otherwise false, and when readers
+-- hold it the writer's claim is raised to `ttl` from now.
+local function free_of_readers(key, ttl)
+    if redis.call("TYPE", key).ok ~= "zset" then
+        return false
+    end
+    redis.call("ZREMRANGEBYSCORE", key, "-inf", now())
+    local readers = redis.call("ZCARD", key)
+    if redis.call("ZSCORE", key, WRITER) then
+        readers = readers - 1
+    end
+    if readers == 0 then
+        redis.call("DEL", key)
+        return true
+    end
+    redis.call("ZADD", key, "GT", now() + tonumber(ttl), WRITER)
+    settle(key)
+    return false
+end
+
+-- One key, the healthy path in two calls: SET NX is the check and the write of the
+-- lock, and the counter is raised with SET ... GET. A counter that cannot be raised
+-- fails the operation and the lock key is deleted again: nothing of the lock stays.
+local function acquire_one(key, counter, token, ttl, floor, keep)
+    if not redis.call("SET", key, token, "NX", "PX", ttl) then
+        if not free_of_readers(key, ttl) then
+            return 0
+        end
+        redis.call("SET", key, token, "PX", ttl)
+    end
+    local fence, err = raise(counter, floor, keep)
+    if not fence then
+        redis.call("DEL", key)
+        error(err)
     end
     return {fence}
 end
@@ -87,10 +160,7 @@ local function acquire(k, nk, a)
     local period = tonumber(ARGV[a + 3])
     local n = period >= 0 and (nk - 2) / 2 or nk / 2
     if period >= 0 then
-        local left = quarantine(KEYS[k + 2 * n + 1], KEYS[k + 2 * n + 2], period)
-        if left > 0 then
-            error({err = string.format("QUARANTINED %d", left)})
-        end
+        refuse_if_quarantined(KEYS[k + 2 * n + 1], KEYS[k + 2 * n + 2], period)
     end
     -- Each counter moves to max(counter + 1, floor), the floor the client proposes (its
     -- clock in microseconds): nodes that saw the same acquisitions return the same
@@ -114,7 +184,7 @@ local function acquire(k, nk, a)
         fences[i] = math.max(current + 1, tonumber(floor))
     end
     for i = 1, n do
-        if redis.call("EXISTS", KEYS[k + i]) == 1 then
+        if redis.call("EXISTS", KEYS[k + i]) == 1 and not free_of_readers(KEYS[k + i], ttl) then
             return 0
         end
     end
@@ -127,30 +197,120 @@ local function acquire(k, nk, a)
     return fences
 end
 
+-- Read lock: the token joins the key's readers unless a writer holds the key or has
+-- claimed it, raising the resource's fencing counter. keys = the lock key, its counter,
+-- then (with a period) the marker and guard. args = as for acquire. Returns {token}, or
+-- 0 if a writer holds or claims the key (nothing set).
+local function read(k, nk, a)
+    local key, counter = KEYS[k + 1], KEYS[k + 2]
+    local period = tonumber(ARGV[a + 3])
+    if period >= 0 then
+        refuse_if_quarantined(KEYS[k + 3], KEYS[k + 4], period)
+    end
+    local kind = redis.call("TYPE", key).ok
+    if kind == "string" then
+        return 0
+    elseif kind == "zset" then
+        redis.call("ZREMRANGEBYSCORE", key, "-inf", now())
+        if redis.call("ZSCORE", key, WRITER) then
+            return 0
+        end
+    elseif kind ~= "none" then
+        error({err = "WRONGTYPE the lock key holds a " .. kind})
+    end
+    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
+    local fence, err = raise(counter, floor, tonumber(ttl) + tonumber(ARGV[a + 5]))
+    if not fence then
+        error(err)
+    end
+    redis.call("ZADD", key, now() + tonumber(ttl), token)
+    settle(key)
+    return {fence}
+end
+
+-- Semaphore permit: the first free slot in the order given is set to the token, as a
+-- lock key; the semaphore's record holds its number of permits and lives at least as
+-- long as every slot, so that a client configured with another number is refused
+-- while a permit may be held. keys = the m slot keys, the counter, the record, then
+-- (with a period) the marker and guard. args = as for acquire, then the permits.
+-- Returns {token, the slot's position from 1}, or 0 if every slot is taken.
+local function permit(k, nk, a)
+    local period = tonumber(ARGV[a + 3])
+    local m = period >= 0 and nk - 4 or nk - 2
+    if period >= 0 then
+        refuse_if_quarantined(KEYS[k + m + 3], KEYS[k + m + 4], period)
+    end
+    local counter, record, permits = KEYS[k + m + 1], KEYS[k + m + 2], ARGV[a + 6]
+    local held = redis.call("GET", record)
+    if held and held ~= permits then
+        error({err = "PERMITS " .. held})
+    end
+    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
+    for i = 1, m do
+        local slot = KEYS[k + i]
+        if redis.call("SET", slot, token, "NX", "PX", ttl) then
+            local fence, err = raise(counter, floor, tonumber(ttl) + tonumber(ARGV[a + 5]))
+            if not fence then
+                redis.call("DEL", slot)
+                error(err)
+            end
+            if redis.call("PTTL", record) < tonumber(ttl) then
+                redis.call("SET", record, permits, "PX", ttl)
+            end
+            return {fence, i}
+        end
+    end
+    return 0
+end
+
+-- How the token holds a key: "string" (a lock or permit), "zset" (a live reader), or
+-- nil when it does not.
+local function held_as(key, token)
+    local value = redis.pcall("GET", key)
+    if type(value) ~= "table" then
+        return value == token and "string" or nil
+    end
+    local score = redis.pcall("ZSCORE", key, token)
+    if type(score) == "string" and tonumber(score) > now() then
+        return "zset"
+    end
+    return nil
+end
+
 -- Whether every one of the n lock keys from KEYS[k + 1] holds the token.
 local function ours(k, n, token)
     for i = 1, n do
-        if redis.call("GET", KEYS[k + i]) ~= token then
+        if not held_as(KEYS[k + i], token) then
             return false
         end
     end
     return true
 end
 
--- Extend: compare-and-pexpire. keys = the n lock keys, then the n counters.
--- args = token, TTL ms, counter retention ms. Returns 1 if renewed, 0 if not ours
--- (nothing changed).
+-- Extend: compare-and-pexpire. keys = the n lock keys, the n counters, then for a
+-- permit the semaphore's record. args = token, TTL ms, counter retention ms. Returns
+-- 1 if renewed, 0 if not ours (nothing changed).
 local function extend(k, nk, a)
-    local n = nk / 2
-    if not ours(k, n, ARGV[a + 1]) then
+    local n = math.floor(nk / 2)
+    local token = ARGV[a + 1]
+    if not ours(k, n, token) then
         return 0
     end
     local ttl = ARGV[a + 2]
     local keep = tonumber(ttl) + tonumber(ARGV[a + 3])
     for i = 1, n do
-        redis.call("PEXPIRE", KEYS[k + i], ttl)
+        local key = KEYS[k + i]
+        if held_as(key, token) == "zset" then
+            redis.call("ZADD", key, "XX", now() + tonumber(ttl), token)
+            settle(key)
+        else
+            redis.call("PEXPIRE", key, ttl)
+        end
         -- A counter lost meanwhile stays lost: PEXPIRE does not create it.
         redis.call("PEXPIRE", KEYS[k + n + i], keep)
+    end
+    if nk % 2 == 1 and redis.call("PTTL", KEYS[k + nk]) < tonumber(ttl) then
+        redis.call("PEXPIRE", KEYS[k + nk], ttl)
     end
     return 1
 end
@@ -174,28 +334,36 @@ local function fence(k, nk, a)
     return 1
 end
 
--- Compare-and-delete of each lock key that holds the token. args = token, and for a
--- release the channel prefix: each deleted key is announced on prefix .. key with
--- the token, which wakes the clients waiting for it. Returns 1 if every key held the
--- token, 0 otherwise (those that did were deleted anyway).
+-- Compare-and-delete of each lock key that holds the token (a reader's token leaves
+-- the set, expired or not). args = token, and for a release the channel prefix and
+-- optionally the name to announce (a semaphore's record; by default the key): each
+-- deletion is announced on prefix .. name with the token, which wakes the clients
+-- waiting for it. Returns 1 if every key held the token, 0 otherwise (those that did
+-- were deleted anyway).
 local function delete(k, nk, a, na)
-    local token, channel = ARGV[a + 1], na > 1 and ARGV[a + 2]
+    local token, channel, name = ARGV[a + 1], na > 1 and ARGV[a + 2], na > 2 and ARGV[a + 3]
     local all = 1
     for i = 1, nk do
         local key = KEYS[k + i]
-        if redis.call("GET", key) == token then
+        local held = held_as(key, token)
+        if held == "string" then
             redis.call("DEL", key)
-            if channel then
-                redis.call("PUBLISH", channel .. key, token)
-            end
-        else
+        elseif redis.pcall("ZREM", key, token) == 1 then
+            -- An expired reader is removed too, but was not holding the key.
+            settle(key)
+            held = held or "expired"
+        end
+        if held ~= "zset" and held ~= "string" then
             all = 0
+        end
+        if held and channel then
+            redis.call("PUBLISH", channel .. (name or key), token)
         end
     end
     return all
 end
 
-local kinds = {a = acquire, e = extend, f = fence, d = delete}
+local kinds = {a = acquire, r = read, p = permit, e = extend, f = fence, d = delete}
 
 local m = tonumber(ARGV[1])
 local k, a = 0, 1 + 3 * m

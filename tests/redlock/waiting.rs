@@ -428,13 +428,15 @@ async fn quit_closes_the_wake_up_subscriptions() -> TestResult {
     Ok(())
 }
 
-/// Each release is announced by every node; a waiter is woken once per release, not
-/// once per node. Here the same announcement arrives from node 0 and, once the waiter
-/// has tried again after it, from the other 4, while the resource stays held: the
-/// waiter makes no further attempt until its next poll (30 s), instead of spending its
-/// last retry at once on the leftover announcements.
+/// Each release is announced by every node; a waiter is woken twice per release, not
+/// once per node: at the first announcement, and at the quorum's (the 3rd of 5), when
+/// the release has surely reached a quorum. Here the same announcement arrives from
+/// node 0, then from nodes 1 and 2, then from the last 2, while the resource stays
+/// held: the waiter tries again after the first and the third, and then makes no
+/// further attempt until its next poll (30 s), instead of spending its last retry at
+/// once on the leftover announcements.
 #[tokio::test(flavor = "multi_thread")]
-async fn one_release_wakes_a_waiter_once() -> TestResult {
+async fn one_release_wakes_a_waiter_at_the_first_and_the_quorum_announcement() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let holder = nodes.redlock(Duration::from_millis(100)).await;
     let waiter = nodes
@@ -442,7 +444,7 @@ async fn one_release_wakes_a_waiter_once() -> TestResult {
         .node_timeout(Duration::from_millis(100))
         .retry_delay(Duration::from_secs(30))
         .retry_jitter(Duration::ZERO)
-        .retry_count(2)
+        .retry_count(3)
         .build()
         .await?;
     let res = resource("wake-once");
@@ -486,15 +488,20 @@ async fn one_release_wakes_a_waiter_once() -> TestResult {
     nodes
         .wait_calls_above(&[0], "evalsha", &[before + 1], limit)
         .await;
-    for i in 1..5 {
-        publish(i).await?;
-    }
+    publish(1).await?;
+    publish(2).await?;
+    // The quorum's announcement: the third attempt.
+    nodes
+        .wait_calls_above(&[0], "evalsha", &[before + 2], limit)
+        .await;
+    publish(3).await?;
+    publish(4).await?;
     // Woken again, the waiter would try within a round trip (plus its pause of up to
     // one round trip): 2 s is generous for that on a loaded machine.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let attempts = nodes.calls(0, "evalsha").await - before;
     assert_eq!(
-        attempts, 2,
+        attempts, 3,
         "the leftover announcements woke the waiter again"
     );
     assert!(
