@@ -61,8 +61,25 @@ pub(crate) async fn acquire(
     request: &Request,
     attempt: u32,
 ) -> Result<Granted, Failed> {
+    acquire_then_retry(core, request, attempt, false).await
+}
+
+/// [`acquire`] for an attempt that another will follow if it fails: a writer that
+/// finds readers then claims the resource on the nodes until its next attempt, so
+/// that new readers cannot keep it out for ever.
+pub(crate) async fn acquire_then_retry(
+    core: &Core,
+    request: &Request,
+    attempt: u32,
+    retry_follows: bool,
+) -> Result<Granted, Failed> {
     let span = round_span!("fredlock.acquire", request, attempt);
-    acquire_in(core, request, &span)
+    let settings = &core.settings;
+    // The longest a writer takes to come back: its pause, then an attempt's round.
+    let claim = retry_follows.then(|| {
+        (settings.retry_delay + settings.retry_jitter).saturating_add(settings.node_timeout * 2)
+    });
+    acquire_in(core, request, claim, &span)
         .instrument(span.clone())
         .await
 }
@@ -70,6 +87,7 @@ pub(crate) async fn acquire(
 async fn acquire_in(
     core: &Core,
     request: &Request,
+    claim: Option<Duration>,
     span: &tracing::Span,
 ) -> Result<Granted, Failed> {
     let token: Arc<str> = new_token().into();
@@ -87,7 +105,8 @@ async fn acquire_in(
         core.quarantine(),
         retention,
         first_slot,
-    );
+    )
+    .claiming(claim);
     // Dropped before its verdict (this future was dropped), it removes our token from
     // every node in the background.
     let mut acquisition = Acquisition::new(&core.nodes, op);

@@ -23,7 +23,9 @@ pub(crate) async fn lock(core: &Arc<Core>, request: Request) -> Result<Lock, Err
     let mut subscription = None;
     loop {
         let attempt_start = Instant::now();
-        let Failed { error, cleanup } = match protocol::acquire(core, &request, attempt).await {
+        let retry_follows = attempt < settings.retry_count;
+        let outcome = protocol::acquire_then_retry(core, &request, attempt, retry_follows).await;
+        let Failed { error, cleanup } = match outcome {
             Ok(granted) => return Ok(Lock::new(core, granted)),
             Err(failed) => failed,
         };

@@ -84,6 +84,8 @@ pub(crate) struct Op {
     pub(crate) keep_ms: u64,
     /// The fencing floor (acquire).
     pub(crate) floor: u64,
+    /// How long a writer that finds readers claims the key (acquire; 0: no claim).
+    pub(crate) claim_ms: u64,
     /// The fencing tokens to write back (fence).
     pub(crate) fences: Arc<[u64]>,
     /// With the restart quarantine on (acquire).
@@ -113,6 +115,7 @@ impl Op {
             ttl_ms: 0,
             keep_ms: 0,
             floor: 0,
+            claim_ms: 0,
             fences: Arc::from([]),
             quarantine: None,
             semaphore: None,
@@ -143,6 +146,14 @@ impl Op {
             quarantine,
             semaphore: request.semaphore().cloned(),
             ..Op::new(kind, &keys, token)
+        }
+    }
+
+    /// With a writer's claim on a key held by readers, for `claim`.
+    pub(crate) fn claiming(self, claim: Option<Duration>) -> Self {
+        Op {
+            claim_ms: claim.map_or(0, ttl::ms),
+            ..self
         }
     }
 
@@ -222,7 +233,10 @@ impl Op {
                         args.push(Value::from(semaphore.permits.to_string()));
                         "p"
                     }
-                    _ => "a",
+                    _ => {
+                        args.push(int(self.claim_ms));
+                        "a"
+                    }
                 }
             }
             Kind::Extend => {

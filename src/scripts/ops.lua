@@ -113,8 +113,9 @@ end
 
 -- A writer's key that exists: true when it is a set of readers none of whom is still
 -- alive (the key is deleted: free for the writer); otherwise false, and when readers
--- hold it the writer's claim is raised to `ttl` from now.
-local function free_of_readers(key, ttl)
+-- hold it the writer's claim is raised to `claim` ms from now (none when 0: a writer
+-- that will not try again).
+local function free_of_readers(key, claim)
     if redis.call("TYPE", key).ok ~= "zset" then
         return false
     end
@@ -127,17 +128,19 @@ local function free_of_readers(key, ttl)
         redis.call("DEL", key)
         return true
     end
-    redis.call("ZADD", key, "GT", now() + tonumber(ttl), WRITER)
-    settle(key)
+    if tonumber(claim) > 0 then
+        redis.call("ZADD", key, "GT", now() + tonumber(claim), WRITER)
+        settle(key)
+    end
     return false
 end
 
 -- One key, the healthy path in two calls: SET NX is the check and the write of the
 -- lock, and the counter is raised with SET ... GET. A counter that cannot be raised
 -- fails the operation and the lock key is deleted again: nothing of the lock stays.
-local function acquire_one(key, counter, token, ttl, floor, keep)
+local function acquire_one(key, counter, token, ttl, floor, keep, claim)
     if not redis.call("SET", key, token, "NX", "PX", ttl) then
-        if not free_of_readers(key, ttl) then
+        if not free_of_readers(key, claim) then
             return 0
         end
         redis.call("SET", key, token, "PX", ttl)
@@ -154,8 +157,9 @@ end
 -- fencing counter in the same step.
 -- keys = the n lock keys, the n counters, then (when a period is given) the node's
 -- incarnation marker and quarantine guard. args = token, TTL ms, period ms or -1,
--- fencing floor, counter retention ms.
--- Returns the n raised counters, or 0 if a lock key is taken (nothing set).
+-- fencing floor, counter retention ms, and how long to claim a key that readers hold
+-- (0: no claim).
+-- Returns the n raised counters, or 0 if a lock key is taken (nothing set but a claim).
 local function acquire(k, nk, a)
     local period = tonumber(ARGV[a + 3])
     local n = period >= 0 and (nk - 2) / 2 or nk / 2
@@ -169,7 +173,7 @@ local function acquire(k, nk, a)
     local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
     local keep = tonumber(ttl) + tonumber(ARGV[a + 5])
     if n == 1 then
-        return acquire_one(KEYS[k + 1], KEYS[k + 2], token, ttl, floor, keep)
+        return acquire_one(KEYS[k + 1], KEYS[k + 2], token, ttl, floor, keep, ARGV[a + 6])
     end
     -- Several keys: every counter read and checked, then every key checked, before
     -- anything is written.
@@ -184,7 +188,7 @@ local function acquire(k, nk, a)
         fences[i] = math.max(current + 1, tonumber(floor))
     end
     for i = 1, n do
-        if redis.call("EXISTS", KEYS[k + i]) == 1 and not free_of_readers(KEYS[k + i], ttl) then
+        if redis.call("EXISTS", KEYS[k + i]) == 1 and not free_of_readers(KEYS[k + i], ARGV[a + 6]) then
             return 0
         end
     end
@@ -199,8 +203,9 @@ end
 
 -- Read lock: the token joins the key's readers unless a writer holds the key or has
 -- claimed it, raising the resource's fencing counter. keys = the lock key, its counter,
--- then (with a period) the marker and guard. args = as for acquire. Returns {token}, or
--- 0 if a writer holds or claims the key (nothing set).
+-- then (with a period) the marker and guard. args = token, TTL ms, period ms or -1,
+-- fencing floor, counter retention ms. Returns {token}, or 0 if a writer holds or
+-- claims the key (nothing set).
 local function read(k, nk, a)
     local key, counter = KEYS[k + 1], KEYS[k + 2]
     local period = tonumber(ARGV[a + 3])

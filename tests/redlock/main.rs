@@ -16,6 +16,8 @@ mod keep_alive;
 mod lifecycle;
 mod multi;
 mod outcomes;
+mod read_write;
+mod semaphore;
 mod support;
 mod tasks;
 mod tracing_spans;

@@ -194,6 +194,35 @@ impl Nodes {
         }
     }
 
+    /// How many subscribers `channel` has on every node together (`PUBSUB NUMSUB`).
+    pub async fn subscribers(&self, channel: &str) -> usize {
+        let mut total = 0;
+        for i in 0..self.admin.len() {
+            let reply = self
+                .cmd(i, "PUBSUB", vec!["NUMSUB".into(), channel.into()])
+                .await
+                .expect("PUBSUB NUMSUB");
+            if let Value::Array(pair) = reply {
+                let n = pair.get(1).and_then(Value::as_i64).unwrap_or(0);
+                total += usize::try_from(n).unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// Polls until `channel` has a subscriber on each of the `n` nodes, for at most
+    /// 15 s (a waiter subscribes after its first attempt failed).
+    pub async fn wait_subscribers(&self, channel: &str, n: usize) {
+        let start = Instant::now();
+        while self.subscribers(channel).await < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "`{channel}` has fewer than {n} subscribers after 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls until `key`'s TTL is above `ms` on every node in `which`, for at most
     /// 2 s: an extension returns at its quorum, the other nodes follow right after.
     pub async fn assert_pttl_above(&self, which: &[usize], key: &str, ms: i64) {

@@ -1,0 +1,180 @@
+//! Read-write locks on real nodes: readers share a resource's key (a sorted set of
+//! their tokens), the writer (`lock()`) excludes them, and a waiting writer keeps new
+//! readers out.
+
+use std::time::{Duration, Instant};
+
+use fred::prelude::Value;
+use fredlock::Error;
+
+use crate::support::{Nodes, TestResult, resource};
+
+const TTL: Duration = Duration::from_secs(10);
+
+/// `TYPE key` on node `i`: "none", "string" (a writer) or "zset" (readers).
+async fn key_type(nodes: &Nodes, i: usize, key: &str) -> String {
+    let reply = nodes.cmd(i, "TYPE", vec![key.into()]).await.expect("TYPE");
+    reply.as_string().unwrap_or_default()
+}
+
+/// The members of the readers' set on node `i`.
+async fn members(nodes: &Nodes, i: usize, key: &str) -> Vec<String> {
+    match nodes
+        .cmd(i, "ZRANGE", vec![key.into(), 0.into(), (-1).into()])
+        .await
+        .expect("ZRANGE")
+    {
+        Value::Array(items) => items.iter().filter_map(Value::as_string).collect(),
+        other => panic!("ZRANGE answered {other:?}"),
+    }
+}
+
+/// Polls until `key` is gone from every node, for at most 3 s.
+async fn assert_gone(nodes: &Nodes, key: &str) {
+    let start = Instant::now();
+    for i in 0..3 {
+        while key_type(nodes, i, key).await != "none" {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "`{key}` is still on node {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn readers_share_the_resource_and_exclude_the_writer() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let res = resource("shared");
+    let first = redlock.try_read_lock(&res, TTL).await?;
+    let second = redlock.try_read_lock(&res, TTL).await?;
+    assert_ne!(first.token(), second.token());
+    assert!(second.fencing_token() > first.fencing_token());
+    let err = redlock
+        .try_lock(&res, TTL)
+        .await
+        .expect_err("readers hold it");
+    assert!(matches!(err, Error::Taken { .. }), "{err:?}");
+    // Both readers are in the set on every node, next to the writer's claim.
+    for i in 0..3 {
+        let mut got = members(&nodes, i, &res).await;
+        got.retain(|m| !m.starts_with('#'));
+        got.sort();
+        let mut want = vec![first.token().to_string(), second.token().to_string()];
+        want.sort();
+        assert_eq!(got, want, "node {i}");
+    }
+    let last_reader = second.fencing_token();
+    first.release().await?;
+    second.release().await?;
+    assert_gone(&nodes, &res).await;
+
+    let writer = redlock.try_lock(&res, TTL).await?;
+    assert!(writer.fencing_token() > last_reader);
+    let err = redlock
+        .try_read_lock(&res, TTL)
+        .await
+        .expect_err("a writer holds it");
+    assert!(matches!(err, Error::Taken { .. }), "{err:?}");
+    for i in 0..3 {
+        assert_eq!(key_type(&nodes, i, &res).await, "string", "node {i}");
+    }
+    writer.release().await?;
+    redlock.try_read_lock(&res, TTL).await?.release().await?;
+    Ok(())
+}
+
+/// A writer that found readers claims the resource: a new reader is refused while it
+/// waits, the writer gets the lock once the readers present have left (woken by the
+/// last one's release), and readers come back after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_writer_keeps_new_readers_out() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let writers = nodes
+        .builder()
+        .node_timeout(Duration::from_millis(200))
+        .retry_delay(Duration::from_secs(30))
+        .retry_jitter(Duration::ZERO)
+        .build()
+        .await?;
+    let res = resource("writer-first");
+    let reader = redlock.try_read_lock(&res, TTL).await?;
+    let waiting = tokio::spawn({
+        let (writers, res) = (writers.clone(), res.clone());
+        async move { writers.lock(&res, TTL).await }
+    });
+    // The writer's first attempt failed and left its claim on every node.
+    let start = Instant::now();
+    for i in 0..3 {
+        while !members(&nodes, i, &res)
+            .await
+            .contains(&"#writer".to_string())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no claim on node {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    nodes
+        .wait_subscribers(&format!("fredlock:released:{res}"), 3)
+        .await;
+    let err = redlock
+        .try_read_lock(&res, TTL)
+        .await
+        .expect_err("a writer waits");
+    assert!(matches!(err, Error::Taken { .. }), "{err:?}");
+    assert!(!waiting.is_finished());
+    // The reader present may still renew its lock.
+    let mut reader = reader;
+    reader.extend(TTL).await?;
+
+    reader.release().await?;
+    let limit = Duration::from_secs(5);
+    let Ok(writer) = tokio::time::timeout(limit, waiting).await else {
+        panic!("the writer still waits {limit:?} after the last reader left");
+    };
+    let writer = writer??;
+    writer.release().await?;
+    redlock.try_read_lock(&res, TTL).await?.release().await?;
+    Ok(())
+}
+
+/// A reader's lock lives by its TTL like a writer's: a reader that is neither released
+/// nor kept alive stops blocking the writer when its TTL runs out, and one kept alive
+/// keeps blocking it past several TTLs.
+#[tokio::test]
+async fn readers_expire_unless_kept_alive() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(100)).await;
+    let ttl = Duration::from_millis(400);
+
+    let kept = resource("kept-reader");
+    let mut reader = redlock.try_read_lock(&kept, ttl).await?;
+    reader.keep_alive();
+    let lease = reader.lease();
+    tokio::select! {
+        reason = lease.lost() => panic!("lost: {reason}"),
+        () = tokio::time::sleep(4 * ttl) => {}
+    }
+    assert!(
+        redlock.try_lock(&kept, ttl).await.is_err(),
+        "the reader holds it"
+    );
+    reader.release().await?;
+
+    let forgotten = resource("forgotten-reader");
+    let reader = redlock.try_read_lock(&forgotten, ttl).await?;
+    let token = reader.token().to_string();
+    // Not released: it must expire on the nodes by itself.
+    std::mem::forget(reader);
+    assert_gone(&nodes, &forgotten).await;
+    let writer = redlock.try_lock(&forgotten, ttl).await?;
+    assert_ne!(writer.token(), token);
+    writer.release().await?;
+    Ok(())
+}
