@@ -10,6 +10,7 @@ mod history;
 mod nemesis;
 mod quarantine;
 mod scenarios;
+mod shared;
 mod soak;
 #[path = "../redlock/support.rs"]
 mod support;
