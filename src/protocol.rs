@@ -77,7 +77,9 @@ pub(crate) async fn acquire_then_retry(
     let settings = &core.settings;
     // The longest a writer takes to come back: its pause, then an attempt's round.
     let claim = retry_follows.then(|| {
-        (settings.retry_delay + settings.retry_jitter).saturating_add(settings.node_timeout * 2)
+        (settings.retry_delay)
+            .saturating_add(settings.retry_jitter)
+            .saturating_add(settings.node_timeout.saturating_mul(2))
     });
     acquire_in(core, request, claim, &span)
         .instrument(span.clone())

@@ -149,10 +149,11 @@ impl Op {
         }
     }
 
-    /// With a writer's claim on a key held by readers, for `claim`.
+    /// With a writer's claim on a key held by readers, for `claim` (at most
+    /// [`ttl::MAX_TTL`], which the node's expiry arithmetic holds).
     pub(crate) fn claiming(self, claim: Option<Duration>) -> Self {
         Op {
-            claim_ms: claim.map_or(0, ttl::ms),
+            claim_ms: claim.map_or(0, |claim| ttl::ms(claim.min(ttl::MAX_TTL))),
             ..self
         }
     }

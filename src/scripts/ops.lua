@@ -269,14 +269,17 @@ local function permit(k, nk, a)
 end
 
 -- How the token holds a key: "string" (a lock or permit), "zset" (a live reader), or
--- nil when it does not.
+-- nil when it does not. A key of another type fails the operation (WRONGTYPE).
 local function held_as(key, token)
     local value = redis.pcall("GET", key)
     if type(value) ~= "table" then
         return value == token and "string" or nil
     end
     local score = redis.pcall("ZSCORE", key, token)
-    if type(score) == "string" and tonumber(score) > now() then
+    if type(score) == "table" then
+        error(score)
+    end
+    if score and tonumber(score) > now() then
         return "zset"
     end
     return nil
