@@ -12,6 +12,7 @@ use crate::error::{Error, LostReason};
 use crate::keep_alive::KeepAlive;
 use crate::lease::{Lease, Shared};
 use crate::protocol::{self, Granted};
+use crate::quorum::Votes;
 use crate::request::Request;
 
 /// A lock held on a quorum of nodes.
@@ -45,6 +46,8 @@ pub struct Lock {
     request: Request,
     token: Arc<str>,
     shared: Arc<Shared>,
+    /// The votes of the round that granted the lock.
+    votes: Votes,
     /// Serialises extensions (manual and keep-alive): two rounds with different TTLs
     /// must not race on the nodes.
     extending: Arc<tokio::sync::Mutex<()>>,
@@ -73,6 +76,7 @@ impl Lock {
             shared: Shared::new(granted.valid_until, request.ttl.duration(), granted.fences),
             request,
             token: granted.token,
+            votes: granted.votes,
             extending: Arc::default(),
             keep_alive: None,
             armed: true,
@@ -123,6 +127,25 @@ impl Lock {
     /// [`resources`](Lock::resources).
     pub fn fencing_tokens(&self) -> &[u64] {
         &self.shared.fences
+    }
+
+    /// Every node's vote in the round that granted this lock, in configuration order:
+    /// at least a quorum of [`Vote::Yes`](crate::Vote::Yes). The round returns at the
+    /// quorum, so a node that had not answered by then is
+    /// [`Vote::Pending`](crate::Vote::Pending) (its request still ran). Extensions do
+    /// not change it.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn run(redlock: fredlock::Redlock) -> Result<(), fredlock::Error> {
+    /// let lock = redlock.lock("invoices", Duration::from_secs(10)).await?;
+    /// if lock.votes().yes() < lock.votes().len() {
+    ///     eprintln!("granted without every node: {}", lock.votes());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn votes(&self) -> &Votes {
+        &self.votes
     }
 
     /// The TTL of the last successful acquire or extend, in whole milliseconds.

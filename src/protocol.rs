@@ -30,6 +30,8 @@ pub(crate) struct Granted {
     pub(crate) token: Arc<str>,
     pub(crate) valid_until: Instant,
     pub(crate) fences: Arc<[u64]>,
+    /// The votes of the round that granted it, for `Lock::votes`.
+    pub(crate) votes: Votes,
 }
 
 /// A failed attempt: its error, and the task still removing its token from the nodes
@@ -141,8 +143,8 @@ async fn acquire_in(
                 elapsed = start.elapsed();
                 let validity = request.ttl.validity(elapsed);
                 if validity > min_validity {
+                    let votes = acquisition.round().votes();
                     if !span.is_disabled() {
-                        let votes = acquisition.round().votes();
                         record(span, &votes, elapsed, Some(validity), "acquired");
                     }
                     acquisition.keep();
@@ -152,6 +154,7 @@ async fn acquire_in(
                         token,
                         valid_until,
                         fences,
+                        votes,
                     });
                 }
             }

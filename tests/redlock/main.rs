@@ -14,6 +14,7 @@ mod extend_release;
 mod faults;
 mod keep_alive;
 mod lifecycle;
+mod lock_votes;
 mod multi;
 mod outcomes;
 mod read_write;
