@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::core::Core;
 use crate::error::LostReason;
 use crate::lease::Shared;
+use crate::metrics;
 use crate::protocol;
 use crate::request::Request;
 
@@ -58,8 +59,11 @@ impl KeepAlive {
             if self.shared.ttl() != self.request.ttl.duration() || self.due(margin).is_some() {
                 continue;
             }
-            let renewal = protocol::extend(&self.core, &self.request, &self.token, &self.shared);
-            let error = match renewal.await {
+            let renewal = metrics::Renewal::start(&self.shared);
+            let result =
+                protocol::extend(&self.core, &self.request, &self.token, &self.shared).await;
+            renewal.end(&result);
+            let error = match result {
                 Ok(()) => continue,
                 Err(error) => error,
             };

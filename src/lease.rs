@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::error::LostReason;
+use crate::metrics;
 
 /// The state a lock shares with its leases and its keep-alive task.
 #[derive(Debug)]
@@ -63,7 +64,8 @@ impl Shared {
 
     /// Records the first reason the lock was lost; later reasons are ignored.
     pub(crate) fn mark_lost(&self, reason: LostReason) {
-        self.lost.send_if_modified(|current| {
+        let loss = metrics::Loss::of(&reason, || self.remaining().is_zero());
+        let first = self.lost.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(reason);
                 true
@@ -71,6 +73,10 @@ impl Shared {
                 false
             }
         });
+        // Counted outside the watch's lock: the recorder is the application's code.
+        if first {
+            loss.record();
+        }
     }
 
     pub(crate) fn lost_reason(&self) -> Option<LostReason> {

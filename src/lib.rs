@@ -89,6 +89,7 @@ mod fencing;
 mod keep_alive;
 mod lease;
 mod lock;
+pub mod metrics;
 mod node;
 mod protocol;
 mod quorum;

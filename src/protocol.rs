@@ -15,6 +15,7 @@ use crate::core::Core;
 use crate::error::{Error, LostReason};
 use crate::fencing;
 use crate::lease::Shared;
+use crate::metrics::{self, RoundKind};
 use crate::quorum::{Decision, Tally, Votes};
 use crate::request::Request;
 use crate::round::Round;
@@ -144,6 +145,7 @@ async fn acquire_in(
                 let validity = request.ttl.validity(elapsed);
                 if validity > min_validity {
                     let votes = acquisition.round().votes();
+                    metrics::votes(RoundKind::Acquire, &votes);
                     if !span.is_disabled() {
                         record(span, &votes, elapsed, Some(validity), "acquired");
                     }
@@ -168,6 +170,7 @@ async fn acquire_in(
     // (they answered quickly: one more fast round trip); the others remove it in the
     // background, after their own acquisition, so a late SET is undone too.
     let (votes, tally, cleanup) = acquisition.give_up().await;
+    metrics::votes(RoundKind::Acquire, &votes);
     let resource = request.resource.to_string();
     let error = if let (Some(held), Some(semaphore)) = (permits_held, request.semaphore()) {
         Error::PermitsMismatch {
@@ -253,6 +256,7 @@ async fn extend_in(
     let retention = core.settings.fencing_retention;
     let mut round = Round::new(&core.nodes, Op::extend(request, token, retention));
     let decision = round.decide().await;
+    metrics::round(RoundKind::Extend, &round);
     let elapsed = start.elapsed();
     let validity = request.ttl.validity(elapsed);
     let min_validity = core.settings.min_validity;
@@ -307,6 +311,7 @@ pub(crate) async fn release(
     let start = Instant::now();
     let mut round = Round::new(&core.nodes, Op::release(request, token));
     let decision = round.decide().instrument(span.clone()).await;
+    metrics::round(RoundKind::Release, &round);
     let result = match decision {
         Decision::Quorum if was_valid => Ok(()),
         Decision::Quorum => Err(Error::Expired {

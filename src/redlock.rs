@@ -10,6 +10,7 @@ use crate::core::Core;
 use crate::error::Error;
 use crate::lease::Lease;
 use crate::lock::Lock;
+use crate::metrics;
 use crate::protocol;
 use crate::quorum::Votes;
 use crate::request::Request;
@@ -298,10 +299,14 @@ impl Redlock {
     }
 
     async fn try_request(&self, request: Request) -> Result<Lock, Error> {
-        match protocol::acquire(&self.core, &request, 0).await {
+        let mut measured = metrics::Acquisition::start();
+        measured.attempt();
+        let result = match protocol::acquire(&self.core, &request, 0).await {
             Ok(granted) => Ok(Lock::new(&self.core, granted)),
             Err(failed) => Err(failed.error),
-        }
+        };
+        measured.end(&result);
+        result
     }
 
     /// Closes the connections fredlock opened: those to the nodes (not the clients
@@ -359,6 +364,7 @@ impl Builder {
     /// [`Error::Config`] naming the first invalid option, [`Error::Connect`], or
     /// [`Error::Denied`] naming the node and the command its ACL refuses.
     pub async fn build(self) -> Result<Redlock, Error> {
+        metrics::describe();
         let (nodes, settings, owns_clients) = self.connect().await?;
         Ok(Redlock {
             core: Arc::new(Core::new(nodes, settings, owns_clients)),

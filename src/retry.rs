@@ -8,12 +8,24 @@ use std::time::Instant;
 use crate::core::Core;
 use crate::error::Error;
 use crate::lock::Lock;
+use crate::metrics;
 use crate::protocol::{self, Failed};
 use crate::request::Request;
 use crate::settings::wake_jitter;
 
 /// Acquires `request`, retrying as the settings allow.
 pub(crate) async fn lock(core: &Arc<Core>, request: Request) -> Result<Lock, Error> {
+    let mut measured = metrics::Acquisition::start();
+    let result = attempts(core, request, &mut measured).await;
+    measured.end(&result);
+    result
+}
+
+async fn attempts(
+    core: &Arc<Core>,
+    request: Request,
+    measured: &mut metrics::Acquisition,
+) -> Result<Lock, Error> {
     let settings = &core.settings;
     let start = Instant::now();
     let deadline = settings.acquire_timeout.and_then(|t| start.checked_add(t));
@@ -22,6 +34,7 @@ pub(crate) async fn lock(core: &Arc<Core>, request: Request) -> Result<Lock, Err
     let mut attempt = 0u32;
     let mut subscription = None;
     loop {
+        measured.attempt();
         let attempt_start = Instant::now();
         let retry_follows = attempt < settings.retry_count;
         let outcome = protocol::acquire_then_retry(core, &request, attempt, retry_follows).await;
