@@ -76,6 +76,8 @@ pub(crate) enum RoundKind {
 
 #[cfg(feature = "metrics")]
 mod enabled;
+#[cfg(all(test, feature = "metrics"))]
+mod tests;
 #[cfg(feature = "metrics")]
 pub use enabled::describe;
 #[cfg(feature = "metrics")]
