@@ -15,6 +15,8 @@ mod faults;
 mod keep_alive;
 mod lifecycle;
 mod lock_votes;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod multi;
 mod outcomes;
 mod read_write;
