@@ -48,9 +48,20 @@
 //! and then go out together as one script call, each with its own result, while a lone
 //! operation is sent at once (`docs/design.md`, 1.9).
 //!
-//! Every round error carries each node's [`Vote`]. Acquire, extend and release run in
-//! `tracing` spans (`fredlock.acquire`, `fredlock.extend`, `fredlock.release`, at DEBUG
-//! level) that record the resource, the votes, the elapsed time and the outcome.
+//! Every round error carries each node's [`Vote`], and so does a granted lock
+//! ([`Lock::votes`]). Acquire, extend and release run in `tracing` spans
+//! (`fredlock.acquire`, `fredlock.extend`, `fredlock.release`, at DEBUG level) that
+//! record the resource, the votes, the elapsed time and the outcome.
+//!
+//! # Features
+//! * `metrics`: records acquisition latency, attempts and outcomes, every node's
+//!   votes, keep-alive renewals and lost locks through the
+//!   [`metrics`](https://docs.rs/metrics) facade; the
+//!   [`metrics` module](crate::metrics) lists every metric with its type, unit and
+//!   labels. Off by default: then nothing is recorded and nothing of it is compiled
+//!   in.
+//! * `tls-rustls`, `tls-native`: `rediss://` endpoints, with rustls or the platform's
+//!   TLS library.
 //!
 //! # Beyond acquire and release
 //! * Long work: [`Lock::keep_alive`] extends in the background, [`Lease::lost`] says

@@ -6,8 +6,8 @@
 //! installed (for example `metrics-exporter-prometheus`); with none installed, the
 //! facade drops every value. Without the feature nothing is recorded, and the hooks
 //! compile to nothing. A `Redlock`'s `build()` describes every metric (its unit and
-//! help text) to the recorder installed at that time; [`describe`] does it again for a
-//! recorder installed later.
+//! help text) to the recorder installed at that time; `describe()` (with the feature)
+//! does it again for a recorder installed later.
 //!
 //! Durations are in seconds. Labels take few values, so every metric has a bounded
 //! number of series: `node` is a configured node's `host:port` (never credentials);
