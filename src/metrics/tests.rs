@@ -245,6 +245,8 @@ async fn an_acquisition_is_measured_once_with_its_attempts_and_votes() {
         );
     }
     // Three acquisition rounds were decided (the dropped one was not): 3 votes each.
+    // In-memory nodes that are up or down answer at the round's first poll, so none
+    // of these votes is pending.
     assert_eq!(captured.sum(super::NODE_VOTES, &[("op", "acquire")]), 9);
     let acquire = |node, vote| {
         captured.counter(
@@ -254,11 +256,7 @@ async fn an_acquisition_is_measured_once_with_its_attempts_and_votes() {
     };
     assert_eq!((acquire("mem0", "yes"), acquire("mem0", "taken")), (1, 2));
     assert_eq!((acquire("mem1", "yes"), acquire("mem1", "taken")), (1, 2));
-    assert_eq!(acquire("mem2", "error") + acquire("mem2", "pending"), 3);
-    assert!(
-        acquire("mem2", "error") >= 2,
-        "the failed rounds waited for it"
-    );
+    assert_eq!(acquire("mem2", "error"), 3);
     drop(held);
 }
 
