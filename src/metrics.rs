@@ -24,10 +24,11 @@
 //! | `fredlock_locks_lost_total` | counter | count | `reason` | lost lock |
 //!
 //! * An **acquisition** is one whole call of `lock`, `try_lock`, `lock_many`,
-//!   `try_lock_many` (and the `lock` of `with_lock`), with all its attempts, the pauses
+//!   `try_lock_many`, `read_lock`, `try_read_lock`, `Semaphore::acquire`,
+//!   `Semaphore::try_acquire` (and the `lock` of `with_lock`), with all its attempts, the pauses
 //!   between them and the cleanup it waits for. Its `outcome` is `acquired`, the kind
-//!   of the error returned (`taken`, `no_quorum`, `too_late`, `fencing_failed`; `other`
-//!   for any other, which none returns today), or `cancelled` when the call's future
+//!   of the error returned (`taken`, `no_quorum`, `too_late`, `fencing_failed`,
+//!   `permits_mismatch`; `other` for any other, which none returns today), or `cancelled` when the call's future
 //!   was dropped before it ended (the attempts counted are those begun). A call refused
 //!   for an invalid argument sends nothing and is not counted.
 //! * `fredlock_outcomes_total` counts each acquisition once with its `outcome`, and

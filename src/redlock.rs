@@ -11,7 +11,6 @@ use crate::error::Error;
 use crate::lease::Lease;
 use crate::lock::Lock;
 use crate::metrics;
-use crate::protocol;
 use crate::quorum::Votes;
 use crate::request::Request;
 use crate::retry;
@@ -299,14 +298,7 @@ impl Redlock {
     }
 
     async fn try_request(&self, request: Request) -> Result<Lock, Error> {
-        let mut measured = metrics::Acquisition::start();
-        measured.attempt();
-        let result = match protocol::acquire(&self.core, &request, 0).await {
-            Ok(granted) => Ok(Lock::new(&self.core, granted)),
-            Err(failed) => Err(failed.error),
-        };
-        measured.end(&result);
-        result
+        retry::once(&self.core, request).await
     }
 
     /// Closes the connections fredlock opened: those to the nodes (not the clients

@@ -1,4 +1,4 @@
-//! The retry loop of `lock()`: attempts until one succeeds, the retries are spent or
+//! The retry loop of `lock()` (and the single attempt of `try_lock()`): attempts until one succeeds, the retries are spent or
 //! the acquire deadline would be passed, with a random pause between them that a
 //! release notification cuts short.
 
@@ -17,6 +17,18 @@ use crate::settings::wake_jitter;
 pub(crate) async fn lock(core: &Arc<Core>, request: Request) -> Result<Lock, Error> {
     let mut measured = metrics::Acquisition::start();
     let result = attempts(core, request, &mut measured).await;
+    measured.end(&result);
+    result
+}
+
+/// One attempt at `request`, without retries.
+pub(crate) async fn once(core: &Arc<Core>, request: Request) -> Result<Lock, Error> {
+    let mut measured = metrics::Acquisition::start();
+    measured.attempt();
+    let result = match protocol::acquire(core, &request, 0).await {
+        Ok(granted) => Ok(Lock::new(core, granted)),
+        Err(failed) => Err(failed.error),
+    };
     measured.end(&result);
     result
 }

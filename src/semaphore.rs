@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::lease::Lease;
 use crate::lock::Lock;
 use crate::request::{Request, check_semaphore};
-use crate::{protocol, retry};
+use crate::retry;
 
 /// A counting semaphore over the nodes of a [`Redlock`](crate::Redlock): at most
 /// [`permits`](Semaphore::permits) holders of a [`Permit`] at once.
@@ -93,10 +93,7 @@ impl Semaphore {
     /// As [`acquire`](Semaphore::acquire).
     pub async fn try_acquire(&self, ttl: Duration) -> Result<Permit, Error> {
         let request = self.request(ttl)?;
-        match protocol::acquire(&self.core, &request, 0).await {
-            Ok(granted) => Ok(Permit(Lock::new(&self.core, granted))),
-            Err(failed) => Err(failed.error),
-        }
+        Ok(Permit(retry::once(&self.core, request).await?))
     }
 
     fn request(&self, ttl: Duration) -> Result<Request, Error> {
@@ -149,6 +146,11 @@ impl Permit {
     /// A cheap, cloneable view for other tasks: the validity and the lost signal.
     pub fn lease(&self) -> Lease {
         self.0.lease()
+    }
+
+    /// The votes of the round that granted the permit; see [`Lock::votes`].
+    pub fn votes(&self) -> &crate::Votes {
+        self.0.votes()
     }
 
     /// The TTL of the last successful acquire or extend.

@@ -119,6 +119,7 @@ pub(super) fn outcome(error: &Error) -> &'static str {
         Error::NoQuorum { .. } => "no_quorum",
         Error::TooLate { .. } => "too_late",
         Error::FencingFailed { .. } => "fencing_failed",
+        Error::PermitsMismatch { .. } => "permits_mismatch",
         _ => "other",
     }
 }
