@@ -42,6 +42,8 @@
 //! * [`Error::Expired`]: at extend or release, the lock is no longer ours.
 //! * [`Error::Lost`]: the lock was lost while [`Redlock::with_lock`] ran the work.
 //! * [`Error::Denied`]: at `build()`, a node's ACL refuses a command fredlock needs.
+//! * [`Error::PermitsMismatch`]: a semaphore asked for with another number of permits
+//!   than its nodes hold.
 //!
 //! Share one `Redlock` (it is cheap to clone) between the tasks of a service: while a
 //! node has a call of ours in flight, the operations of every task for that node wait

@@ -281,7 +281,10 @@ async fn lost_locks_are_counted_once_and_releases_in_time_are_not() {
         .await
         .expect("granted");
     for m in &memories {
-        let op = Arc::new(Op::release_keys(&request_gone.keys, &Arc::from(gone.token())));
+        let op = Arc::new(Op::release_keys(
+            &request_gone.keys,
+            &Arc::from(gone.token()),
+        ));
         m.run(&[op], Instant::now() + TIMEOUT).await;
     }
     let error = gone.extend(ttl).await.expect_err("our token is gone");

@@ -201,6 +201,14 @@ local function acquire(k, nk, a)
     return fences
 end
 
+-- The life of a counter that holders share (readers, permits): TTL plus retention, or
+-- what it has left if longer, so that a grant with a short TTL does not cut the counter
+-- of an earlier holder that is still there. (One lock holds at a time: its grant needs
+-- no such care.)
+local function shared_keep(counter, ttl, retention)
+    return math.max(tonumber(ttl) + tonumber(retention), redis.call("PTTL", counter))
+end
+
 -- Read lock: the token joins the key's readers unless a writer holds the key or has
 -- claimed it, raising the resource's fencing counter. keys = the lock key, its counter,
 -- then (with a period) the marker and guard. args = token, TTL ms, period ms or -1,
@@ -224,7 +232,7 @@ local function read(k, nk, a)
         error({err = "WRONGTYPE the lock key holds a " .. kind})
     end
     local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
-    local fence, err = raise(counter, floor, tonumber(ttl) + tonumber(ARGV[a + 5]))
+    local fence, err = raise(counter, floor, shared_keep(counter, ttl, ARGV[a + 5]))
     if not fence then
         error(err)
     end
@@ -254,7 +262,7 @@ local function permit(k, nk, a)
     for i = 1, m do
         local slot = KEYS[k + i]
         if redis.call("SET", slot, token, "NX", "PX", ttl) then
-            local fence, err = raise(counter, floor, tonumber(ttl) + tonumber(ARGV[a + 5]))
+            local fence, err = raise(counter, floor, shared_keep(counter, ttl, ARGV[a + 5]))
             if not fence then
                 redis.call("DEL", slot)
                 error(err)
