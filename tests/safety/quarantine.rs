@@ -308,3 +308,64 @@ async fn quarantine_period_zero_or_above_the_largest_ttl_is_rejected() -> TestRe
     }
     Ok(())
 }
+
+/// The restart hazard for a semaphore's permit and for a reader: A holds the only
+/// permit (or a read lock) on nodes 0-2 while 3 and 4 are down; they come back empty,
+/// and so does node 0. B asks for a permit (or the write lock) until A's runs out:
+/// never granted while A's is valid, and refused by quarantined nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_stops_a_second_permit_and_a_writer_after_a_restart() -> TestResult {
+    for reader in [false, true] {
+        let nodes = Nodes::start(5).await?;
+        let period = Duration::from_secs(4);
+        let quarantined = |nodes: &Nodes| {
+            defaults(nodes)
+                .restart_quarantine(Quarantine::Period(period))
+                .node_timeout(Duration::from_millis(100))
+        };
+        let (a, b) = (
+            quarantined(&nodes).build().await?,
+            quarantined(&nodes).build().await?,
+        );
+        lift_quarantine(&a).await;
+        let name = resource("quarantine-shared");
+        nodes.cluster.kill(3).await?;
+        nodes.cluster.kill(4).await?;
+        // Kept (not dropped, which would release them) until the end of the round.
+        let (mut read, mut permit) = (None, None);
+        let held = if reader {
+            read.insert(a.read_lock(&name, period).await?).lease()
+        } else {
+            let semaphore = a.semaphore(&name, 1)?;
+            permit.insert(semaphore.acquire(period).await?).lease()
+        };
+        restart_nodes(&nodes, &[3, 4, 0]).await?;
+        let start = Instant::now();
+        let mut refused = 0;
+        while held.is_valid() && start.elapsed() < Duration::from_secs(15) {
+            let second = if reader {
+                b.try_lock(&name, period).await.map(|l| l.lease())
+            } else {
+                let permit = b.semaphore(&name, 1)?.try_acquire(period).await;
+                permit.map(|p| p.lease())
+            };
+            match second {
+                Ok(second) => assert!(
+                    !held.is_valid(),
+                    "reader {reader}: a second holder ({}) while the first is valid ({:?} left)",
+                    second.token(),
+                    held.remaining()
+                ),
+                Err(e) if e.is_retryable() => refused += usize::from(quarantined_votes(&e) > 0),
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            refused > 0,
+            "reader {reader}: never refused by a quarantined node"
+        );
+        drop((read, permit));
+    }
+    Ok(())
+}
