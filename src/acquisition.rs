@@ -60,7 +60,7 @@ impl Acquisition {
 
     /// The compare-and-delete of our token, made only for an attempt that failed.
     fn removal(&self) -> Arc<Op> {
-        Arc::new(Op::remove(&self.op.keys, &self.op.token))
+        Arc::new(Op::remove_all(&self.op))
     }
 
     /// The lock is kept. The calls still running no longer matter (dropping the round

@@ -86,8 +86,10 @@ pub enum Error {
 
     /// A semaphore was asked for with another number of permits than the one its nodes
     /// hold for that name while a permit may still be held: every client of a
-    /// semaphore must use the same number. Not retried. The nodes forget the number
-    /// once no permit of the semaphore is held (docs/design.md).
+    /// semaphore must use the same number. Returned when the nodes that said so alone
+    /// rule out a quorum (fewer are failed votes of another error); not retried. A node
+    /// forgets the number when a failed attempt leaves no slot there, and otherwise
+    /// when the longest TTL given to a permit there has run out (docs/design.md, 1.15).
     #[error(
         "semaphore `{semaphore}` was asked for with {permits} permits, but its nodes hold it \
          with {held}: {votes}"

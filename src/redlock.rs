@@ -216,7 +216,8 @@ impl Redlock {
     /// release and fencing token work as a writer's. A writer that finds readers
     /// claims the resource on the nodes: new readers are refused (as
     /// [`Error::Taken`]) until the readers present have left and the writer got the
-    /// lock, or its claim ran out (one writer's TTL after its last attempt), so a
+    /// lock, or its claim ran out (its retry pause plus four node timeouts after its
+    /// last attempt; a `try_lock` or a last attempt claims nothing), so a
     /// stream of readers cannot starve it (docs/design.md, "Read-write locks").
     ///
     /// ```no_run

@@ -124,15 +124,21 @@ impl Round {
         &self.answers
     }
 
-    /// The votes so far, by node name.
+    /// The votes so far, by node name. For a permit, a node that granted another slot
+    /// than the best one votes [`Vote::Taken`]: it does not hold the permit.
     pub(crate) fn votes(&self) -> Votes {
+        let best = self.best_slot();
+        let vote = |answer: &Answer| match answer.slot {
+            Some(slot) if Some(slot) != best => Vote::Taken,
+            _ => answer.vote.clone(),
+        };
         Votes(
             self.nodes
                 .iter()
                 .zip(&self.answers)
                 .map(|(node, answer)| NodeVote {
                     node: Arc::clone(node.name()),
-                    vote: answer.as_ref().map_or(Vote::Pending, |a| a.vote.clone()),
+                    vote: answer.as_ref().map_or(Vote::Pending, vote),
                 })
                 .collect(),
         )

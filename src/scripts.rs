@@ -197,6 +197,15 @@ impl Op {
         Op::new(Kind::Remove, keys, token)
     }
 
+    /// The removal of a failed acquisition's token from every key it asked for; for a
+    /// permit (every slot), also of the semaphore's record where no slot is left.
+    pub(crate) fn remove_all(acquisition: &Op) -> Self {
+        Op {
+            semaphore: acquisition.semaphore.clone(),
+            ..Op::remove(&acquisition.keys, &acquisition.token)
+        }
+    }
+
     /// Appends this operation's header, keys and arguments (`scripts/ops.lua`).
     fn encode(&self, headers: &mut Vec<Value>, keys: &mut Vec<Value>, args: &mut Vec<Value>) {
         let wire = self.wire.get_or_init(|| self.wire());
@@ -263,7 +272,14 @@ impl Op {
                 }
                 "d"
             }
-            Kind::Remove => "d",
+            Kind::Remove => {
+                if let Some(semaphore) = &self.semaphore {
+                    keys.push(string(&semaphore.record));
+                    args.extend([string(""), string("")]);
+                    args.push(Value::from(semaphore.permits.to_string()));
+                }
+                "d"
+            }
         };
         Wire {
             header: [

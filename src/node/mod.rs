@@ -137,7 +137,7 @@ impl Node {
             .checked_add(self.timeout)
             .unwrap_or_else(Instant::now);
         let reply = batch::submit(&self, Arc::clone(&op), deadline).await;
-        self.answer(op.kind, reply)
+        self.answer(&op, reply)
     }
 
     /// Runs a batch on the backend: one reply per operation, in order.
@@ -149,19 +149,29 @@ impl Node {
         }
     }
 
-    fn answer(&self, kind: Kind, reply: Reply) -> Answer {
+    fn answer(&self, op: &Op, reply: Reply) -> Answer {
+        let kind = op.kind;
         let vote = match reply {
-            // A permit: its fencing token, then the slot's position from 1.
-            Reply::Fences(fences) if kind == Kind::Permit => match fences[..] {
-                [fence, position] if position >= 1 => {
-                    return Answer {
-                        fences: vec![fence],
-                        slot: usize::try_from(position - 1).ok(),
-                        ..Vote::Yes.into()
-                    };
+            // A permit: its fencing token, then the slot's position from 1 among the
+            // operation's keys.
+            Reply::Fences(fences) if kind == Kind::Permit => {
+                let slot = match fences[..] {
+                    [_, position] => usize::try_from(position)
+                        .ok()
+                        .and_then(|p| p.checked_sub(1)),
+                    _ => None,
+                };
+                match (fences.first(), slot) {
+                    (Some(&fence), Some(slot)) if slot < op.keys.len() => {
+                        return Answer {
+                            fences: vec![fence],
+                            slot: Some(slot),
+                            ..Vote::Yes.into()
+                        };
+                    }
+                    _ => Vote::Error(format!("unexpected reply to a permit: {fences:?}")),
                 }
-                _ => Vote::Error(format!("unexpected reply to a permit: {fences:?}")),
-            },
+            }
             Reply::Fences(fences) if kind.acquires() => {
                 return Answer {
                     fences,

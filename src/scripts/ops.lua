@@ -111,28 +111,28 @@ local function settle(key)
     end
 end
 
--- A writer's key that exists: true when it is a set of readers none of whom is still
--- alive (the key is deleted: free for the writer); otherwise false, and when readers
--- hold it the writer's claim is raised to `claim` ms from now (none when 0: a writer
--- that will not try again).
-local function free_of_readers(key, claim)
+-- What a writer finds in a key that exists, reading only: "free" (a set with no live
+-- reader in it: expired readers, a claim), "readers" (live readers) or "taken" (a
+-- writer's key, or one of another type).
+local function writer_finds(key)
     if redis.call("TYPE", key).ok ~= "zset" then
-        return false
+        return "taken"
     end
-    redis.call("ZREMRANGEBYSCORE", key, "-inf", now())
-    local readers = redis.call("ZCARD", key)
-    if redis.call("ZSCORE", key, WRITER) then
-        readers = readers - 1
+    local alive = redis.call("ZCOUNT", key, string.format("(%d", now()), "+inf")
+    local claimed = redis.call("ZSCORE", key, WRITER)
+    if claimed and tonumber(claimed) > now() then
+        alive = alive - 1
     end
-    if readers == 0 then
-        redis.call("DEL", key)
-        return true
-    end
+    return alive > 0 and "readers" or "free"
+end
+
+-- A writer that will try again claims a key that readers hold, until `claim` ms from
+-- now (0: no claim).
+local function claim_key(key, claim)
     if tonumber(claim) > 0 then
         redis.call("ZADD", key, "GT", now() + tonumber(claim), WRITER)
         settle(key)
     end
-    return false
 end
 
 -- One key, the healthy path in two calls: SET NX is the check and the write of the
@@ -140,9 +140,14 @@ end
 -- fails the operation and the lock key is deleted again: nothing of the lock stays.
 local function acquire_one(key, counter, token, ttl, floor, keep, claim)
     if not redis.call("SET", key, token, "NX", "PX", ttl) then
-        if not free_of_readers(key, claim) then
+        local found = writer_finds(key)
+        if found == "readers" then
+            claim_key(key, claim)
+        end
+        if found ~= "free" then
             return 0
         end
+        -- A set of expired readers or a claim: replaced by the writer's key.
         redis.call("SET", key, token, "PX", ttl)
     end
     local fence, err = raise(counter, floor, keep)
@@ -187,10 +192,21 @@ local function acquire(k, nk, a)
         end
         fences[i] = math.max(current + 1, tonumber(floor))
     end
+    local blocked, readers = false, {}
     for i = 1, n do
-        if redis.call("EXISTS", KEYS[k + i]) == 1 and not free_of_readers(KEYS[k + i], ARGV[a + 6]) then
-            return 0
+        if redis.call("EXISTS", KEYS[k + i]) == 1 then
+            local found = writer_finds(KEYS[k + i])
+            blocked = blocked or found ~= "free"
+            if found == "readers" then
+                readers[#readers + 1] = KEYS[k + i]
+            end
         end
+    end
+    if blocked then
+        for _, key in ipairs(readers) do
+            claim_key(key, ARGV[a + 6])
+        end
+        return 0
     end
     for i = 1, n do
         redis.call("SET", KEYS[k + i], token, "PX", ttl)
@@ -205,8 +221,12 @@ end
 -- what it has left if longer, so that a grant with a short TTL does not cut the counter
 -- of an earlier holder that is still there. (One lock holds at a time: its grant needs
 -- no such care.)
+local function longer_life(counter, keep)
+    return math.max(tonumber(keep), redis.call("PTTL", counter))
+end
+
 local function shared_keep(counter, ttl, retention)
-    return math.max(tonumber(ttl) + tonumber(retention), redis.call("PTTL", counter))
+    return longer_life(counter, tonumber(ttl) + tonumber(retention))
 end
 
 -- Read lock: the token joins the key's readers unless a writer holds the key or has
@@ -315,15 +335,21 @@ local function extend(k, nk, a)
     local ttl = ARGV[a + 2]
     local keep = tonumber(ttl) + tonumber(ARGV[a + 3])
     for i = 1, n do
-        local key = KEYS[k + i]
-        if held_as(key, token) == "zset" then
+        local key, counter = KEYS[k + i], KEYS[k + n + i]
+        local reader = held_as(key, token) == "zset"
+        if reader then
             redis.call("ZADD", key, "XX", now() + tonumber(ttl), token)
             settle(key)
         else
             redis.call("PEXPIRE", key, ttl)
         end
-        -- A counter lost meanwhile stays lost: PEXPIRE does not create it.
-        redis.call("PEXPIRE", KEYS[k + n + i], keep)
+        -- A counter lost meanwhile stays lost: PEXPIRE does not create it. One that
+        -- other holders share (readers, permits) keeps a longer life they gave it.
+        if reader or nk % 2 == 1 then
+            redis.call("PEXPIRE", counter, longer_life(counter, keep))
+        else
+            redis.call("PEXPIRE", counter, keep)
+        end
     end
     if nk % 2 == 1 and redis.call("PTTL", KEYS[k + nk]) < tonumber(ttl) then
         redis.call("PEXPIRE", KEYS[k + nk], ttl)
@@ -344,22 +370,28 @@ local function fence(k, nk, a)
         local counter, token = KEYS[k + n + i], ARGV[a + 2 + i]
         local current = tonumber(redis.call("GET", counter) or "0")
         if current < tonumber(token) then
-            redis.call("SET", counter, token, "PX", ARGV[a + 2])
+            redis.call("SET", counter, token, "PX", longer_life(counter, ARGV[a + 2]))
         end
     end
     return 1
 end
 
 -- Compare-and-delete of each lock key that holds the token (a reader's token leaves
--- the set, expired or not). args = token, and for a release the channel prefix and
--- optionally the name to announce (a semaphore's record; by default the key): each
--- deletion is announced on prefix .. name with the token, which wakes the clients
--- waiting for it. Returns 1 if every key held the token, 0 otherwise (those that did
--- were deleted anyway).
+-- the set, expired or not). args = token, then optionally the channel prefix ("" for
+-- none), the name to announce ("" for the key) and a semaphore's number of permits.
+-- With a channel, each deletion is announced on prefix .. name with the token, which
+-- wakes the clients waiting for it. With permits, the last key is the semaphore's
+-- record and the others are all its slots: the record is deleted when it holds that
+-- number and no slot is left, so a failed attempt leaves no record behind. Returns 1
+-- if every key held the token, 0 otherwise (those that did were deleted anyway).
 local function delete(k, nk, a, na)
-    local token, channel, name = ARGV[a + 1], na > 1 and ARGV[a + 2], na > 2 and ARGV[a + 3]
+    local token = ARGV[a + 1]
+    local channel = na > 1 and ARGV[a + 2] ~= "" and ARGV[a + 2]
+    local name = na > 2 and ARGV[a + 3] ~= "" and ARGV[a + 3]
+    local permits = na > 3 and ARGV[a + 4]
+    local slots = permits and nk - 1 or nk
     local all = 1
-    for i = 1, nk do
+    for i = 1, slots do
         local key = KEYS[k + i]
         local held = held_as(key, token)
         if held == "string" then
@@ -375,6 +407,14 @@ local function delete(k, nk, a, na)
         if held and channel then
             redis.call("PUBLISH", channel .. (name or key), token)
         end
+    end
+    if permits and redis.call("GET", KEYS[k + nk]) == permits then
+        for i = 1, slots do
+            if redis.call("EXISTS", KEYS[k + i]) == 1 then
+                return all
+            end
+        end
+        redis.call("DEL", KEYS[k + nk])
     end
     return all
 end

@@ -161,10 +161,11 @@ async fn readers_expire_unless_kept_alive() -> TestResult {
         reason = lease.lost() => panic!("lost: {reason}"),
         () = tokio::time::sleep(4 * ttl) => {}
     }
-    assert!(
-        redlock.try_lock(&kept, ttl).await.is_err(),
-        "the reader holds it"
-    );
+    let err = redlock
+        .try_lock(&kept, ttl)
+        .await
+        .expect_err("the reader holds it");
+    assert!(matches!(err, Error::Taken { .. }), "{err:?}");
     reader.release().await?;
 
     let forgotten = resource("forgotten-reader");
@@ -195,4 +196,51 @@ async fn a_short_reader_keeps_the_counters_longer_life() -> TestResult {
     short.release().await?;
     long.release().await?;
     Ok(())
+}
+
+/// `lock_many` checks every key before it writes: blocked by one key, it leaves another
+/// key's writer claim in place (it does not free a set it cannot take), so readers
+/// stay out while that writer waits.
+#[tokio::test]
+async fn a_blocked_lock_many_keeps_another_writers_claim() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let (claimed, held) = (resource("claimed"), resource("held-elsewhere"));
+    for i in 0..3 {
+        // A waiting writer's claim, its readers gone; and a key another writer holds.
+        let until = now_ms(&nodes, i).await + 60_000;
+        nodes
+            .cmd(
+                i,
+                "ZADD",
+                vec![claimed.as_str().into(), until.into(), "#writer".into()],
+            )
+            .await?;
+        nodes.set(i, &held, "another-writer", 60_000).await;
+    }
+    let err = redlock
+        .try_lock_many(&[&claimed, &held], TTL)
+        .await
+        .expect_err("one key is held");
+    assert!(matches!(err, Error::Taken { .. }), "{err:?}");
+    for i in 0..3 {
+        assert_eq!(members(&nodes, i, &claimed).await, ["#writer"], "node {i}");
+    }
+    let err = redlock
+        .try_read_lock(&claimed, TTL)
+        .await
+        .expect_err("claimed");
+    assert!(matches!(err, Error::Taken { .. }), "{err:?}");
+    Ok(())
+}
+
+/// Node `i`'s clock in milliseconds (`TIME`).
+async fn now_ms(nodes: &Nodes, i: usize) -> i64 {
+    match nodes.cmd(i, "TIME", vec![]).await.expect("TIME") {
+        Value::Array(parts) => {
+            let part = |j: usize| parts.get(j).and_then(Value::as_i64).unwrap_or(0);
+            part(0) * 1000 + part(1) / 1000
+        }
+        other => panic!("TIME answered {other:?}"),
+    }
 }
