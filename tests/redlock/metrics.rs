@@ -217,3 +217,39 @@ async fn metrics_count_every_acquisition_vote_renewal_and_loss() -> TestResult {
     assert_eq!(captured.sum(LOST, &[]), 2);
     Ok(())
 }
+
+/// Read locks and permits are acquisitions like locks: each counted once with its
+/// outcome and its attempts, `permits_mismatch` included, and their rounds' votes.
+#[tokio::test(flavor = "current_thread")]
+async fn read_locks_and_permits_are_counted_as_acquisitions() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let captured = Captured::default();
+    let local = ::metrics::set_default_local_recorder(&captured);
+    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let ttl = Duration::from_secs(30);
+    let name = resource("counted");
+    let reader = redlock.try_read_lock(&name, ttl).await?;
+    let permit = redlock.semaphore(&name, 2)?.try_acquire(ttl).await?;
+    let refused = redlock.semaphore(&name, 3)?.try_acquire(ttl).await;
+    assert!(
+        matches!(refused, Err(Error::PermitsMismatch { .. })),
+        "{refused:?}"
+    );
+    reader.release().await?;
+    permit.release().await?;
+    drop(local);
+
+    assert_eq!(captured.counter(OUTCOMES, &[("outcome", "acquired")]), 2);
+    assert_eq!(
+        captured.counter(OUTCOMES, &[("outcome", "permits_mismatch")]),
+        1
+    );
+    assert_eq!(
+        captured.histogram(ATTEMPTS, &[("outcome", "permits_mismatch")]),
+        [1.0]
+    );
+    // Every node's vote in the three acquisitions and the two releases.
+    assert_eq!(captured.sum(VOTES, &[("op", "acquire")]), 3 * 3);
+    assert_eq!(captured.sum(VOTES, &[("op", "release")]), 3 * 2);
+    Ok(())
+}
