@@ -58,6 +58,18 @@ impl Acquisition {
         Some((slot, self.op.keys.get(slot)?))
     }
 
+    /// For a permit, the number of permits the nodes that refused ours hold, when
+    /// they alone rule out a quorum of `quorum`; fewer are failed votes (a node may
+    /// keep a stale record until its permits' TTL), and the attempt fails or succeeds
+    /// as usual.
+    pub(crate) fn permits_held(&self, quorum: usize) -> Option<u32> {
+        let answers = self.round.answers();
+        let mut held = answers.iter().flatten().filter_map(|a| a.permits_held);
+        let first = held.next()?;
+        let spare = answers.len().saturating_sub(quorum);
+        (1 + held.count() > spare).then_some(first)
+    }
+
     /// The compare-and-delete of our token, made only for an attempt that failed.
     fn removal(&self) -> Arc<Op> {
         Arc::new(Op::remove_all(&self.op))

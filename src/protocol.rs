@@ -77,15 +77,7 @@ pub(crate) async fn acquire_then_retry(
     retry_follows: bool,
 ) -> Result<Granted, Failed> {
     let span = round_span!("fredlock.acquire", request, attempt);
-    let settings = &core.settings;
-    // The longest a writer takes to come back to a node: the rest of this attempt
-    // (its round, the removal of its token), the pause (or the cleanup, if longer),
-    // and the next attempt's send, each bounded by node timeouts.
-    let claim = retry_follows.then(|| {
-        (settings.retry_delay)
-            .saturating_add(settings.retry_jitter)
-            .saturating_add(settings.node_timeout.saturating_mul(4))
-    });
+    let claim = retry_follows.then(|| core.settings.writer_claim());
     acquire_in(core, request, claim, &span)
         .instrument(span.clone())
         .await
@@ -166,15 +158,7 @@ async fn acquire_in(
         }
     }
     let validity = request.ttl.validity(elapsed);
-    // A semaphore held with another number of permits is the error when those nodes
-    // alone rule out a quorum; fewer are failed votes (a node may keep a stale
-    // record until its permits' TTL), and the attempt fails or succeeds as usual.
-    let mismatched: Vec<u32> = (acquisition.round().answers().iter().flatten())
-        .filter_map(|answer| answer.permits_held)
-        .collect();
-    let permits_held = (mismatched.len() > core.nodes.len().saturating_sub(core.quorum()))
-        .then(|| mismatched.first().copied())
-        .flatten();
+    let permits_held = acquisition.permits_held(core.quorum());
     // Our token is removed from the nodes that set it before the error is returned
     // (they answered quickly: one more fast round trip); the others remove it in the
     // background, after their own acquisition, so a late SET is undone too.

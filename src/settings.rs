@@ -81,6 +81,16 @@ impl Settings {
     pub(crate) fn retry_pause(&self, rng: &mut impl Rng) -> Duration {
         retry_pause(self.retry_delay, self.retry_jitter, rng)
     }
+
+    /// How long a writer that will try again claims a key that readers hold: the
+    /// longest it takes to come back to a node (the rest of its attempt, its round and
+    /// the removal of its token; the pause, or the cleanup if longer; the next send),
+    /// each part bounded by a node timeout.
+    pub(crate) fn writer_claim(&self) -> Duration {
+        (self.retry_delay)
+            .saturating_add(self.retry_jitter)
+            .saturating_add(self.node_timeout.saturating_mul(4))
+    }
 }
 
 /// The pause before the next attempt: `delay + uniform(0..=jitter)`.
@@ -138,5 +148,17 @@ mod tests {
             retry_pause(Duration::MAX, Duration::MAX, &mut rng),
             Duration::MAX
         );
+    }
+
+    #[test]
+    fn a_writers_claim_covers_the_pause_and_four_node_timeouts_and_saturates() {
+        let ms = Duration::from_millis;
+        assert_eq!(Settings::default().writer_claim(), ms(100 + 100 + 4 * 50));
+        let largest = Settings {
+            retry_delay: Duration::MAX,
+            node_timeout: Duration::MAX,
+            ..Settings::default()
+        };
+        assert_eq!(largest.writer_claim(), Duration::MAX);
     }
 }
