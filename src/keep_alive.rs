@@ -59,7 +59,7 @@ impl KeepAlive {
             if self.shared.ttl() != self.request.ttl.duration() || self.due(margin).is_some() {
                 continue;
             }
-            let renewal = metrics::Renewal::start(&self.shared);
+            let renewal = metrics::Renewal::start(self.shared.remaining());
             let result =
                 protocol::extend(&self.core, &self.request, &self.token, &self.shared).await;
             renewal.end(&result);

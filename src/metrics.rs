@@ -82,10 +82,10 @@ mod tests;
 #[cfg(feature = "metrics")]
 pub use enabled::describe;
 #[cfg(feature = "metrics")]
-pub(crate) use enabled::{Acquisition, Loss, Renewal, round, votes};
+pub(crate) use enabled::{Acquisition, Loss, Renewal, vote, votes};
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) use disabled::{Acquisition, Loss, Renewal, describe, round, votes};
+pub(crate) use disabled::{Acquisition, Loss, Renewal, describe, vote, votes};
 
 /// The hooks without the feature: the same signatures, doing nothing, so that the
 /// call sites need no `cfg` and cost nothing.
@@ -93,9 +93,10 @@ pub(crate) use disabled::{Acquisition, Loss, Renewal, describe, round, votes};
 mod disabled {
     use super::RoundKind;
     use crate::error::{Error, LostReason};
-    use crate::lease::Shared;
-    use crate::quorum::Votes;
-    use crate::round::Round;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::quorum::{Vote, Votes};
 
     pub(crate) struct Acquisition;
 
@@ -116,7 +117,7 @@ mod disabled {
 
     impl Renewal {
         #[inline(always)]
-        pub(crate) fn start(_shared: &Shared) -> Self {
+        pub(crate) fn start(_left: Duration) -> Self {
             Renewal
         }
 
@@ -140,7 +141,7 @@ mod disabled {
     pub(crate) fn describe() {}
 
     #[inline(always)]
-    pub(crate) fn round(_kind: RoundKind, _round: &Round) {}
+    pub(crate) fn vote(_kind: RoundKind, _node: &Arc<str>, _vote: Option<&Vote>) {}
 
     #[inline(always)]
     pub(crate) fn votes(_kind: RoundKind, _votes: &Votes) {}

@@ -249,7 +249,7 @@ async fn extend_in(
     let retention = core.settings.fencing_retention;
     let mut round = Round::new(&core.nodes, Op::extend(request, token, retention));
     let decision = round.decide().await;
-    metrics::round(RoundKind::Extend, &round);
+    round.count_votes(RoundKind::Extend);
     let elapsed = start.elapsed();
     let validity = request.ttl.validity(elapsed);
     let min_validity = core.settings.min_validity;
@@ -304,7 +304,7 @@ pub(crate) async fn release(
     let start = Instant::now();
     let mut round = Round::new(&core.nodes, Op::release(request, token));
     let decision = round.decide().instrument(span.clone()).await;
-    metrics::round(RoundKind::Release, &round);
+    round.count_votes(RoundKind::Release);
     let result = match decision {
         Decision::Quorum if was_valid => Ok(()),
         Decision::Quorum => Err(Error::Expired {

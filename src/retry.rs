@@ -104,3 +104,6 @@ async fn attempts(
         attempt = attempt.saturating_add(1);
     }
 }
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests;

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::metrics::{self, RoundKind};
 use crate::node::{Answer, Node};
 use crate::quorum::{Decision, NodeVote, Tally, Vote, Votes};
 use crate::scripts::Op;
@@ -109,6 +110,14 @@ impl Round {
     pub(crate) fn best_slot(&self) -> Option<usize> {
         let best = self.slots.iter().max()?;
         self.slots.iter().position(|count| count == best)
+    }
+
+    /// Counts every node's vote in the metrics, once the round is decided (nodes that
+    /// had not answered by then as pending).
+    pub(crate) fn count_votes(&self, kind: RoundKind) {
+        for (node, answer) in self.nodes.iter().zip(&self.answers) {
+            metrics::vote(kind, node.name(), answer.as_ref().map(|a| &a.vote));
+        }
     }
 
     pub(crate) fn tally(&self) -> Tally {

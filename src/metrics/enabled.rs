@@ -12,9 +12,7 @@ use super::{
     RENEWALS, RoundKind,
 };
 use crate::error::{Error, LostReason};
-use crate::lease::Shared;
 use crate::quorum::{Vote, Votes};
-use crate::round::Round;
 
 /// Describes every fredlock metric (unit and help text) to the current recorder.
 ///
@@ -130,10 +128,9 @@ pub(crate) struct Renewal {
 }
 
 impl Renewal {
-    pub(crate) fn start(shared: &Shared) -> Self {
-        Renewal {
-            left: shared.remaining(),
-        }
+    /// `left`: the validity the lock has left as the renewal begins.
+    pub(crate) fn start(left: Duration) -> Self {
+        Renewal { left }
     }
 
     pub(crate) fn end(self, result: &Result<(), Error>) {
@@ -179,15 +176,10 @@ pub(super) fn lost_label(
     }
 }
 
-/// Counts every node's vote in a decided round; `pending` for the nodes that had not
-/// answered by then.
-pub(crate) fn round(kind: RoundKind, round: &Round) {
-    for (node, answer) in round.nodes().iter().zip(round.answers()) {
-        let vote = answer
-            .as_ref()
-            .map_or("pending", |answer| vote_label(&answer.vote));
-        count_vote(kind, node.name(), vote);
-    }
+/// Counts one node's vote in a decided round; `None`: the node had not answered by
+/// then (`pending`).
+pub(crate) fn vote(kind: RoundKind, node: &Arc<str>, vote: Option<&Vote>) {
+    count_vote(kind, node, vote.map_or("pending", vote_label));
 }
 
 /// Counts every node's vote in `votes`.
