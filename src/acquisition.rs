@@ -93,30 +93,8 @@ impl Acquisition {
         }
         let remove = Arc::new(Op::remove(&others, &self.op.token));
         // Nothing to remove where the node set the granted slot, or set nothing.
-        let settled =
-            move |answer: &Answer| answer.slot == Some(slot) || answer.vote == Vote::Taken;
-        let nodes = Arc::clone(self.round.nodes());
-        let mut work: Vec<Call> = Vec::new();
-        for (index, answer) in self.round.answers().iter().enumerate() {
-            if let (Some(answer), Some(node)) = (answer, nodes.get(index)) {
-                if !settled(answer) {
-                    work.push(Box::pin(Arc::clone(node).call(Arc::clone(&remove))));
-                }
-            }
-        }
-        for (index, call) in self.round.take_running() {
-            if let Some(node) = nodes.get(index) {
-                let (node, remove) = (Arc::clone(node), Arc::clone(&remove));
-                work.push(Box::pin(async move {
-                    let answer = call.await;
-                    if settled(&answer) {
-                        return answer;
-                    }
-                    node.call(remove).await
-                }));
-            }
-        }
-        drop(spawn_all(work));
+        let clear = move |answer: &Answer| answer.slot == Some(slot) || answer.vote == Vote::Taken;
+        drop(self.remove_where(&remove, &[], clear));
     }
 
     /// The attempt failed: removes our token from the nodes that voted yes, waiting
@@ -150,25 +128,36 @@ impl Acquisition {
     /// acquisition answered or timed out, so it runs after it on the node (see
     /// `node::batch`); a timed-out acquisition that was never sent is never run.
     fn remove_in_background(&mut self, done: &[usize]) -> Option<JoinHandle<()>> {
-        let nodes = Arc::clone(self.round.nodes());
         let remove = self.removal();
+        self.remove_where(&remove, done, |answer| answer.vote == Vote::Taken)
+    }
+
+    /// Sends `remove`, in one background task, to every node except those in `done`
+    /// and those whose answer is `clear` (nothing of ours to remove there): at once to
+    /// the nodes that answered, and to those still running once they answer.
+    fn remove_where(
+        &mut self,
+        remove: &Arc<Op>,
+        done: &[usize],
+        clear: impl Fn(&Answer) -> bool + Copy + Send + 'static,
+    ) -> Option<JoinHandle<()>> {
+        let nodes = Arc::clone(self.round.nodes());
         let mut work: Vec<Call> = Vec::new();
         for (index, answer) in self.round.answers().iter().enumerate() {
-            let may_be_set = matches!(answer, Some(a) if a.vote != Vote::Taken);
-            if let (true, false, Some(node)) = (may_be_set, done.contains(&index), nodes.get(index))
-            {
-                work.push(Box::pin(Arc::clone(node).call(Arc::clone(&remove))));
+            let to_clear = matches!(answer, Some(a) if !clear(a)) && !done.contains(&index);
+            if let (true, Some(node)) = (to_clear, nodes.get(index)) {
+                work.push(Box::pin(Arc::clone(node).call(Arc::clone(remove))));
             }
         }
         for (index, call) in self.round.take_running() {
             if let Some(node) = nodes.get(index) {
-                let (node, remove) = (Arc::clone(node), Arc::clone(&remove));
+                let (node, remove) = (Arc::clone(node), Arc::clone(remove));
                 work.push(Box::pin(async move {
                     let answer = call.await;
-                    if answer.vote != Vote::Taken {
-                        return node.call(remove).await;
+                    if clear(&answer) {
+                        return answer;
                     }
-                    answer
+                    node.call(remove).await
                 }));
             }
         }
