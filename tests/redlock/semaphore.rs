@@ -159,8 +159,10 @@ async fn a_minority_with_another_number_is_a_failed_vote() -> TestResult {
     let permit = semaphore.try_acquire(TTL).await?;
     let votes = permit.votes();
     let first = votes.iter().next().map(|nv| nv.vote.clone());
+    // Node 0 refused, or had not answered when the other two decided.
     assert!(
-        matches!(&first, Some(fredlock::Vote::Error(m)) if m.contains("5 permits")),
+        matches!(&first, Some(fredlock::Vote::Error(m)) if m.contains("5 permits"))
+            || first == Some(fredlock::Vote::Pending),
         "{votes}"
     );
     assert_eq!(votes.yes(), 2, "{votes}");

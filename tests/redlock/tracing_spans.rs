@@ -36,14 +36,7 @@ async fn spans_carry_resource_votes_and_elapsed_time() -> TestResult {
     let redlock = nodes.redlock(Duration::from_millis(100)).await;
     nodes.cluster.kill(2).await?;
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(FmtSpan::CLOSE)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
 
     let res = resource("traced");
     nodes.set(0, &res, "someone-else", 30_000).await;
@@ -87,7 +80,13 @@ fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
         .with_max_level(tracing::Level::DEBUG)
         .with_span_events(FmtSpan::CLOSE)
         .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
+    let guard = tracing::subscriber::set_default(subscriber);
+    // A span's callsite caches whether any subscriber wants it when it is first hit;
+    // a test on another thread (without a subscriber) may hit fredlock's callsites at
+    // the moment this one registers, and leave them cached as unwanted. Asking every
+    // callsite again, now that this subscriber exists, closes that race.
+    tracing::callsite::rebuild_interest_cache();
+    (captured, guard)
 }
 
 fn text_of(captured: &Captured) -> String {
