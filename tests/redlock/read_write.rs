@@ -180,8 +180,9 @@ async fn readers_expire_unless_kept_alive() -> TestResult {
     Ok(())
 }
 
-/// Readers overlap, so a reader's grant must not cut the fencing counter's life below
-/// what an earlier reader still there gave it (its TTL plus the retention).
+/// Readers overlap, so a reader's grant or extension must not cut the fencing
+/// counter's life below what an earlier reader still there gave it (its TTL plus the
+/// retention).
 #[tokio::test]
 async fn a_short_reader_keeps_the_counters_longer_life() -> TestResult {
     let nodes = Nodes::start(3).await?;
@@ -192,6 +193,10 @@ async fn a_short_reader_keeps_the_counters_longer_life() -> TestResult {
     let counter = crate::support::fence_key("", &res);
     // The default retention is 10 minutes: the long reader's grant gave 10 min 50 s.
     let floor = 600_000 + 45_000;
+    nodes.assert_pttl_above(&[0, 1, 2], &counter, floor).await;
+    // Nor does its extension.
+    let mut short = short;
+    short.extend(Duration::from_secs(1)).await?;
     nodes.assert_pttl_above(&[0, 1, 2], &counter, floor).await;
     short.release().await?;
     long.release().await?;
