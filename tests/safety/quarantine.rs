@@ -317,7 +317,10 @@ async fn quarantine_period_zero_or_above_the_largest_ttl_is_rejected() -> TestRe
 async fn quarantine_stops_a_second_permit_and_a_writer_after_a_restart() -> TestResult {
     for reader in [false, true] {
         let nodes = Nodes::start(5).await?;
-        let period = Duration::from_secs(4);
+        // Long enough that the first permit or reader is still valid after three
+        // restarts on a loaded machine (with 4 s, once it was not, and nothing was
+        // tried).
+        let period = Duration::from_secs(10);
         let quarantined = |nodes: &Nodes| {
             defaults(nodes)
                 .restart_quarantine(Quarantine::Period(period))
@@ -342,6 +345,10 @@ async fn quarantine_stops_a_second_permit_and_a_writer_after_a_restart() -> Test
         restart_nodes(&nodes, &[3, 4, 0]).await?;
         let start = Instant::now();
         let mut refused = 0;
+        assert!(
+            held.is_valid(),
+            "reader {reader}: the first ran out during the restarts"
+        );
         while held.is_valid() && start.elapsed() < Duration::from_secs(15) {
             let second = if reader {
                 b.try_lock(&name, period).await.map(|l| l.lease())
