@@ -313,14 +313,17 @@ local function held_as(key, token)
     return nil
 end
 
--- Whether every one of the n lock keys from KEYS[k + 1] holds the token.
+-- How each of the n lock keys from KEYS[k + 1] holds the token (see held_as), or nil
+-- if one does not.
 local function ours(k, n, token)
+    local kinds = {}
     for i = 1, n do
-        if not held_as(KEYS[k + i], token) then
-            return false
+        kinds[i] = held_as(KEYS[k + i], token)
+        if not kinds[i] then
+            return nil
         end
     end
-    return true
+    return kinds
 end
 
 -- Extend: compare-and-pexpire. keys = the n lock keys, the n counters, then for a
@@ -329,14 +332,15 @@ end
 local function extend(k, nk, a)
     local n = math.floor(nk / 2)
     local token = ARGV[a + 1]
-    if not ours(k, n, token) then
+    local kinds = ours(k, n, token)
+    if not kinds then
         return 0
     end
     local ttl = ARGV[a + 2]
     local keep = tonumber(ttl) + tonumber(ARGV[a + 3])
     for i = 1, n do
         local key, counter = KEYS[k + i], KEYS[k + n + i]
-        local reader = held_as(key, token) == "zset"
+        local reader = kinds[i] == "zset"
         if reader then
             redis.call("ZADD", key, "XX", now() + tonumber(ttl), token)
             settle(key)
