@@ -94,10 +94,7 @@ async fn a_waiting_writer_keeps_new_readers_out() -> TestResult {
     let nodes = Nodes::start(3).await?;
     let redlock = nodes.redlock(Duration::from_millis(200)).await;
     let writers = nodes
-        .builder()
-        .node_timeout(Duration::from_millis(200))
-        .retry_delay(Duration::from_secs(30))
-        .retry_jitter(Duration::ZERO)
+        .slow_poller(Duration::from_millis(200))
         .build()
         .await?;
     let res = resource("writer-first");

@@ -73,10 +73,7 @@ async fn a_waiter_is_woken_by_a_released_permit() -> TestResult {
     let nodes = Nodes::start(3).await?;
     let holder = nodes.redlock(Duration::from_millis(200)).await;
     let waiter = nodes
-        .builder()
-        .node_timeout(Duration::from_millis(200))
-        .retry_delay(Duration::from_secs(30))
-        .retry_jitter(Duration::ZERO)
+        .slow_poller(Duration::from_millis(200))
         .build()
         .await?;
     let name = resource("wake-permit");

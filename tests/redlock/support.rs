@@ -68,6 +68,15 @@ impl Nodes {
         Redlock::builder(self.urls()).restart_quarantine(Quarantine::Off)
     }
 
+    /// A builder for a waiter that polls only every 30 s, without jitter: a test that
+    /// sees it acquire within seconds shows it was woken by a release.
+    pub fn slow_poller(&self, node_timeout: Duration) -> Builder {
+        self.builder()
+            .node_timeout(node_timeout)
+            .retry_delay(Duration::from_secs(30))
+            .retry_jitter(Duration::ZERO)
+    }
+
     /// A fredlock client over all nodes with the given per-node timeout.
     pub async fn redlock(&self, node_timeout: Duration) -> Redlock {
         self.builder()
