@@ -3,13 +3,13 @@
 //! wherever it may have been set.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use tokio::task::JoinHandle;
 
 use crate::node::{Answer, Node};
 use crate::quorum::{Decision, Tally, Vote, Votes};
-use crate::round::{Call, Round};
+use crate::round::Round;
 use crate::scripts::Op;
 
 /// An acquisition round in flight. Dropped before its verdict, it removes our token
@@ -94,7 +94,8 @@ impl Acquisition {
         let remove = Arc::new(Op::remove(&others, &self.op.token));
         // Nothing to remove where the node set the granted slot, or set nothing.
         let clear = move |answer: &Answer| answer.slot == Some(slot) || answer.vote == Vote::Taken;
-        drop(self.remove_where(&remove, &[], clear));
+        let until = self.keys_expire();
+        drop((self.round).remove_where(&remove, &[], until, clear));
     }
 
     /// The attempt failed: removes our token from the nodes that voted yes, waiting
@@ -113,66 +114,38 @@ impl Acquisition {
         let nodes = Arc::clone(self.round.nodes());
         let remove = self.removal();
         let removals = futures::future::join_all(yes.iter().filter_map(|&index| {
-            let node = nodes.get(index)?;
-            Some(Arc::clone(node).call(Arc::clone(&remove)))
+            let node = Arc::clone(nodes.get(index)?);
+            let remove = Arc::clone(&remove);
+            Some(async move { (index, node.call(remove).await) })
         }));
-        self.round.listen_during(removals).await;
+        let removed: Vec<usize> = (self.round.listen_during(removals).await)
+            .into_iter()
+            .filter(|(_, answer)| !answer.unreached())
+            .map(|(index, _)| index)
+            .collect();
         self.settled = true;
-        let cleanup = self.remove_in_background(&yes);
+        let cleanup = self.remove_in_background(&removed);
         (self.round.votes(), self.round.tally(), cleanup)
     }
 
-    /// Removes our token, in one background task, from every node that may hold it,
-    /// except those in `done`: those that answered anything but "taken", and those
-    /// still running once they answer so. A removal is made only after the node's
+    /// Removes our token, in one background task, from every node that may hold it
+    /// (every node but those in `done` and those that answered "taken"); from a node
+    /// still running, once it answers. A removal is made only after the node's
     /// acquisition answered or timed out, so it runs after it on the node (see
     /// `node::batch`); a timed-out acquisition that was never sent is never run.
     fn remove_in_background(&mut self, done: &[usize]) -> Option<JoinHandle<()>> {
         let remove = self.removal();
-        self.remove_where(&remove, done, |answer| answer.vote == Vote::Taken)
+        let until = self.keys_expire();
+        (self.round).remove_where(&remove, done, until, |answer| answer.vote == Vote::Taken)
     }
 
-    /// Sends `remove`, in one background task, to every node except those in `done`
-    /// and those whose answer is `clear` (nothing of ours to remove there): at once to
-    /// the nodes that answered, and to those still running once they answer.
-    fn remove_where(
-        &mut self,
-        remove: &Arc<Op>,
-        done: &[usize],
-        clear: impl Fn(&Answer) -> bool + Copy + Send + 'static,
-    ) -> Option<JoinHandle<()>> {
-        let nodes = Arc::clone(self.round.nodes());
-        let mut work: Vec<Call> = Vec::new();
-        for (index, answer) in self.round.answers().iter().enumerate() {
-            let to_clear = matches!(answer, Some(a) if !clear(a)) && !done.contains(&index);
-            if let (true, Some(node)) = (to_clear, nodes.get(index)) {
-                work.push(Box::pin(Arc::clone(node).call(Arc::clone(remove))));
-            }
-        }
-        for (index, call) in self.round.take_running() {
-            if let Some(node) = nodes.get(index) {
-                let (node, remove) = (Arc::clone(node), Arc::clone(remove));
-                work.push(Box::pin(async move {
-                    let answer = call.await;
-                    if clear(&answer) {
-                        return answer;
-                    }
-                    node.call(remove).await
-                }));
-            }
-        }
-        spawn_all(work)
+    /// When every key this acquisition set, from now on, has expired: the bound on
+    /// sending its removal again.
+    fn keys_expire(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(Duration::from_millis(self.op.ttl_ms))
+            .unwrap_or(now)
     }
-}
-
-/// Runs `work` in one background task. Outside a runtime (a runtime shutting down
-/// drops its tasks), nothing runs and the keys expire with their TTL.
-fn spawn_all(work: Vec<Call>) -> Option<JoinHandle<()>> {
-    if work.is_empty() {
-        return None;
-    }
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
-    Some(runtime.spawn(futures::future::join_all(work).map(drop)))
 }
 
 impl Drop for Acquisition {

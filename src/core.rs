@@ -65,6 +65,9 @@ impl Core {
             wakeup.close();
         }
         if self.owns_clients {
+            for node in self.nodes.iter() {
+                node.retire();
+            }
             let timeout = self.settings.connect_timeout;
             futures::future::join_all(self.nodes.iter().map(|n| n.close(timeout))).await;
         }
@@ -86,6 +89,10 @@ impl Core {
 
 impl Drop for Core {
     fn drop(&mut self) {
+        // The removals still being sent again stop: no task outlives the client.
+        for node in self.nodes.iter() {
+            node.retire();
+        }
         if !self.owns_clients {
             return;
         }

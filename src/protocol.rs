@@ -302,9 +302,14 @@ pub(crate) async fn release(
 ) -> Result<(), Error> {
     let span = round_span!("fredlock.release", request);
     let start = Instant::now();
-    let mut round = Round::new(&core.nodes, Op::release(request, token));
+    let op = Arc::new(Op::release(request, token));
+    let mut round = Round::shared(&core.nodes, &op);
     let decision = round.decide().instrument(span.clone()).await;
     round.count_votes(RoundKind::Release);
+    // The nodes that could not be reached, or cannot yet, are sent the release
+    // again until the keys have expired: a node that comes back keeps no key of ours.
+    let until = start.checked_add(request.ttl.duration()).unwrap_or(start);
+    drop(round.remove_where(&op, &[], until, |answer| !answer.unreached()));
     let result = match decision {
         Decision::Quorum if was_valid => Ok(()),
         Decision::Quorum => Err(Error::Expired {

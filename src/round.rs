@@ -5,12 +5,16 @@
 //! still running is polled; so the first poll hands the operation to every node, in
 //! node order, before any vote can be counted. The round returns as soon as the
 //! outcome is decided; the calls still running then go on in one background task when
-//! the round is dropped (or wherever [`Round::take_running`] hands them).
+//! the round is dropped, or in the background task of [`Round::remove_where`].
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::FutureExt;
+use tokio::task::JoinHandle;
 
 use crate::metrics::{self, RoundKind};
 use crate::node::{Answer, Node};
@@ -153,14 +157,61 @@ impl Round {
         )
     }
 
-    /// Takes the calls still running, with their node's index. Dropping one abandons
-    /// its answer; the operation still runs on the node.
-    pub(crate) fn take_running(&mut self) -> Vec<(usize, Call)> {
-        self.running
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(index, slot)| slot.take().map(|call| (index, call)))
-            .collect()
+    /// Sends `remove` (a removal of our token), in one background task, to every node
+    /// except those in `done` and those whose answer is `clear` (nothing of ours to
+    /// remove there): at once to the nodes that answered, and to those still running
+    /// once they answer. The task ends when every node has answered or timed out; a
+    /// node that could not be reached is sent it again by a task of its own until
+    /// `until` (see `Node::resend`).
+    pub(crate) fn remove_where(
+        &mut self,
+        remove: &Arc<Op>,
+        done: &[usize],
+        until: Instant,
+        clear: impl Fn(&Answer) -> bool + Copy + Send + 'static,
+    ) -> Option<JoinHandle<()>> {
+        let mut work: Vec<Call> = Vec::new();
+        for ((index, answer), node) in self.answers.iter().enumerate().zip(self.nodes.iter()) {
+            if matches!(answer, Some(a) if !clear(a)) && !done.contains(&index) {
+                work.push(Box::pin(removal(node, remove, until)));
+            }
+        }
+        for (slot, node) in self.running.iter_mut().zip(self.nodes.iter()) {
+            if let Some(call) = slot.take() {
+                let (node, remove) = (Arc::clone(node), Arc::clone(remove));
+                work.push(Box::pin(async move {
+                    let answer = call.await;
+                    if clear(&answer) {
+                        return answer;
+                    }
+                    removal(&node, &remove, until).await
+                }));
+            }
+        }
+        if work.is_empty() {
+            return None;
+        }
+        // Outside a runtime (a runtime shutting down drops its tasks), nothing runs
+        // and the keys expire with their TTL.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some(runtime.spawn(futures::future::join_all(work).map(drop)))
+    }
+}
+
+/// One node's removal; if it may not have reached the node, it is sent again in the
+/// background, so that whoever waits for this one waits one node timeout at most.
+fn removal(
+    node: &Arc<Node>,
+    remove: &Arc<Op>,
+    until: Instant,
+) -> impl Future<Output = Answer> + use<> {
+    let (node, remove) = (Arc::clone(node), Arc::clone(remove));
+    async move {
+        let answer = Arc::clone(&node).call(Arc::clone(&remove)).await;
+        if answer.unreached() {
+            tokio::spawn(node.resend(remove, answer.clone(), until));
+        }
+        answer
     }
 }
 

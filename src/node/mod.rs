@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike};
+use tokio::sync::watch;
 
 pub(crate) use client::{
     ClientSettings, SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, load_scripts,
@@ -39,6 +40,14 @@ pub(crate) struct Answer {
     pub(crate) permits_held: Option<u32>,
 }
 
+impl Answer {
+    /// Whether the node timed out or failed: it may hold what the operation was to
+    /// change, or not.
+    pub(crate) fn unreached(&self) -> bool {
+        matches!(self.vote, Vote::Timeout | Vote::Error(_))
+    }
+}
+
 impl From<Vote> for Answer {
     fn from(vote: Vote) -> Self {
         Answer {
@@ -49,6 +58,11 @@ impl From<Vote> for Answer {
         }
     }
 }
+
+/// The first wait before a removal that did not reach its node is sent again.
+pub(crate) const RESEND_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two sends of a removal.
+pub(crate) const RESEND_MAX: Duration = Duration::from_secs(1);
 
 /// One operation's result as the backend gives it.
 #[derive(Debug)]
@@ -73,6 +87,8 @@ pub(crate) struct Node {
     queue: batch::Queue,
     /// Set while the node is out of acquisition votes after losing its data.
     quarantined_until: Mutex<Option<Instant>>,
+    /// Set once the client that owns this node is gone: removals are not sent again.
+    retired: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -103,6 +119,7 @@ impl Node {
             backend,
             queue: batch::Queue::default(),
             quarantined_until: Mutex::new(None),
+            retired: watch::Sender::new(false),
         }
     }
 
@@ -138,6 +155,51 @@ impl Node {
             .unwrap_or_else(Instant::now);
         let reply = batch::submit(&self, Arc::clone(&op), deadline).await;
         self.answer(&op, reply)
+    }
+
+    /// Sends `op`, a removal of our token (idempotent) whose `last` answer says it may
+    /// not have reached this node (a timeout, or a failed connection: a node cut off
+    /// or restarting), again until a send reaches the script (done, not ours, or its
+    /// error), until `until` (by then the keys it removes have expired), or until the
+    /// node is [retired](Node::retire). The waits before each send double from
+    /// [`RESEND_FIRST`] to [`RESEND_MAX`]. Returns the last answer.
+    pub(crate) async fn resend(
+        self: Arc<Self>,
+        op: Arc<Op>,
+        mut last: Answer,
+        until: Instant,
+    ) -> Answer {
+        let mut retired = self.retired.subscribe();
+        let mut wait = RESEND_FIRST;
+        while last.unreached() && !*retired.borrow() {
+            if Instant::now()
+                .checked_add(wait)
+                .is_none_or(|next| next >= until)
+            {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = retired.wait_for(|&retired| retired) => break,
+            }
+            let deadline = Instant::now()
+                .checked_add(self.timeout)
+                .unwrap_or_else(Instant::now);
+            let reply = batch::submit(&self, Arc::clone(&op), deadline).await;
+            let reached = !matches!(reply, Reply::Vote(Vote::Timeout | Vote::Error(_)));
+            last = self.answer(&op, reply);
+            if reached {
+                break;
+            }
+            wait = wait.saturating_mul(2).min(RESEND_MAX);
+        }
+        last
+    }
+
+    /// Ends the resending of removals ([`resend`](Node::resend)): the
+    /// client that made them is gone, and its keys expire with their TTL.
+    pub(crate) fn retire(&self) {
+        self.retired.send_replace(true);
     }
 
     /// Runs a batch on the backend: one reply per operation, in order.

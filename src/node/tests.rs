@@ -179,3 +179,83 @@ async fn a_call_whose_future_is_no_longer_polled_holds_its_node_for_at_most_two_
     assert_eq!(answer.vote, Vote::Yes);
     drop(stalled);
 }
+
+/// A removal that failed on a node that is down at first: sent again until it is up.
+#[tokio::test]
+async fn a_removal_is_sent_again_until_the_node_answers() {
+    let (node, memory) = one();
+    assert_eq!(
+        Arc::clone(&node).call(acquire("a", "t")).await.vote,
+        Vote::Yes
+    );
+    memory.set_mode(Mode::Down);
+    let first = Arc::clone(&node).call(release("a", "t")).await;
+    assert!(first.unreached(), "{first:?}");
+    let until = Instant::now() + Duration::from_secs(10);
+    let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), first, until));
+    // Sent again after 100 ms (failed at once), then waiting 200 ms.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!resend.is_finished());
+    memory.set_mode(Mode::Up);
+    assert_eq!(resend.await.expect("task").vote, Vote::Yes);
+    assert_eq!(memory.holder("a"), None);
+}
+
+#[tokio::test]
+async fn a_removal_is_not_sent_again_past_its_bound() {
+    let (node, memory) = one();
+    assert_eq!(
+        Arc::clone(&node).call(acquire("a", "t")).await.vote,
+        Vote::Yes
+    );
+    memory.set_mode(Mode::Frozen);
+    let start = Instant::now();
+    let until = start + Duration::from_millis(300);
+    let answer = Arc::clone(&node)
+        .resend(release("a", "t"), Vote::Timeout.into(), until)
+        .await;
+    assert_eq!(answer.vote, Vote::Timeout);
+    // Sent at 100 ms (timing out at 200 ms); the next send, after 200 ms more, would
+    // be past the bound. Bounded, not hung: a send made before the bound ends by its
+    // timeout.
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(300) + 3 * TIMEOUT, "{took:?}");
+    memory.set_mode(Mode::Up);
+    assert_eq!(memory.log().len(), 2, "the acquisition and one resend");
+}
+
+#[tokio::test]
+async fn a_retired_node_sends_no_removal_again() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Down);
+    let until = Instant::now() + Duration::from_secs(60);
+    let first = Vote::Error("not connected".into()).into();
+    let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), first, until));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    node.retire();
+    let answer = tokio::time::timeout(Duration::from_secs(1), resend).await;
+    let answer = answer.expect("ended at the retirement").expect("task");
+    assert!(matches!(&answer.vote, Vote::Error(e) if e.starts_with("not connected")));
+    // Retired before any send: nothing is sent.
+    let first = Vote::Timeout.into();
+    let answer = Arc::clone(&node)
+        .resend(release("a", "t"), first, until)
+        .await;
+    assert_eq!(answer.vote, Vote::Timeout);
+}
+
+#[tokio::test]
+async fn a_removal_the_script_refuses_is_not_sent_again() {
+    let (node, memory) = one();
+    memory.set_wrong_type("bad");
+    let until = Instant::now() + Duration::from_secs(60);
+    let first = Vote::Timeout.into();
+    let answer = Arc::clone(&node)
+        .resend(release("bad", "t"), first, until)
+        .await;
+    assert!(
+        matches!(&answer.vote, Vote::Error(e) if e.starts_with("WRONGTYPE")),
+        "{answer:?}"
+    );
+    assert_eq!(memory.batches(), vec![1]);
+}

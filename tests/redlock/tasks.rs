@@ -99,3 +99,43 @@ async fn dropping_a_redlock_with_a_frozen_node_ends_its_tasks() -> TestResult {
     frozen?;
     clients
 }
+
+/// A release that timed out on a frozen node is sent again until its keys expire
+/// (60 s here), but not after the `Redlock` is dropped: that task ends with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_a_redlock_ends_the_resending_of_a_release() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let urls = nodes.urls();
+    let (held_tx, held_rx) = oneshot::channel::<()>();
+    let (paused_tx, paused_rx) = oneshot::channel::<()>();
+    let clients = on_own_runtime(move || async move {
+        let baseline = alive_tasks();
+        let redlock = Redlock::builder(urls)
+            .restart_quarantine(Quarantine::Off)
+            .node_timeout(Duration::from_millis(100))
+            .build()
+            .await?;
+        let held = redlock
+            .lock(&resource("resent-release"), Duration::from_secs(60))
+            .await?;
+        let _ = held_tx.send(());
+        paused_rx.await?;
+        // Nodes 0 and 1 release it; node 2 times out, and is sent it again.
+        held.release().await?;
+        drop(redlock);
+        let alive = settle_tasks(baseline, Duration::from_secs(5)).await;
+        assert!(alive <= baseline, "{alive} tasks alive, {baseline} before");
+        Ok(())
+    });
+    let cluster = &nodes.cluster;
+    let freeze = async move {
+        held_rx.await?;
+        cluster.pause(2).await?;
+        let _ = paused_tx.send(());
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    let (clients, frozen) = tokio::join!(clients, freeze);
+    nodes.cluster.unpause(2).await?;
+    frozen?;
+    clients
+}

@@ -402,8 +402,9 @@ async fn check(config: Config, holders: Holders) -> TestResult {
     }
     // Nothing of ours is left once the holders are done: the probes' keys live 30 s,
     // so only their removal (after failed attempts, releases, dropped locks) can have
-    // emptied the nodes by now. Bounded, not hung: requests queued on a node that was
-    // frozen or cut off at the end are delivered within about a second of the heal.
+    // emptied the nodes by now. Bounded, not hung: a removal queued on a node that was
+    // frozen or cut off at the end is delivered, or sent again (at most 1 s apart),
+    // within a few seconds of the heal.
     for i in 0..5 {
         nodes.wait_admin(i, Duration::from_secs(10)).await;
     }

@@ -50,10 +50,11 @@ struct Active {
 /// Runs the schedule until `stop()` says so (asked at every tick, 100-400 ms apart),
 /// then undoes every fault still in place.
 ///
-/// Pauses and partitions last at most 0.8 s (undone when due, give or take the docker
-/// command): well below the 2 s after which fredlock's connections give up on a node
-/// that stopped answering, so the requests queued on them (the removals of failed
-/// attempts among them) are delivered once the fault ends, TCP retransmission included.
+/// Pauses and partitions are meant to last at most 0.8 s, but faults are undone one
+/// after another in this loop, so one waits while another node restarts (seconds on a
+/// loaded machine): a fault can outlast the 2 s after which fredlock closes a
+/// connection that stopped answering. The removals a client could not deliver
+/// meanwhile are sent again once the node is back (`Node::remove_until`).
 ///
 /// `restore`: keys (with their values) that another client holds on nodes 0-2 for the
 /// whole run, written again on such a node when it restarts empty.

@@ -250,3 +250,38 @@ async fn one_slow_node_does_not_slow_acquisition() -> TestResult {
     nodes.cluster.set_latency(2, Duration::ZERO);
     Ok(())
 }
+
+/// A release made while a node is cut off, after fredlock has closed its silent
+/// connection (20 node timeouts: 3 s here) and while it reconnects: the node's
+/// removal fails at once. It is sent again until the node answers, so our key is gone
+/// soon after the heal, not at the end of its 60 s TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_that_cannot_reach_a_node_is_sent_again_after_the_heal() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = client(&nodes).await?;
+    let res = resource("release-cut-off");
+    let lock = redlock.lock(&res, Duration::from_secs(60)).await?;
+    nodes
+        .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
+        .await;
+    nodes.cluster.partition(4).await?;
+    // A request left unanswered on the cut-off node's connection; 3 s later the
+    // connection is closed as silent, and while fred reconnects a request to the node
+    // fails at once.
+    let other = redlock
+        .try_lock(&resource("release-cut-off-2"), Duration::from_secs(60))
+        .await?;
+    other.release().await?;
+    tokio::time::sleep(NODE_TIMEOUT * 20 + Duration::from_secs(1)).await;
+    lock.release().await?;
+    nodes.cluster.heal(4).await?;
+    let healed = Instant::now();
+    while !nodes.holding(4..5, &res).await.is_empty() {
+        assert!(
+            healed.elapsed() < Duration::from_secs(15),
+            "our key is still on the node that was cut off during the release"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
