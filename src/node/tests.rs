@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::batch::{MAX_BATCH, MAX_IN_FLIGHT};
 use super::memory::{self, Mode};
-use super::{Answer, Node};
+use super::{Answer, Node, Reply};
 use crate::quorum::Vote;
 use crate::request::Request;
 use crate::scripts::{Kind, Op};
@@ -258,4 +258,39 @@ async fn a_removal_the_script_refuses_is_not_sent_again() {
         "{answer:?}"
     );
     assert_eq!(memory.batches(), vec![1]);
+}
+
+/// A permit's reply names the slot it set by its position from 1 among the
+/// operation's keys; a position outside them is a failed vote, not a slot.
+#[test]
+fn a_permit_reply_naming_no_slot_of_the_operation_is_an_error() {
+    let settings = Settings {
+        quarantine: Quarantine::Off,
+        ..Settings::default()
+    };
+    let request = Request::permit("jobs", 3, Duration::from_secs(10), &settings).expect("valid");
+    let op = Op::acquire(
+        &request,
+        &Arc::from("t"),
+        1,
+        None,
+        Duration::from_secs(60),
+        0,
+    );
+    let (node, _) = one();
+    let granted = node.answer(&op, Reply::Fences(vec![7, 3]));
+    assert_eq!(
+        (granted.vote, granted.slot, granted.fences),
+        (Vote::Yes, Some(2), vec![7])
+    );
+    for position in [0, 4, u64::MAX] {
+        let answer = node.answer(&op, Reply::Fences(vec![7, position]));
+        assert!(
+            matches!(&answer.vote, Vote::Error(e) if e.starts_with("unexpected reply to a permit")),
+            "position {position}: {answer:?}"
+        );
+        assert_eq!(answer.slot, None);
+    }
+    let answer = node.answer(&op, Reply::Fences(vec![7]));
+    assert!(matches!(answer.vote, Vote::Error(_)), "{answer:?}");
 }
