@@ -58,6 +58,30 @@ async fn from_clients_builds_leave_no_tasks_behind() -> TestResult {
     .await
 }
 
+/// Runs `work` on a runtime of its own (see [`on_own_runtime`]); when `work` sends on
+/// its first argument, node `node` is paused, and `work` is told so on its second.
+/// The node is unpaused at the end.
+async fn pause_during<F, Fut>(nodes: &Nodes, node: usize, work: F) -> TestResult
+where
+    F: FnOnce(oneshot::Sender<()>, oneshot::Receiver<()>) -> Fut + Send + 'static,
+    Fut: Future<Output = TestResult>,
+{
+    let (ready_tx, ready_rx) = oneshot::channel::<()>();
+    let (paused_tx, paused_rx) = oneshot::channel::<()>();
+    let clients = on_own_runtime(move || work(ready_tx, paused_rx));
+    let cluster = &nodes.cluster;
+    let freeze = async move {
+        ready_rx.await?;
+        cluster.pause(node).await?;
+        let _ = paused_tx.send(());
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    let (clients, frozen) = tokio::join!(clients, freeze);
+    nodes.cluster.unpause(node).await?;
+    frozen?;
+    clients
+}
+
 /// A `Redlock` dropped while one of its nodes is frozen: the `QUIT` to that node
 /// times out, and its tasks must end anyway. A waiter has started the wake-up
 /// connections too.
@@ -65,9 +89,7 @@ async fn from_clients_builds_leave_no_tasks_behind() -> TestResult {
 async fn dropping_a_redlock_with_a_frozen_node_ends_its_tasks() -> TestResult {
     let nodes = Nodes::start(3).await?;
     let urls = nodes.urls();
-    let (built_tx, built_rx) = oneshot::channel::<()>();
-    let (paused_tx, paused_rx) = oneshot::channel::<()>();
-    let clients = on_own_runtime(move || async move {
+    pause_during(&nodes, 2, move |built_tx, paused_rx| async move {
         let baseline = alive_tasks();
         let redlock = Redlock::builder(urls)
             .restart_quarantine(Quarantine::Off)
@@ -86,18 +108,8 @@ async fn dropping_a_redlock_with_a_frozen_node_ends_its_tasks() -> TestResult {
         let alive = settle_tasks(baseline, Duration::from_secs(5)).await;
         assert!(alive <= baseline, "{alive} tasks alive, {baseline} before");
         Ok(())
-    });
-    let cluster = &nodes.cluster;
-    let freeze = async move {
-        built_rx.await?;
-        cluster.pause(2).await?;
-        let _ = paused_tx.send(());
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    };
-    let (clients, frozen) = tokio::join!(clients, freeze);
-    nodes.cluster.unpause(2).await?;
-    frozen?;
-    clients
+    })
+    .await
 }
 
 /// A release that timed out on a frozen node is sent again until its keys expire
@@ -106,9 +118,7 @@ async fn dropping_a_redlock_with_a_frozen_node_ends_its_tasks() -> TestResult {
 async fn dropping_a_redlock_ends_the_resending_of_a_release() -> TestResult {
     let nodes = Nodes::start(3).await?;
     let urls = nodes.urls();
-    let (held_tx, held_rx) = oneshot::channel::<()>();
-    let (paused_tx, paused_rx) = oneshot::channel::<()>();
-    let clients = on_own_runtime(move || async move {
+    pause_during(&nodes, 2, move |held_tx, paused_rx| async move {
         let baseline = alive_tasks();
         let redlock = Redlock::builder(urls)
             .restart_quarantine(Quarantine::Off)
@@ -126,16 +136,6 @@ async fn dropping_a_redlock_ends_the_resending_of_a_release() -> TestResult {
         let alive = settle_tasks(baseline, Duration::from_secs(5)).await;
         assert!(alive <= baseline, "{alive} tasks alive, {baseline} before");
         Ok(())
-    });
-    let cluster = &nodes.cluster;
-    let freeze = async move {
-        held_rx.await?;
-        cluster.pause(2).await?;
-        let _ = paused_tx.send(());
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    };
-    let (clients, frozen) = tokio::join!(clients, freeze);
-    nodes.cluster.unpause(2).await?;
-    frozen?;
-    clients
+    })
+    .await
 }
