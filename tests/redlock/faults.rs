@@ -355,6 +355,7 @@ async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
         .build()
         .await?;
     let lock = redlock.try_lock(&res, TTL).await?;
+    nodes.assert_held(&[0, 1, 3, 4], &res, lock.token()).await;
 
     // WRONGTYPE: node 1's key is replaced by a list; release still reaches a quorum.
     nodes.make_list(1, &res).await?;
@@ -363,6 +364,9 @@ async fn node_errors_are_failed_votes_with_the_nodes_message() -> TestResult {
     nodes.cmd(1, "DEL", vec![res.as_str().into()]).await?;
 
     let lock = redlock.try_lock(&res, TTL).await?;
+    // The lock returned at its quorum: let every SET land before the key becomes a
+    // list, or a late one makes the list's LPUSH fail.
+    nodes.assert_held(&[0, 1, 3, 4], &res, lock.token()).await;
     nodes.make_list(0, &res).await?;
     nodes.make_list(3, &res).await?;
     // Nodes 0 and 3 answer WRONGTYPE, node 2 (a replica) never had the key, nodes 1
