@@ -93,7 +93,9 @@ impl Acquisition {
         }
         let remove = Arc::new(Op::remove(&others, &self.op.token));
         // Nothing to remove where the node set the granted slot, or set nothing.
-        let clear = move |answer: &Answer| answer.slot == Some(slot) || answer.vote == Vote::Taken;
+        let clear = move |answer: &Answer| {
+            answer.slot == Some(slot) || answer.vote == Vote::Taken || answer.unsent()
+        };
         let until = self.keys_expire();
         drop((self.round).remove_where(&remove, &[], until, clear));
     }
@@ -129,14 +131,15 @@ impl Acquisition {
     }
 
     /// Removes our token, in one background task, from every node that may hold it
-    /// (every node but those in `done` and those that answered "taken"); from a node
-    /// still running, once it answers. A removal is made only after the node's
+    /// (every node but those in `done`, those that answered "taken" and those the
+    /// acquisition never reached); from a node still running, once it answers. A removal is made only after the node's
     /// acquisition answered or timed out, so it runs after it on the node (see
     /// `node::batch`); a timed-out acquisition that was never sent is never run.
     fn remove_in_background(&mut self, done: &[usize]) -> Option<JoinHandle<()>> {
         let remove = self.removal();
         let until = self.keys_expire();
-        (self.round).remove_where(&remove, done, until, |answer| answer.vote == Vote::Taken)
+        let clear = |answer: &Answer| answer.vote == Vote::Taken || answer.unsent();
+        (self.round).remove_where(&remove, done, until, clear)
     }
 
     /// When every key this acquisition set, from now on, has expired: the bound on

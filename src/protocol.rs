@@ -306,10 +306,12 @@ pub(crate) async fn release(
     let mut round = Round::shared(&core.nodes, &op);
     let decision = round.decide().instrument(span.clone()).await;
     round.count_votes(RoundKind::Release);
-    // The nodes that could not be reached, or cannot yet, are sent the release
-    // again until the keys have expired: a node that comes back keeps no key of ours.
-    let until = start.checked_add(request.ttl.duration()).unwrap_or(start);
-    drop(round.remove_where(&op, &[], until, |answer| !answer.unreached()));
+    // The nodes the release may not have reached, now or once they answer, are sent
+    // it again until the keys have expired: a node that comes back keeps no key of ours.
+    round.resend_unreached(
+        &op,
+        start.checked_add(request.ttl.duration()).unwrap_or(start),
+    );
     let result = match decision {
         Decision::Quorum if was_valid => Ok(()),
         Decision::Quorum => Err(Error::Expired {

@@ -161,7 +161,7 @@ impl Round {
     /// except those in `done` and those whose answer is `clear` (nothing of ours to
     /// remove there): at once to the nodes that answered, and to those still running
     /// once they answer. The task ends when every node has answered or timed out; a
-    /// node that could not be reached is sent it again by a task of its own until
+    /// node it may not have reached is sent it again by a task of its own until
     /// `until` (see `Node::resend`).
     pub(crate) fn remove_where(
         &mut self,
@@ -188,14 +188,42 @@ impl Round {
                 }));
             }
         }
-        if work.is_empty() {
-            return None;
-        }
-        // Outside a runtime (a runtime shutting down drops its tasks), nothing runs
-        // and the keys expire with their TTL.
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(runtime.spawn(futures::future::join_all(work).map(drop)))
+        spawn_all(work)
     }
+
+    /// Sends the round's own operation `op` (a release) again, in one background
+    /// task, to every node it may not have reached, until `until` (see
+    /// `Node::resend`): those that answered so, and those still running once they
+    /// answer so.
+    pub(crate) fn resend_unreached(&mut self, op: &Arc<Op>, until: Instant) {
+        let mut work: Vec<Call> = Vec::new();
+        for (answer, node) in self.answers.iter().zip(self.nodes.iter()) {
+            if let Some(answer) = answer.as_ref().filter(|a| a.unreached()) {
+                let (node, op) = (Arc::clone(node), Arc::clone(op));
+                work.push(Box::pin(node.resend(op, answer.clone(), until)));
+            }
+        }
+        for (slot, node) in self.running.iter_mut().zip(self.nodes.iter()) {
+            if let Some(call) = slot.take() {
+                let (node, op) = (Arc::clone(node), Arc::clone(op));
+                work.push(Box::pin(async move {
+                    let answer = call.await;
+                    node.resend(op, answer, until).await
+                }));
+            }
+        }
+        drop(spawn_all(work));
+    }
+}
+
+/// Runs `work` in one background task. Outside a runtime (a runtime shutting down
+/// drops its tasks), nothing runs and the keys expire with their TTL.
+fn spawn_all(work: Vec<Call>) -> Option<JoinHandle<()>> {
+    if work.is_empty() {
+        return None;
+    }
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    Some(runtime.spawn(futures::future::join_all(work).map(drop)))
 }
 
 /// One node's removal; if it may not have reached the node, it is sent again in the

@@ -194,7 +194,7 @@ async fn flush(node: Arc<Node>, batch: Vec<Waiting>) {
         .into_iter()
         .partition(|w| w.deadline > now || w.op.kind.harmless_late());
     for waiting in late {
-        let _ = waiting.reply.send(Reply::Vote(Vote::Timeout));
+        let _ = waiting.reply.send(Reply::Unsent(Vote::Timeout));
     }
     let ops: Vec<Arc<Op>> = send_now.iter().map(|w| Arc::clone(&w.op)).collect();
     if ops.is_empty() {

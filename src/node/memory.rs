@@ -41,6 +41,8 @@ struct State {
     batches: Vec<usize>,
     /// Every operation run, in order.
     log: Vec<(Kind, Arc<str>)>,
+    /// The number of the client's connection to this node.
+    connection: u64,
 }
 
 impl Memory {
@@ -54,6 +56,7 @@ impl Memory {
                 held: Vec::new(),
                 batches: Vec::new(),
                 log: Vec::new(),
+                connection: 0,
             }),
         })
     }
@@ -63,14 +66,34 @@ impl Memory {
     }
 
     /// Sets the mode; a thawed node runs what it held, in order.
+    /// A node that was down is reached on a new connection.
     pub(crate) fn set_mode(&self, mode: Mode) {
         let mut state = self.state();
+        if state.mode == Mode::Down && mode != Mode::Down {
+            state.connection += 1;
+        }
         state.mode = mode;
         if mode != Mode::Frozen {
             for ops in std::mem::take(&mut state.held) {
                 state.apply(&ops);
             }
         }
+    }
+
+    /// The client replaces its connection: what a frozen node held on the old one is
+    /// lost.
+    pub(crate) fn reconnect(&self) {
+        let mut state = self.state();
+        state.held.clear();
+        state.connection += 1;
+    }
+
+    pub(crate) fn connected(&self) -> bool {
+        self.state().mode != Mode::Down
+    }
+
+    pub(crate) fn connection(&self) -> u64 {
+        self.state().connection
     }
 
     pub(crate) fn set_wrong_type(&self, key: &str) {
@@ -122,7 +145,7 @@ impl Memory {
             Mode::Up => self.state().apply(ops),
             Mode::Down => ops
                 .iter()
-                .map(|_| Reply::Vote(Vote::Error("not connected: Connection refused".into())))
+                .map(|_| Reply::Unsent(Vote::Error("not connected: Connection refused".into())))
                 .collect(),
             Mode::Frozen => {
                 self.state().held.push(ops.to_vec());

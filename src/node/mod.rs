@@ -12,6 +12,7 @@ mod client;
 #[cfg(test)]
 pub(crate) mod memory;
 mod redis;
+mod resend;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,13 +39,34 @@ pub(crate) struct Answer {
     /// The permits the node's record of the semaphore holds, when it refused a permit
     /// for asking with another number.
     pub(crate) permits_held: Option<u32>,
+    /// How far the operation got.
+    pub(crate) reach: Reach,
+}
+
+/// How far an operation got, as far as the client can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// The node answered it (done, refused, or a script error).
+    Answered,
+    /// It was not written: the node was not connected, quarantined (an acquisition),
+    /// or the caller gave up while it waited in the queue (an acquisition).
+    Unsent,
+    /// It was written, or may have been, on the node's connection number
+    /// `connection`, and no answer came (a timeout, or a failed connection). While
+    /// that connection lasts it still reaches the node (TCP delivers it after a
+    /// freeze or a cut); once fred has replaced the connection, it may be lost.
+    Unknown { connection: u64 },
 }
 
 impl Answer {
-    /// Whether the node timed out or failed: it may hold what the operation was to
-    /// change, or not.
+    /// Whether the node did not answer the operation.
     pub(crate) fn unreached(&self) -> bool {
-        matches!(self.vote, Vote::Timeout | Vote::Error(_))
+        self.reach != Reach::Answered
+    }
+
+    /// Whether the operation was not written: it changed nothing on the node.
+    pub(crate) fn unsent(&self) -> bool {
+        self.reach == Reach::Unsent
     }
 }
 
@@ -55,14 +77,10 @@ impl From<Vote> for Answer {
             fences: Vec::new(),
             slot: None,
             permits_held: None,
+            reach: Reach::Answered,
         }
     }
 }
-
-/// The first wait before a removal that did not reach its node is sent again.
-pub(crate) const RESEND_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between two sends of a removal.
-pub(crate) const RESEND_MAX: Duration = Duration::from_secs(1);
 
 /// One operation's result as the backend gives it.
 #[derive(Debug)]
@@ -75,6 +93,8 @@ pub(crate) enum Reply {
     Failed(String),
     /// The call failed for the whole batch: timeout, connection, refused script.
     Vote(Vote),
+    /// The operation was not written (see [`Reach::Unsent`]).
+    Unsent(Vote),
 }
 
 /// One Redis master.
@@ -143,57 +163,22 @@ impl Node {
     pub(crate) async fn call(self: Arc<Self>, op: Arc<Op>) -> Answer {
         if op.kind.acquires() {
             if let Some(until) = self.quarantined_until() {
-                return Vote::Error(format!(
-                    "quarantined after a restart for another {:?}",
-                    until.saturating_duration_since(Instant::now())
-                ))
-                .into();
+                return Answer {
+                    reach: Reach::Unsent,
+                    ..Vote::Error(format!(
+                        "quarantined after a restart for another {:?}",
+                        until.saturating_duration_since(Instant::now())
+                    ))
+                    .into()
+                };
             }
         }
+        let connection = self.connection();
         let deadline = Instant::now()
             .checked_add(self.timeout)
             .unwrap_or_else(Instant::now);
         let reply = batch::submit(&self, Arc::clone(&op), deadline).await;
-        self.answer(&op, reply)
-    }
-
-    /// Sends `op`, a removal of our token (idempotent) whose `last` answer says it may
-    /// not have reached this node (a timeout, or a failed connection: a node cut off
-    /// or restarting), again until a send reaches the script (done, not ours, or its
-    /// error), until `until` (by then the keys it removes have expired), or until the
-    /// node is [retired](Node::retire). The waits before each send double from
-    /// [`RESEND_FIRST`] to [`RESEND_MAX`]. Returns the last answer.
-    pub(crate) async fn resend(
-        self: Arc<Self>,
-        op: Arc<Op>,
-        mut last: Answer,
-        until: Instant,
-    ) -> Answer {
-        let mut retired = self.retired.subscribe();
-        let mut wait = RESEND_FIRST;
-        while last.unreached() && !*retired.borrow() {
-            if Instant::now()
-                .checked_add(wait)
-                .is_none_or(|next| next >= until)
-            {
-                break;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = retired.wait_for(|&retired| retired) => break,
-            }
-            let deadline = Instant::now()
-                .checked_add(self.timeout)
-                .unwrap_or_else(Instant::now);
-            let reply = batch::submit(&self, Arc::clone(&op), deadline).await;
-            let reached = !matches!(reply, Reply::Vote(Vote::Timeout | Vote::Error(_)));
-            last = self.answer(&op, reply);
-            if reached {
-                break;
-            }
-            wait = wait.saturating_mul(2).min(RESEND_MAX);
-        }
-        last
+        self.answer(&op, reply, connection)
     }
 
     /// Ends the resending of removals ([`resend`](Node::resend)): the
@@ -211,7 +196,27 @@ impl Node {
         }
     }
 
-    fn answer(&self, op: &Op, reply: Reply) -> Answer {
+    /// Whether the node's client is connected now.
+    fn connected(&self) -> bool {
+        match &self.backend {
+            Backend::Redis(redis) => redis.client.is_connected(),
+            #[cfg(test)]
+            Backend::Memory(memory) => memory.connected(),
+        }
+    }
+
+    /// The number of the node's current connection: it changes when fred replaces a
+    /// connection that failed or went silent.
+    fn connection(&self) -> u64 {
+        match &self.backend {
+            Backend::Redis(redis) => redis.connection(),
+            #[cfg(test)]
+            Backend::Memory(memory) => memory.connection(),
+        }
+    }
+
+    /// The answer to `op` from its `reply`; `connection` is the one it was sent on.
+    fn answer(&self, op: &Op, reply: Reply, connection: u64) -> Answer {
         let kind = op.kind;
         let vote = match reply {
             // A permit: its fencing token, then the slot's position from 1 among the
@@ -257,7 +262,18 @@ impl Node {
                 Vote::Error(format!("unexpected reply to a {kind:?} operation"))
             }
             Reply::Failed(message) => self.failed(&message),
-            Reply::Vote(vote) => vote,
+            Reply::Vote(vote) => {
+                return Answer {
+                    reach: Reach::Unknown { connection },
+                    ..vote.into()
+                };
+            }
+            Reply::Unsent(vote) => {
+                return Answer {
+                    reach: Reach::Unsent,
+                    ..vote.into()
+                };
+            }
         };
         vote.into()
     }

@@ -1,7 +1,7 @@
 //! A node reached through a fred client: one script call per batch, the connection's
 //! events, and closing the connection fredlock opened.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ pub(super) struct Redis {
     connection_error: Arc<Mutex<Option<String>>>,
     /// Set while the script is being loaded again after a `NOSCRIPT`.
     reloading: Arc<AtomicBool>,
+    /// How many connections fred has made: the number of the current one.
+    connections: Arc<AtomicU64>,
     /// The tasks that follow the client's connection events; they hold a clone of the
     /// client, so they are ended with the node.
     listeners: [AbortHandle; 2],
@@ -43,9 +45,12 @@ impl Redis {
             async { Ok(()) }
         });
         let on_reconnect = Arc::clone(&connection_error);
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&connections);
         let loader = client.clone();
         let reconnects = client.on_reconnect(move |_| {
             set(&on_reconnect, None);
+            counter.fetch_add(1, Ordering::AcqRel);
             // A restarted node has an empty script cache: fill it before the next
             // operation needs it (fred fires this on every new connection).
             tokio::spawn(load_scripts(loader.clone()));
@@ -55,9 +60,15 @@ impl Redis {
             client,
             connection_error,
             reloading: Arc::default(),
+            connections,
             listeners: [errors.abort_handle(), reconnects.abort_handle()],
             connection: Mutex::new(None),
         }
+    }
+
+    /// The number of the current connection (see `Reach::Unknown`).
+    pub(super) fn connection(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
     }
 
     pub(super) fn connect(&self) {
@@ -88,7 +99,8 @@ impl Redis {
     /// `EVAL` from the start: a removal must not miss its node for want of a cache.
     pub(super) async fn run(&self, ops: &[Arc<Op>], deadline: Instant) -> Vec<Reply> {
         if !self.client.is_connected() {
-            return failed_all(ops, self.not_connected("the connection is down"));
+            let vote = self.not_connected("the connection is down");
+            return ops.iter().map(|_| Reply::Unsent(vote.clone())).collect();
         }
         let text = || Value::String(Str::from_static(OPS_LUA));
         let by_text = ops.iter().any(|op| op.kind == Kind::Remove);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::batch::{MAX_BATCH, MAX_IN_FLIGHT};
 use super::memory::{self, Mode};
-use super::{Answer, Node, Reply};
+use super::{Answer, Node, Reach, Reply};
 use crate::quorum::Vote;
 use crate::request::Request;
 use crate::scripts::{Kind, Op};
@@ -180,9 +180,9 @@ async fn a_call_whose_future_is_no_longer_polled_holds_its_node_for_at_most_two_
     drop(stalled);
 }
 
-/// A removal that failed on a node that is down at first: sent again until it is up.
+/// A removal that was not written (the node is down): sent again until it is up.
 #[tokio::test]
-async fn a_removal_is_sent_again_until_the_node_answers() {
+async fn an_unsent_removal_is_sent_again_until_the_node_answers() {
     let (node, memory) = one();
     assert_eq!(
         Arc::clone(&node).call(acquire("a", "t")).await.vote,
@@ -190,10 +190,10 @@ async fn a_removal_is_sent_again_until_the_node_answers() {
     );
     memory.set_mode(Mode::Down);
     let first = Arc::clone(&node).call(release("a", "t")).await;
-    assert!(first.unreached(), "{first:?}");
+    assert_eq!(first.reach, Reach::Unsent, "{first:?}");
     let until = Instant::now() + Duration::from_secs(10);
     let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), first, until));
-    // Sent again after 100 ms (failed at once), then waiting 200 ms.
+    // Looked at after 100 ms (still down: nothing sent), then waiting 200 ms.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(!resend.is_finished());
     memory.set_mode(Mode::Up);
@@ -201,27 +201,70 @@ async fn a_removal_is_sent_again_until_the_node_answers() {
     assert_eq!(memory.holder("a"), None);
 }
 
+/// A removal written on a connection that the client then replaced may be lost with
+/// it: sent again on the new one. One still on its connection is not.
 #[tokio::test]
-async fn a_removal_is_not_sent_again_past_its_bound() {
+async fn a_removal_is_sent_again_only_once_its_connection_is_replaced() {
     let (node, memory) = one();
     assert_eq!(
         Arc::clone(&node).call(acquire("a", "t")).await.vote,
         Vote::Yes
     );
     memory.set_mode(Mode::Frozen);
+    let first = Arc::clone(&node).call(release("a", "t")).await;
+    assert_eq!(first.reach, Reach::Unknown { connection: 0 }, "{first:?}");
+    let until = Instant::now() + Duration::from_secs(10);
+    let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), first, until));
+    // Still on its connection: nothing more is sent (the frozen node holds one call).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!resend.is_finished());
+    memory.reconnect();
+    memory.set_mode(Mode::Up);
+    assert_eq!(resend.await.expect("task").vote, Vote::Yes);
+    assert_eq!(memory.holder("a"), None);
+    let log: Vec<Kind> = memory.log().into_iter().map(|(kind, _)| kind).collect();
+    assert_eq!(
+        log,
+        [Kind::Acquire, Kind::Release],
+        "the lost one never ran"
+    );
+}
+
+/// On a slow node the removal is still on its connection when it times out: it runs
+/// there, once, and is never sent again.
+#[tokio::test]
+async fn a_removal_that_times_out_on_a_slow_node_is_not_sent_again() {
+    let (node, memory) = one();
+    assert_eq!(
+        Arc::clone(&node).call(acquire("a", "t")).await.vote,
+        Vote::Yes
+    );
+    memory.set_mode(Mode::Slow(TIMEOUT * 3));
+    let first = Arc::clone(&node).call(release("a", "t")).await;
+    assert_eq!(first.vote, Vote::Timeout);
+    let until = Instant::now() + Duration::from_millis(800);
+    let last = Arc::clone(&node)
+        .resend(release("a", "t"), first, until)
+        .await;
+    assert_eq!(last.reach, Reach::Unknown { connection: 0 });
+    assert_eq!(memory.holder("a"), None, "the first one ran, late");
+    assert_eq!(memory.log().len(), 2, "the acquisition and the one release");
+}
+
+#[tokio::test]
+async fn a_removal_is_not_sent_again_past_its_bound() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Down);
     let start = Instant::now();
     let until = start + Duration::from_millis(300);
     let answer = Arc::clone(&node)
-        .resend(release("a", "t"), Vote::Timeout.into(), until)
+        .resend(release("a", "t"), unsent(), until)
         .await;
-    assert_eq!(answer.vote, Vote::Timeout);
-    // Sent at 100 ms (timing out at 200 ms); the next send, after 200 ms more, would
-    // be past the bound. Bounded, not hung: a send made before the bound ends by its
-    // timeout.
+    assert_eq!(answer.reach, Reach::Unsent);
+    // Looked at 100 ms (down: nothing sent); the next look, 200 ms later, would be
+    // past the bound.
     let took = start.elapsed();
     assert!(took < Duration::from_millis(300) + 3 * TIMEOUT, "{took:?}");
-    memory.set_mode(Mode::Up);
-    assert_eq!(memory.log().len(), 2, "the acquisition and one resend");
 }
 
 #[tokio::test]
@@ -229,19 +272,19 @@ async fn a_retired_node_sends_no_removal_again() {
     let (node, memory) = one();
     memory.set_mode(Mode::Down);
     let until = Instant::now() + Duration::from_secs(60);
-    let first = Vote::Error("not connected".into()).into();
-    let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), first, until));
+    let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), unsent(), until));
     tokio::time::sleep(Duration::from_millis(150)).await;
     node.retire();
     let answer = tokio::time::timeout(Duration::from_secs(1), resend).await;
     let answer = answer.expect("ended at the retirement").expect("task");
     assert!(matches!(&answer.vote, Vote::Error(e) if e.starts_with("not connected")));
     // Retired before any send: nothing is sent.
-    let first = Vote::Timeout.into();
+    memory.set_mode(Mode::Up);
     let answer = Arc::clone(&node)
-        .resend(release("a", "t"), first, until)
+        .resend(release("a", "t"), unsent(), until)
         .await;
-    assert_eq!(answer.vote, Vote::Timeout);
+    assert_eq!(answer, unsent());
+    assert!(memory.log().is_empty());
 }
 
 #[tokio::test]
@@ -249,15 +292,22 @@ async fn a_removal_the_script_refuses_is_not_sent_again() {
     let (node, memory) = one();
     memory.set_wrong_type("bad");
     let until = Instant::now() + Duration::from_secs(60);
-    let first = Vote::Timeout.into();
     let answer = Arc::clone(&node)
-        .resend(release("bad", "t"), first, until)
+        .resend(release("bad", "t"), unsent(), until)
         .await;
     assert!(
         matches!(&answer.vote, Vote::Error(e) if e.starts_with("WRONGTYPE")),
         "{answer:?}"
     );
+    assert_eq!(answer.reach, Reach::Answered);
     assert_eq!(memory.batches(), vec![1]);
+}
+
+fn unsent() -> Answer {
+    Answer {
+        reach: Reach::Unsent,
+        ..Vote::Error("not connected".into()).into()
+    }
 }
 
 /// A permit's reply names the slot it set by its position from 1 among the
@@ -278,19 +328,19 @@ fn a_permit_reply_naming_no_slot_of_the_operation_is_an_error() {
         0,
     );
     let (node, _) = one();
-    let granted = node.answer(&op, Reply::Fences(vec![7, 3]));
+    let granted = node.answer(&op, Reply::Fences(vec![7, 3]), 0);
     assert_eq!(
         (granted.vote, granted.slot, granted.fences),
         (Vote::Yes, Some(2), vec![7])
     );
     for position in [0, 4, u64::MAX] {
-        let answer = node.answer(&op, Reply::Fences(vec![7, position]));
+        let answer = node.answer(&op, Reply::Fences(vec![7, position]), 0);
         assert!(
             matches!(&answer.vote, Vote::Error(e) if e.starts_with("unexpected reply to a permit")),
             "position {position}: {answer:?}"
         );
         assert_eq!(answer.slot, None);
     }
-    let answer = node.answer(&op, Reply::Fences(vec![7]));
+    let answer = node.answer(&op, Reply::Fences(vec![7]), 0);
     assert!(matches!(answer.vote, Vote::Error(_)), "{answer:?}");
 }
