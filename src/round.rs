@@ -191,24 +191,24 @@ impl Round {
         spawn_all(work)
     }
 
-    /// Sends the round's own operation `op` (a release) again, in one background
-    /// task, to every node it may not have reached, until `until` (see
-    /// `Node::resend`): those that answered so, and those still running once they
-    /// answer so.
+    /// Has the round's own operation `op` (a release) sent again to every node it may
+    /// not have reached, until `until` (see `Node::resend`): those that answered so
+    /// now, and those still running once they answer so (polled in one background
+    /// task).
     pub(crate) fn resend_unreached(&mut self, op: &Arc<Op>, until: Instant) {
-        let mut work: Vec<Call> = Vec::new();
         for (answer, node) in self.answers.iter().zip(self.nodes.iter()) {
-            if let Some(answer) = answer.as_ref().filter(|a| a.unreached()) {
-                let (node, op) = (Arc::clone(node), Arc::clone(op));
-                work.push(Box::pin(node.resend(op, answer.clone(), until)));
+            if let Some(answer) = answer {
+                node.resend(Arc::clone(op), answer, until);
             }
         }
+        let mut work: Vec<Call> = Vec::new();
         for (slot, node) in self.running.iter_mut().zip(self.nodes.iter()) {
             if let Some(call) = slot.take() {
                 let (node, op) = (Arc::clone(node), Arc::clone(op));
                 work.push(Box::pin(async move {
                     let answer = call.await;
-                    node.resend(op, answer, until).await
+                    node.resend(op, &answer, until);
+                    answer
                 }));
             }
         }
@@ -226,8 +226,8 @@ fn spawn_all(work: Vec<Call>) -> Option<JoinHandle<()>> {
     Some(runtime.spawn(futures::future::join_all(work).map(drop)))
 }
 
-/// One node's removal; if it may not have reached the node, it is sent again in the
-/// background, so that whoever waits for this one waits one node timeout at most.
+/// One node's removal; if it may not have reached the node, the node sends it again
+/// later, so that whoever waits for this one waits one node timeout at most.
 fn removal(
     node: &Arc<Node>,
     remove: &Arc<Op>,
@@ -236,9 +236,7 @@ fn removal(
     let (node, remove) = (Arc::clone(node), Arc::clone(remove));
     async move {
         let answer = Arc::clone(&node).call(Arc::clone(&remove)).await;
-        if answer.unreached() {
-            tokio::spawn(node.resend(remove, answer.clone(), until));
-        }
+        node.resend(remove, &answer, until);
         answer
     }
 }

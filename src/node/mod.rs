@@ -109,6 +109,8 @@ pub(crate) struct Node {
     quarantined_until: Mutex<Option<Instant>>,
     /// Set once the client that owns this node is gone: removals are not sent again.
     retired: watch::Sender<bool>,
+    /// The removals to send again (`resend`).
+    pending: Mutex<resend::Pending>,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,7 @@ impl Node {
             queue: batch::Queue::default(),
             quarantined_until: Mutex::new(None),
             retired: watch::Sender::new(false),
+            pending: Mutex::default(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::batch::{MAX_BATCH, MAX_IN_FLIGHT};
 use super::memory::{self, Mode};
+use super::resend::MAX_PENDING;
 use super::{Answer, Node, Reach, Reply};
 use crate::quorum::Vote;
 use crate::request::Request;
@@ -180,9 +181,21 @@ async fn a_call_whose_future_is_no_longer_polled_holds_its_node_for_at_most_two_
     drop(stalled);
 }
 
-/// A removal that was not written (the node is down): sent again until it is up.
+/// Polls `done` every 10 ms for at most 2 s; returns whether it came true.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > Duration::from_secs(2) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// A removal that was not written (the node is down): sent again once it is up.
 #[tokio::test]
-async fn an_unsent_removal_is_sent_again_until_the_node_answers() {
+async fn an_unsent_removal_is_sent_again_once_the_node_is_up() {
     let (node, memory) = one();
     assert_eq!(
         Arc::clone(&node).call(acquire("a", "t")).await.vote,
@@ -191,14 +204,17 @@ async fn an_unsent_removal_is_sent_again_until_the_node_answers() {
     memory.set_mode(Mode::Down);
     let first = Arc::clone(&node).call(release("a", "t")).await;
     assert_eq!(first.reach, Reach::Unsent, "{first:?}");
-    let until = Instant::now() + Duration::from_secs(10);
-    let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), first, until));
-    // Looked at after 100 ms (still down: nothing sent), then waiting 200 ms.
+    node.resend(
+        release("a", "t"),
+        &first,
+        Instant::now() + Duration::from_secs(10),
+    );
+    // Looked at after 100 ms: still down, nothing sent.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(!resend.is_finished());
+    assert_eq!(memory.holder("a").as_deref(), Some("t"));
     memory.set_mode(Mode::Up);
-    assert_eq!(resend.await.expect("task").vote, Vote::Yes);
-    assert_eq!(memory.holder("a"), None);
+    assert!(eventually(|| memory.holder("a").is_none()).await);
+    assert!(eventually(|| node.pending_len() == 0).await);
 }
 
 /// A removal written on a connection that the client then replaced may be lost with
@@ -213,15 +229,17 @@ async fn a_removal_is_sent_again_only_once_its_connection_is_replaced() {
     memory.set_mode(Mode::Frozen);
     let first = Arc::clone(&node).call(release("a", "t")).await;
     assert_eq!(first.reach, Reach::Unknown { connection: 0 }, "{first:?}");
-    let until = Instant::now() + Duration::from_secs(10);
-    let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), first, until));
-    // Still on its connection: nothing more is sent (the frozen node holds one call).
+    node.resend(
+        release("a", "t"),
+        &first,
+        Instant::now() + Duration::from_secs(10),
+    );
+    // Still on its connection: looked at, at 100 and 300 ms, and not sent again.
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert!(!resend.is_finished());
+    assert_eq!(node.pending_len(), 1);
     memory.reconnect();
     memory.set_mode(Mode::Up);
-    assert_eq!(resend.await.expect("task").vote, Vote::Yes);
-    assert_eq!(memory.holder("a"), None);
+    assert!(eventually(|| memory.holder("a").is_none()).await);
     let log: Vec<Kind> = memory.log().into_iter().map(|(kind, _)| kind).collect();
     assert_eq!(
         log,
@@ -242,29 +260,34 @@ async fn a_removal_that_times_out_on_a_slow_node_is_not_sent_again() {
     memory.set_mode(Mode::Slow(TIMEOUT * 3));
     let first = Arc::clone(&node).call(release("a", "t")).await;
     assert_eq!(first.vote, Vote::Timeout);
-    let until = Instant::now() + Duration::from_millis(800);
-    let last = Arc::clone(&node)
-        .resend(release("a", "t"), first, until)
-        .await;
-    assert_eq!(last.reach, Reach::Unknown { connection: 0 });
+    node.resend(
+        release("a", "t"),
+        &first,
+        Instant::now() + Duration::from_millis(500),
+    );
+    // Kept until its bound, then dropped without a send.
+    assert!(eventually(|| node.pending_len() == 0).await);
     assert_eq!(memory.holder("a"), None, "the first one ran, late");
     assert_eq!(memory.log().len(), 2, "the acquisition and the one release");
 }
 
 #[tokio::test]
-async fn a_removal_is_not_sent_again_past_its_bound() {
+async fn a_removal_is_not_kept_past_its_bound() {
     let (node, memory) = one();
     memory.set_mode(Mode::Down);
-    let start = Instant::now();
-    let until = start + Duration::from_millis(300);
-    let answer = Arc::clone(&node)
-        .resend(release("a", "t"), unsent(), until)
-        .await;
-    assert_eq!(answer.reach, Reach::Unsent);
-    // Looked at 100 ms (down: nothing sent); the next look, 200 ms later, would be
-    // past the bound.
-    let took = start.elapsed();
-    assert!(took < Duration::from_millis(300) + 3 * TIMEOUT, "{took:?}");
+    node.resend(
+        release("a", "t"),
+        &unsent(),
+        Instant::now() + Duration::from_millis(150),
+    );
+    assert_eq!(node.pending_len(), 1);
+    assert!(eventually(|| node.pending_len() == 0).await);
+    memory.set_mode(Mode::Up);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(memory.log().is_empty(), "nothing was sent");
+    // Past its bound already: not kept at all.
+    node.resend(release("a", "t"), &unsent(), Instant::now());
+    assert_eq!(node.pending_len(), 0);
 }
 
 #[tokio::test]
@@ -272,18 +295,15 @@ async fn a_retired_node_sends_no_removal_again() {
     let (node, memory) = one();
     memory.set_mode(Mode::Down);
     let until = Instant::now() + Duration::from_secs(60);
-    let resend = tokio::spawn(Arc::clone(&node).resend(release("a", "t"), unsent(), until));
+    node.resend(release("a", "t"), &unsent(), until);
     tokio::time::sleep(Duration::from_millis(150)).await;
     node.retire();
-    let answer = tokio::time::timeout(Duration::from_secs(1), resend).await;
-    let answer = answer.expect("ended at the retirement").expect("task");
-    assert!(matches!(&answer.vote, Vote::Error(e) if e.starts_with("not connected")));
-    // Retired before any send: nothing is sent.
+    assert!(eventually(|| node.pending_len() == 0).await);
     memory.set_mode(Mode::Up);
-    let answer = Arc::clone(&node)
-        .resend(release("a", "t"), unsent(), until)
-        .await;
-    assert_eq!(answer, unsent());
+    // Retired: nothing is kept, nothing is sent.
+    node.resend(release("a", "t"), &unsent(), until);
+    assert_eq!(node.pending_len(), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(memory.log().is_empty());
 }
 
@@ -292,15 +312,22 @@ async fn a_removal_the_script_refuses_is_not_sent_again() {
     let (node, memory) = one();
     memory.set_wrong_type("bad");
     let until = Instant::now() + Duration::from_secs(60);
-    let answer = Arc::clone(&node)
-        .resend(release("bad", "t"), unsent(), until)
-        .await;
-    assert!(
-        matches!(&answer.vote, Vote::Error(e) if e.starts_with("WRONGTYPE")),
-        "{answer:?}"
-    );
-    assert_eq!(answer.reach, Reach::Answered);
-    assert_eq!(memory.batches(), vec![1]);
+    node.resend(release("bad", "t"), &unsent(), until);
+    assert!(eventually(|| node.pending_len() == 0).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(memory.batches(), vec![1], "one send, answered WRONGTYPE");
+}
+
+#[tokio::test]
+async fn a_node_keeps_at_most_max_pending_removals() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Down);
+    let until = Instant::now() + Duration::from_secs(60);
+    for i in 0..MAX_PENDING + 5 {
+        node.resend(release(&format!("r{i}"), "t"), &unsent(), until);
+    }
+    assert_eq!(node.pending_len(), MAX_PENDING);
+    node.retire();
 }
 
 fn unsent() -> Answer {
