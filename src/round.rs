@@ -161,8 +161,8 @@ impl Round {
     /// except those in `done` and those whose answer is `clear` (nothing of ours to
     /// remove there): at once to the nodes that answered, and to those still running
     /// once they answer. The task ends when every node has answered or timed out; a
-    /// node it may not have reached is sent it again by a task of its own until
-    /// `until` (see `Node::resend`).
+    /// node it may not have reached keeps it to send again until `until` (see
+    /// `Node::resend`).
     pub(crate) fn remove_where(
         &mut self,
         remove: &Arc<Op>,

@@ -54,7 +54,7 @@ struct Active {
 /// after another in this loop, so one waits while another node restarts (seconds on a
 /// loaded machine): a fault can outlast the 2 s after which fredlock closes a
 /// connection that stopped answering. The removals a client could not deliver
-/// meanwhile are sent again once the node is back (`Node::remove_until`).
+/// meanwhile are sent again once the node is back (`Node::resend`).
 ///
 /// `restore`: keys (with their values) that another client holds on nodes 0-2 for the
 /// whole run, written again on such a node when it restarts empty.
