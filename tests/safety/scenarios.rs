@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fredlock::{Error, Redlock};
+use fredlock::{Error, Redlock, Vote};
 
 use crate::support::{Nodes, TestResult, resource};
 
@@ -154,6 +154,13 @@ async fn holder_stalled_past_its_validity_finds_its_lock_expired() -> TestResult
         !stalled.is_valid(),
         "B got the lock while A's validity lasted"
     );
+    // The nodes that granted B's lock: a node whose copy of A's key expired a moment
+    // after the others' may have refused it.
+    let granted: Vec<usize> = (taken_over.votes().iter().enumerate())
+        .filter(|(_, nv)| nv.vote == Vote::Yes)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(granted.len() >= 3, "{}", taken_over.votes());
     assert_eq!(stalled.remaining(), Duration::ZERO);
 
     let err = stalled
@@ -164,9 +171,7 @@ async fn holder_stalled_past_its_validity_finds_its_lock_expired() -> TestResult
     let err = stalled.release().await.expect_err("stale");
     assert!(matches!(err, Error::Expired { .. }), "{err}");
     // A's stale release did not touch B's lock.
-    nodes
-        .assert_held(&[0, 1, 2, 3, 4], &res, taken_over.token())
-        .await;
+    nodes.assert_held(&granted, &res, taken_over.token()).await;
     assert!(matches!(
         b.try_lock(&res, Duration::from_secs(1)).await,
         Err(Error::Taken { .. })
