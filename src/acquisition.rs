@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::node::{Answer, Node};
 use crate::quorum::{Decision, Tally, Vote, Votes};
-use crate::round::Round;
+use crate::round::{self, Round};
 use crate::scripts::Op;
 
 /// An acquisition round in flight. Dropped before its verdict, it removes our token
@@ -101,8 +101,8 @@ impl Acquisition {
     }
 
     /// The attempt failed: removes our token from the nodes that voted yes, waiting
-    /// for them (one more fast round trip) while counting the answers that come
-    /// meanwhile. Returns the final votes and tally, and the background task that
+    /// for them (one more fast round trip; a node it may not have reached keeps it to
+    /// send again) while counting the answers that come meanwhile. Returns the final votes and tally, and the background task that
     /// removes the token from the other nodes that may hold it, once they answer.
     pub(crate) async fn give_up(mut self) -> (Votes, Tally, Option<JoinHandle<()>>) {
         let yes: Vec<usize> = self
@@ -115,26 +115,23 @@ impl Acquisition {
             .collect();
         let nodes = Arc::clone(self.round.nodes());
         let remove = self.removal();
-        let removals = futures::future::join_all(yes.iter().filter_map(|&index| {
-            let node = Arc::clone(nodes.get(index)?);
-            let remove = Arc::clone(&remove);
-            Some(async move { (index, node.call(remove).await) })
-        }));
-        let removed: Vec<usize> = (self.round.listen_during(removals).await)
-            .into_iter()
-            .filter(|(_, answer)| !answer.unreached())
-            .map(|(index, _)| index)
-            .collect();
+        let until = self.keys_expire();
+        let removals = futures::future::join_all(
+            (yes.iter())
+                .filter_map(|&index| Some(round::removal(nodes.get(index)?, &remove, until))),
+        );
+        self.round.listen_during(removals).await;
         self.settled = true;
-        let cleanup = self.remove_in_background(&removed);
+        let cleanup = self.remove_in_background(&yes);
         (self.round.votes(), self.round.tally(), cleanup)
     }
 
     /// Removes our token, in one background task, from every node that may hold it
     /// (every node but those in `done`, those that answered "taken" and those the
-    /// acquisition never reached); from a node still running, once it answers. A removal is made only after the node's
-    /// acquisition answered or timed out, so it runs after it on the node (see
-    /// `node::batch`); a timed-out acquisition that was never sent is never run.
+    /// acquisition never reached); from a node still running, once it answers. A
+    /// removal is made only after the node's acquisition answered or timed out, so it
+    /// runs after it on the node (see `node::batch`); a timed-out acquisition that was
+    /// never sent is never run.
     fn remove_in_background(&mut self, done: &[usize]) -> Option<JoinHandle<()>> {
         let remove = self.removal();
         let until = self.keys_expire();

@@ -228,7 +228,7 @@ fn spawn_all(work: Vec<Call>) -> Option<JoinHandle<()>> {
 
 /// One node's removal; if it may not have reached the node, the node sends it again
 /// later, so that whoever waits for this one waits one node timeout at most.
-fn removal(
+pub(crate) fn removal(
     node: &Arc<Node>,
     remove: &Arc<Op>,
     until: Instant,

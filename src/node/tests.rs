@@ -193,16 +193,20 @@ async fn eventually(done: impl Fn() -> bool) -> bool {
     true
 }
 
+/// A node holding `a` for token `t`, put in `mode`, and the answer to its release.
+async fn released_in(mode: Mode) -> (Arc<Node>, Arc<memory::Memory>, Answer) {
+    let (node, memory) = one();
+    let acquired = Arc::clone(&node).call(acquire("a", "t")).await;
+    assert_eq!(acquired.vote, Vote::Yes);
+    memory.set_mode(mode);
+    let first = Arc::clone(&node).call(release("a", "t")).await;
+    (node, memory, first)
+}
+
 /// A removal that was not written (the node is down): sent again once it is up.
 #[tokio::test]
 async fn an_unsent_removal_is_sent_again_once_the_node_is_up() {
-    let (node, memory) = one();
-    assert_eq!(
-        Arc::clone(&node).call(acquire("a", "t")).await.vote,
-        Vote::Yes
-    );
-    memory.set_mode(Mode::Down);
-    let first = Arc::clone(&node).call(release("a", "t")).await;
+    let (node, memory, first) = released_in(Mode::Down).await;
     assert_eq!(first.reach, Reach::Unsent, "{first:?}");
     node.resend(
         release("a", "t"),
@@ -221,13 +225,7 @@ async fn an_unsent_removal_is_sent_again_once_the_node_is_up() {
 /// it: sent again on the new one. One still on its connection is not.
 #[tokio::test]
 async fn a_removal_is_sent_again_only_once_its_connection_is_replaced() {
-    let (node, memory) = one();
-    assert_eq!(
-        Arc::clone(&node).call(acquire("a", "t")).await.vote,
-        Vote::Yes
-    );
-    memory.set_mode(Mode::Frozen);
-    let first = Arc::clone(&node).call(release("a", "t")).await;
+    let (node, memory, first) = released_in(Mode::Frozen).await;
     assert_eq!(first.reach, Reach::Unknown { connection: 0 }, "{first:?}");
     node.resend(
         release("a", "t"),
@@ -252,13 +250,7 @@ async fn a_removal_is_sent_again_only_once_its_connection_is_replaced() {
 /// there, once, and is never sent again.
 #[tokio::test]
 async fn a_removal_that_times_out_on_a_slow_node_is_not_sent_again() {
-    let (node, memory) = one();
-    assert_eq!(
-        Arc::clone(&node).call(acquire("a", "t")).await.vote,
-        Vote::Yes
-    );
-    memory.set_mode(Mode::Slow(TIMEOUT * 3));
-    let first = Arc::clone(&node).call(release("a", "t")).await;
+    let (node, memory, first) = released_in(Mode::Slow(TIMEOUT * 3)).await;
     assert_eq!(first.vote, Vote::Timeout);
     node.resend(
         release("a", "t"),
