@@ -87,8 +87,14 @@ async fn pubsub_clients(nodes: &Nodes, i: usize) -> Result<Vec<u64>, BoxError> {
         .collect())
 }
 
+/// The node timeout of the holders and waiters. A woken attempt that timed out on a
+/// quorum would leave the waiter to its 30 s poll, and a release that did would fail
+/// the hand-off, for want of a round trip: a loopback round trip takes a millisecond
+/// or two, and 500 ms holds when both cores are busy (100 ms once did not).
+const NODE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A client for the waiting side: polling every `poll_every` without jitter, each
-/// request bounded by 100 ms, giving up after `acquire_timeout`.
+/// request bounded by [`NODE_TIMEOUT`], giving up after `acquire_timeout`.
 async fn waiter(
     nodes: &Nodes,
     poll_every: Duration,
@@ -96,7 +102,7 @@ async fn waiter(
 ) -> Result<fredlock::Redlock, fredlock::Error> {
     nodes
         .builder()
-        .node_timeout(Duration::from_millis(100))
+        .node_timeout(NODE_TIMEOUT)
         .retry_delay(poll_every)
         .retry_jitter(Duration::ZERO)
         .acquire_timeout(acquire_timeout)
@@ -138,7 +144,7 @@ async fn hand_off(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_release_wakes_the_waiter_long_before_its_next_poll() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let holder = nodes.redlock(Duration::from_millis(100)).await;
+    let holder = nodes.redlock(NODE_TIMEOUT).await;
     let waiter = waiter(&nodes, Duration::from_secs(30), Duration::from_secs(60)).await?;
     let res = resource("wake-up");
     let held = holder.lock(&res, Duration::from_secs(60)).await?;
@@ -151,14 +157,16 @@ async fn a_release_wakes_the_waiter_long_before_its_next_poll() -> TestResult {
     Ok(())
 }
 
-/// A waiter whose poll (30 s) is far longer than its acquire timeout (1 s) waits on a
+/// A waiter whose poll (30 s) is far longer than its acquire timeout (3 s) waits on a
 /// resource that stays held until about its deadline, neither longer (the poll) nor
 /// much shorter, and returns `Taken`: its wait for a release is cut to the deadline.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_wait_ends_at_the_acquire_deadline_not_at_the_next_poll() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let holder = nodes.redlock(Duration::from_millis(100)).await;
-    let acquire_timeout = Duration::from_secs(1);
+    let holder = nodes.redlock(NODE_TIMEOUT).await;
+    // Several node timeouts long, so that "waited until one node timeout before the
+    // deadline" (below) is far from "gave up after the first attempt".
+    let acquire_timeout = Duration::from_secs(3);
     let waiter = waiter(&nodes, Duration::from_secs(30), acquire_timeout).await?;
     let res = resource("deadline");
     let held = holder.lock(&res, Duration::from_secs(60)).await?;
@@ -177,9 +185,9 @@ async fn the_wait_ends_at_the_acquire_deadline_not_at_the_next_poll() -> TestRes
         "{outcome:?}"
     );
     // No attempt starts that cannot end before the deadline, so the waiter waits (and
-    // can be woken) until one node timeout (100 ms) before it.
+    // can be woken) until one node timeout before it.
     assert!(
-        waited >= acquire_timeout - Duration::from_millis(100),
+        waited >= acquire_timeout - NODE_TIMEOUT,
         "gave up early, after {waited:?}"
     );
     held.release().await?;
@@ -187,17 +195,20 @@ async fn the_wait_ends_at_the_acquire_deadline_not_at_the_next_poll() -> TestRes
 }
 
 /// The attempt a cut pause was cut for still runs: another client's key on every node
-/// expires (nothing announces an expiry) 1 s into a waiter's 3 s acquire timeout,
+/// expires (nothing announces an expiry) 2 s into a waiter's 5 s acquire timeout,
 /// with a 30 s poll. The waiter's pause is cut to end one node timeout before the
 /// deadline, and the attempt then takes the free resource.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_attempt_a_pause_was_cut_for_still_runs() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let acquire_timeout = Duration::from_secs(3);
+    // The key outlives the first attempt, made at once (2 s holds when both cores are
+    // busy), and expires long before the cut pause ends, one node timeout (500 ms)
+    // before the deadline.
+    let acquire_timeout = Duration::from_secs(5);
     let waiter = waiter(&nodes, Duration::from_secs(30), acquire_timeout).await?;
     let res = resource("cut-pause");
     for i in 0..5 {
-        nodes.set(i, &res, "another-client", 1000).await;
+        nodes.set(i, &res, "another-client", 2000).await;
     }
     let before = nodes.calls(0, "evalsha").await;
     let start = Instant::now();
@@ -225,7 +236,7 @@ async fn the_attempt_a_pause_was_cut_for_still_runs() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waiter_subscribes_again_after_its_connections_drop() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let holder = nodes.redlock(Duration::from_millis(100)).await;
+    let holder = nodes.redlock(NODE_TIMEOUT).await;
     let waiter = waiter(&nodes, Duration::from_secs(30), Duration::from_secs(90)).await?;
     let res = resource("reconnect");
     let channel = channel(&res);
@@ -280,7 +291,7 @@ async fn a_waiter_subscribes_again_after_its_connections_drop() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waiter_subscribes_again_after_its_nodes_restart() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let holder = nodes.redlock(Duration::from_millis(100)).await;
+    let holder = nodes.redlock(NODE_TIMEOUT).await;
     let waiter = waiter(&nodes, Duration::from_secs(30), Duration::from_secs(90)).await?;
     let res = resource("restart");
     let channel = channel(&res);
@@ -394,9 +405,10 @@ async fn no_waiter_starves_under_steady_contention() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn quit_closes_the_wake_up_subscriptions() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let holder = nodes.redlock(Duration::from_millis(200)).await;
+    let holder = nodes.redlock(NODE_TIMEOUT).await;
     let waiter = fredlock::Redlock::from_clients(service_clients(nodes.urls()).await?)
         .restart_quarantine(fredlock::Quarantine::Off)
+        .node_timeout(NODE_TIMEOUT)
         .acquire_timeout(Duration::from_secs(30))
         .build()
         .await?;
@@ -438,10 +450,10 @@ async fn quit_closes_the_wake_up_subscriptions() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_release_wakes_a_waiter_at_the_first_and_the_quorum_announcement() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let holder = nodes.redlock(Duration::from_millis(100)).await;
+    let holder = nodes.redlock(NODE_TIMEOUT).await;
     let waiter = nodes
         .builder()
-        .node_timeout(Duration::from_millis(100))
+        .node_timeout(NODE_TIMEOUT)
         .retry_delay(Duration::from_secs(30))
         .retry_jitter(Duration::ZERO)
         .retry_count(3)
