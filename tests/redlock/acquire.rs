@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use fredlock::{Error, Quarantine, Redlock, Vote, quorum};
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, ROOMY, TestResult, resource};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -63,7 +63,7 @@ async fn quorum_is_a_majority_for_every_n() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn key_is_the_resource_name_and_holds_the_token() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let res = resource("plain-key");
     let lock = redlock.lock(&res, TTL).await?;
     assert_eq!(lock.key(), res);

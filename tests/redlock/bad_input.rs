@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fredlock::{Error, MAX_TTL, Redlock, Vote};
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, ROOMY, TestResult, resource};
 
 fn config_field(result: Result<Redlock, Error>) -> &'static str {
     match result {
@@ -75,7 +75,7 @@ async fn unreachable_quorum_at_build_is_a_connect_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_lock_arguments_name_the_argument_and_leave_nothing() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let argument = |r: Result<fredlock::Lock, Error>| match r {
         Err(Error::InvalidArgument { argument, .. }) => argument,
         other => panic!("expected InvalidArgument, got {other:?}"),
@@ -122,7 +122,7 @@ async fn invalid_lock_arguments_name_the_argument_and_leave_nothing() -> TestRes
 #[tokio::test(flavor = "multi_thread")]
 async fn fredlock_keys_never_collide_with_resources() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let res = resource("x");
     redlock
         .lock(&res, Duration::from_secs(5))
@@ -172,7 +172,7 @@ async fn a_refused_sentinel_client_does_not_show_its_password() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_connection_reads_as_text() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     nodes.cluster.kill(2).await?;
     let res = resource("refused");
     let start = std::time::Instant::now();
@@ -210,10 +210,10 @@ async fn a_refused_connection_reads_as_text() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_largest_retry_delay_waits_without_a_panic() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let holder = nodes.redlock(Duration::from_millis(200)).await;
+    let holder = nodes.redlock(ROOMY).await;
     let waiter = nodes
         .builder()
-        .node_timeout(Duration::from_millis(200))
+        .node_timeout(ROOMY)
         .retry_delay(Duration::MAX)
         .retry_jitter(Duration::MAX)
         .build()
@@ -227,7 +227,7 @@ async fn the_largest_retry_delay_waits_without_a_panic() -> TestResult {
         async move { waiter.lock(&res, Duration::from_secs(30)).await.map(drop) }
     });
     // The waiter's first attempt ran on every node (and was refused); its pause
-    // begins as soon as that attempt is decided, within its 200 ms node timeout.
+    // begins as soon as that attempt is decided, within its node timeout.
     nodes
         .wait_calls_above(&[0, 1, 2], "evalsha", &base, Duration::from_secs(3))
         .await;

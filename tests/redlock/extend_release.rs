@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use fredlock::Error;
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, ROOMY, TestResult, resource};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn extend_renews_the_keys_and_recomputes_validity() -> TestResult {
@@ -87,7 +87,7 @@ async fn extend_renews_the_keys_and_recomputes_validity() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn extend_and_release_of_an_expired_lock_give_expired() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let res = resource("expired");
     let mut lock = redlock.lock(&res, Duration::from_millis(300)).await?;
     nodes.assert_released(&[0, 1, 2], &res).await;
@@ -111,7 +111,7 @@ async fn extend_and_release_of_an_expired_lock_give_expired() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn extend_and_release_after_a_takeover_give_expired_and_spare_the_new_owner() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let res = resource("takeover");
     let mut lock = redlock.lock(&res, Duration::from_secs(30)).await?;
     for i in 0..3 {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fredlock::{Error, LostReason, Redlock};
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, ROOMY, TestResult, resource};
 
 /// Sets its flag when dropped: shows that a future was cancelled.
 struct DropFlag(Arc<AtomicBool>);
@@ -238,7 +238,7 @@ async fn keep_alive_follows_a_shorter_manual_extend() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extend_that_finds_the_key_taken_marks_the_lock_lost() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let res = resource("taken-over");
     let mut lock = redlock.lock(&res, Duration::from_secs(30)).await?;
     nodes

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fredlock::Vote;
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, ROOMY, TestResult, resource};
 
 /// With the resource held elsewhere on node 2, and then with node 2 dead, the lock is
 /// granted by nodes 0 and 1: both must have said yes (a quorum of 3 needs both), and
@@ -14,7 +14,7 @@ use crate::support::{Nodes, TestResult, resource};
 #[tokio::test(flavor = "multi_thread")]
 async fn a_granted_lock_carries_the_votes_of_its_round() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let names: Vec<String> = redlock.nodes().map(str::to_string).collect();
     let address = |i: usize| {
         nodes

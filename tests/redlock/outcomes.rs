@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::Value;
 use fredlock::{Error, LostReason, Vote};
 
-use crate::support::{Nodes, TestResult, fence_key, resource};
+use crate::support::{Nodes, ROOMY, TestResult, fence_key, resource};
 
 const ALL: [usize; 3] = [0, 1, 2];
 
@@ -387,7 +387,7 @@ async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_removes_the
 async fn is_retryable_holds_for_exactly_the_errors_another_attempt_may_cure() -> TestResult {
     let nodes = Nodes::start(3).await?;
     let ttl = Duration::from_secs(30);
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let mut outcomes: Vec<(&str, Error, bool)> = Vec::new();
 
     // Denied: a user whose ACL refuses EVALSHA.
@@ -436,7 +436,7 @@ async fn is_retryable_holds_for_exactly_the_errors_another_attempt_may_cure() ->
     // A minimum validity no round can leave.
     let demanding = nodes
         .builder()
-        .node_timeout(Duration::from_millis(200))
+        .node_timeout(ROOMY)
         .min_validity(ttl)
         .build()
         .await?;

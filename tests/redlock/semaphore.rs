@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fredlock::{Error, MAX_PERMITS, Redlock};
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, ROOMY, TestResult, resource};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -18,7 +18,7 @@ fn slot(i: u32, name: &str) -> String {
 #[tokio::test]
 async fn at_most_n_permits_and_a_released_one_is_granted_again() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let name = resource("two-permits");
     let semaphore = redlock.semaphore(&name, 2)?;
     let first = semaphore.try_acquire(TTL).await?;
@@ -55,7 +55,7 @@ async fn at_most_n_permits_and_a_released_one_is_granted_again() -> TestResult {
 #[tokio::test]
 async fn a_dropped_permit_is_released_in_the_background() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let semaphore = redlock.semaphore(&resource("dropped"), 1)?;
     let permit = semaphore.try_acquire(TTL).await?;
     let key = permit.key().to_string();
@@ -71,7 +71,7 @@ async fn a_dropped_permit_is_released_in_the_background() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waiter_is_woken_by_a_released_permit() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let holder = nodes.redlock(Duration::from_millis(200)).await;
+    let holder = nodes.redlock(ROOMY).await;
     let waiter = nodes
         .slow_poller(Duration::from_millis(200))
         .build()
@@ -97,7 +97,7 @@ async fn a_waiter_is_woken_by_a_released_permit() -> TestResult {
 #[tokio::test]
 async fn another_number_of_permits_is_a_typed_error() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let name = resource("mismatch");
     let held = redlock.semaphore(&name, 3)?.try_acquire(TTL).await?;
     let other = nodes
@@ -149,7 +149,7 @@ fn record(name: &str) -> String {
 #[tokio::test]
 async fn a_minority_with_another_number_is_a_failed_vote() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let name = resource("stale-record");
     nodes.set(0, &record(&name), "5", 60_000).await;
     let semaphore = redlock.semaphore(&name, 1)?;
@@ -183,7 +183,7 @@ async fn a_minority_with_another_number_is_a_failed_vote() -> TestResult {
 #[tokio::test]
 async fn a_refused_attempt_leaves_no_record() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let name = resource("no-leftover-record");
     // The semaphore's permit held on nodes 0 and 1 only: node 2 was down and is back
     // empty.
@@ -191,10 +191,7 @@ async fn a_refused_attempt_leaves_no_record() -> TestResult {
     let held = redlock.semaphore(&name, 3)?.try_acquire(TTL).await?;
     nodes.cluster.restart(2).await?;
     nodes.wait_admin(2, Duration::from_secs(5)).await;
-    let other = nodes
-        .redlock(Duration::from_millis(200))
-        .await
-        .semaphore(&name, 5)?;
+    let other = nodes.redlock(ROOMY).await.semaphore(&name, 5)?;
     let err = other
         .try_acquire(TTL)
         .await
@@ -218,7 +215,7 @@ async fn a_refused_attempt_leaves_no_record() -> TestResult {
 #[tokio::test]
 async fn bad_semaphore_input_is_a_typed_error() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let argument = |r: Result<fredlock::Semaphore, Error>| match r {
         Err(Error::InvalidArgument { argument, .. }) => argument,
         other => panic!("{other:?}"),
@@ -279,7 +276,7 @@ async fn bad_semaphore_input_is_a_typed_error() -> TestResult {
 #[tokio::test]
 async fn a_slot_granted_by_a_minority_is_removed() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let name = resource("stray");
     // Node 0 alone has slot 0 taken (left over from a client that lost it elsewhere).
     nodes.set(0, &slot(0, &name), "someone-else", 60_000).await;

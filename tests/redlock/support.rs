@@ -12,6 +12,12 @@ use fredlock_testcluster::Cluster;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// The node timeout of clients whose test makes no claim about time, only about
+/// outcomes and votes: a loopback round trip takes a millisecond or two, and 1 s holds
+/// when both cores are busy, where 50-200 ms once did not (a round that needed every
+/// node's answer got a timed-out vote instead, and `NoQuorum` instead of its outcome).
+pub const ROOMY: Duration = Duration::from_secs(1);
+
 /// A started cluster plus one admin client per node (independent of fredlock's own).
 pub struct Nodes {
     pub cluster: Cluster,
@@ -63,9 +69,12 @@ impl Nodes {
 
     /// A builder over all nodes, without the restart quarantine: these nodes are new
     /// and get restarted, and with it each would sit out its 60 s period. The
-    /// quarantine tests (tests/safety/quarantine.rs) use the defaults themselves.
+    /// quarantine tests (tests/safety/quarantine.rs) use the defaults themselves. The
+    /// node timeout is [`ROOMY`] unless the test sets its own.
     pub fn builder(&self) -> Builder {
-        Redlock::builder(self.urls()).restart_quarantine(Quarantine::Off)
+        Redlock::builder(self.urls())
+            .restart_quarantine(Quarantine::Off)
+            .node_timeout(ROOMY)
     }
 
     /// A builder for a waiter that polls only every 30 s, without jitter: a test that

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use fredlock::{DEFAULT_FENCING_RETENTION, Vote};
 
-use crate::support::{Nodes, TestResult, count_keys, fence_key, resource};
+use crate::support::{Nodes, ROOMY, TestResult, count_keys, fence_key, resource};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -83,7 +83,7 @@ async fn lagging_counters_are_written_back_before_the_token_is_handed_out() -> T
 #[tokio::test(flavor = "multi_thread")]
 async fn a_counter_of_another_type_is_a_failed_vote() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let res = resource("bad-counter");
     nodes.make_list(0, &fence_key("", &res)).await?;
     let lock = redlock.try_lock(&res, TTL).await?;
@@ -161,7 +161,7 @@ async fn counters_of_one_off_resources_expire() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_counter_at_the_limit_of_exact_numbers_refuses_rather_than_repeats() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    let redlock = nodes.redlock(ROOMY).await;
     let res = resource("exhausted");
     let counter = fence_key("", &res);
     let near = (1u64 << 53) - 2;
