@@ -33,7 +33,9 @@ impl<'a> MakeWriter<'a> for Captured {
 #[tokio::test(flavor = "current_thread")]
 async fn spans_carry_resource_votes_and_elapsed_time() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(100)).await;
+    // Node 1's yes must come in time for the votes to be the ones asserted: 1 s holds
+    // when both cores are busy. The dead node refuses at once.
+    let redlock = nodes.redlock(Duration::from_secs(1)).await;
     nodes.cluster.kill(2).await?;
 
     let (captured, _guard) = capture();
@@ -122,7 +124,10 @@ fn address(nodes: &Nodes, i: usize) -> String {
 #[tokio::test(flavor = "current_thread")]
 async fn extend_and_release_spans_carry_outcome_votes_and_elapsed_time() -> TestResult {
     let nodes = Nodes::start(3).await?;
-    let redlock = nodes.redlock(Duration::from_millis(200)).await;
+    // The rounds below need both live nodes' answers: a loopback round trip takes a
+    // millisecond or two, and 1 s holds when both cores are busy (200 ms once did
+    // not). The dead node refuses at once.
+    let redlock = nodes.redlock(Duration::from_secs(1)).await;
     let (captured, guard) = capture();
 
     // Taken over on every node (all up, so the `Taken` answers decide the rounds).
@@ -235,9 +240,11 @@ async fn no_credential_reaches_a_span_or_an_error() -> TestResult {
     let (captured, guard) = capture();
     let mut shown = Vec::new();
 
+    // Nodes 0-2 are the only quorum: each must answer in time. A loopback round trip
+    // takes a millisecond or two; 1 s holds when both cores are busy.
     let builder = fredlock::Redlock::builder((0..5).map(url))
         .restart_quarantine(fredlock::Quarantine::Off)
-        .node_timeout(Duration::from_millis(200))
+        .node_timeout(Duration::from_secs(1))
         .connect_timeout(Duration::from_secs(1));
     shown.push(format!("{builder:?}"));
     let redlock = builder.build().await?;
