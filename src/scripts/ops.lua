@@ -68,26 +68,21 @@ local function now()
     return now_ms
 end
 
--- Raises a fencing counter to max(counter + 1, floor) with a life of `keep` ms, with
--- SET ... GET: one call when the counter lies below the floor (a clock in
--- microseconds), as it almost always does. Returns the token, or nil and the error; an
--- exhausted or unreadable counter is put back as it was (with the new life), and one of
--- another type is left alone: the caller undoes what it set and raises the error.
+-- Raises a fencing counter to max(counter + 1, floor) with a life of `keep` ms.
+-- Returns the token, or nil and the error; a counter that is exhausted, not a number
+-- or of another type is read only, never written: the caller undoes what it set and
+-- raises the error.
 local function raise(counter, floor, keep)
-    local old = redis.pcall("SET", counter, floor, "PX", keep, "GET")
+    local old = redis.pcall("GET", counter)
     if type(old) == "table" and old.err then
         return nil, old
     end
     local current = tonumber(old or "0")
     if not current or current >= MAX_COUNTER then
-        redis.call("SET", counter, old, "PX", keep)
         return nil, {err = current and "FENCE_EXHAUSTED 1" or "ERR fredlock: fencing counter 1 is not a number"}
     end
-    local fence = tonumber(floor)
-    if current >= fence then
-        fence = current + 1
-        redis.call("SET", counter, string.format("%d", fence), "PX", keep)
-    end
+    local fence = math.max(current + 1, tonumber(floor))
+    redis.call("SET", counter, string.format("%d", fence), "PX", keep)
     return fence
 end
 
@@ -95,27 +90,35 @@ end
 -- its expiry on the node's clock; a writer that found readers adds WRITER, scored by
 -- the end of its claim, which keeps new readers out until the readers have left and
 -- the writer has come back (docs/design.md). The key expires with its last member.
+-- OWN, scored -inf, marks the set as fredlock's: a sorted set without it is another
+-- application's key, which no operation changes.
 local WRITER = "#writer"
+local OWN = "#fredlock"
 
--- Sets the key's expiry to its latest member's, or deletes it when none is left alive.
+-- Whether `key`, a sorted set, is fredlock's (read-only).
+local function own_set(key)
+    return redis.call("ZSCORE", key, OWN) == "-inf"
+end
+
+-- Sets the key's expiry to its latest member's, or deletes it when none is left alive
+-- (OWN alone is nobody).
 local function settle(key)
     local last = redis.call("ZREVRANGE", key, 0, 0, "WITHSCORES")
     if #last == 0 then
         return
     end
-    local until_ms = tonumber(last[2])
-    if until_ms <= now() then
+    if last[1] == OWN or tonumber(last[2]) <= now() then
         redis.call("DEL", key)
     else
-        redis.call("PEXPIREAT", key, string.format("%d", until_ms))
+        redis.call("PEXPIREAT", key, string.format("%d", tonumber(last[2])))
     end
 end
 
--- What a writer finds in a key that exists, reading only: "free" (a set with no live
--- reader in it: expired readers, a claim), "readers" (live readers) or "taken" (a
--- writer's key, or one of another type).
+-- What a writer finds in a key that exists, reading only: "free" (fredlock's set with
+-- no live reader in it: expired readers, a claim), "readers" (live readers) or "taken"
+-- (a writer's key, or a key fredlock did not write).
 local function writer_finds(key)
-    if redis.call("TYPE", key).ok ~= "zset" then
+    if redis.call("TYPE", key).ok ~= "zset" or not own_set(key) then
         return "taken"
     end
     local alive = redis.call("ZCOUNT", key, string.format("(%d", now()), "+inf")
@@ -233,7 +236,7 @@ end
 -- claimed it, raising the resource's fencing counter. keys = the lock key, its counter,
 -- then (with a period) the marker and guard. args = token, TTL ms, period ms or -1,
 -- fencing floor, counter retention ms. Returns {token}, or 0 if a writer holds or
--- claims the key (nothing set).
+-- claims the key, or the key is not fredlock's (nothing set).
 local function read(k, nk, a)
     local key, counter = KEYS[k + 1], KEYS[k + 2]
     local period = tonumber(ARGV[a + 3])
@@ -241,22 +244,22 @@ local function read(k, nk, a)
         refuse_if_quarantined(KEYS[k + 3], KEYS[k + 4], period)
     end
     local kind = redis.call("TYPE", key).ok
-    if kind == "string" then
-        return 0
-    elseif kind == "zset" then
-        redis.call("ZREMRANGEBYSCORE", key, "-inf", now())
+    if kind == "zset" and own_set(key) then
+        -- Expired readers and an expired claim leave; OWN (at -inf) stays.
+        redis.call("ZREMRANGEBYSCORE", key, "(-inf", now())
         if redis.call("ZSCORE", key, WRITER) then
             return 0
         end
     elseif kind ~= "none" then
-        error({err = "WRONGTYPE the lock key holds a " .. kind})
+        -- A writer's key, or one fredlock did not write.
+        return 0
     end
     local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
     local fence, err = raise(counter, floor, shared_keep(counter, ttl, ARGV[a + 5]))
     if not fence then
         error(err)
     end
-    redis.call("ZADD", key, now() + tonumber(ttl), token)
+    redis.call("ZADD", key, "-inf", OWN, now() + tonumber(ttl), token)
     settle(key)
     return {fence}
 end
