@@ -11,6 +11,7 @@ mod batching;
 mod building;
 mod contention;
 mod extend_release;
+mod foreign;
 mod faults;
 mod keep_alive;
 mod lifecycle;
