@@ -22,10 +22,13 @@ use crate::support::{Nodes, TestResult, count_keys, lift_quarantine, resource};
 
 /// Clients, each its own `Redlock` with its own connections.
 const CLIENTS: usize = 8;
-const TTL: Duration = Duration::from_millis(500);
+/// Eight node timeouts (of the `NoQuarantine` clients): a round that takes its whole
+/// node timeout still leaves most of the TTL as validity.
+const TTL: Duration = Duration::from_secs(2);
 /// The TTL of holders that work to the end of their validity or past it: short, so
-/// that many of them fit in a run.
-const SHORT_TTL: Duration = Duration::from_millis(150);
+/// that many of them fit in a run, and still above a round that takes its whole node
+/// timeout.
+const SHORT_TTL: Duration = Duration::from_millis(600);
 /// Resources held by another client on nodes 0-2 for the whole run: a probe on one of
 /// them is refused after nodes 3 and 4 set our key.
 const BLOCKED: usize = 4;
@@ -33,12 +36,18 @@ const BLOCKED: usize = 4;
 const FOREIGN: &str = "another-client";
 /// The TTL of the cleanup probes: far longer than the run's end takes to check.
 const PROBE_TTL: Duration = Duration::from_secs(30);
-const NODE_TIMEOUT: Duration = Duration::from_millis(50);
+/// The node timeout of the `NoQuarantine` clients (the `Defaults` clients keep
+/// fredlock's 50 ms). A loopback round trip through the proxies takes a millisecond or
+/// two on an idle machine, and tens of milliseconds, at times more, when both cores are
+/// busy and two checker runs share them: with 50 ms, under that load, most rounds
+/// timed out on some node and a run made 2 to 5 acquisitions in 12 s, too few to show
+/// anything. 250 ms holds.
+const NODE_TIMEOUT: Duration = Duration::from_millis(250);
 /// A release or extend that starts with more validity left than this finds our key on
 /// every node that granted it: a node's answer comes within the node timeout, and the
 /// keys outlive the validity by the drift. An answer later than that is a timeout, not
 /// "not ours".
-const OPEN: Duration = Duration::from_millis(70);
+const OPEN: Duration = Duration::from_millis(270);
 /// Acquisitions per second the cluster must sustain while a majority is healthy: a
 /// liveness floor (the run is not stuck), far below what the run reaches on an idle
 /// machine (8-12/s), since two checker runs share two cores with each other.
@@ -311,7 +320,8 @@ async fn check(config: Config, holders: Holders) -> TestResult {
 
     let mut rng = StdRng::seed_from_u64(seed);
     let restarts = match config {
-        Config::NoQuarantine => Restarts::Delayed(Duration::from_millis(700)),
+        // Down for longer than a TTL: the delayed restart.
+        Config::NoQuarantine => Restarts::Delayed(TTL + Duration::from_millis(200)),
         Config::Defaults => Restarts::Prompt {
             quarantine: DEFAULT_QUARANTINE_PERIOD,
         },
