@@ -58,7 +58,11 @@ async fn kept_alive_lock_outlives_several_ttls() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_the_quorum_cancels_scoped_work_before_the_validity_ends() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    let redlock = nodes.redlock(Duration::from_millis(50)).await;
+    // The keep-alive gives up once no retry can end within the validity: two node
+    // timeouts (plus a pause) before it ends, which is how early the work is
+    // cancelled. With 50 ms, that lead was about 120 ms, as little as a scheduling
+    // delay when both cores are busy; 300 ms gives a lead of over 600 ms.
+    let redlock = nodes.redlock(Duration::from_millis(300)).await;
     let res = resource("scoped-lost");
     let (dropped, finished) = (
         Arc::new(AtomicBool::new(false)),
