@@ -18,6 +18,20 @@ pub(crate) fn floor() -> u64 {
     micros.min(MAX_FENCING_FLOOR)
 }
 
+/// A semaphore's most slots (`MAX_PERMITS`): a permit's token keeps its slot's number
+/// below this.
+pub(crate) const PERMIT_SLOTS: u64 = 1024;
+
+/// A permit's fencing token: its semaphore's counter times [`PERMIT_SLOTS`] plus the
+/// number of the slot it holds. Permits held at once hold different slots, so their
+/// tokens differ; and a permit whose counter is greater than another's has the greater
+/// token whatever their slots, so the order of the counters (docs/fencing.md) is kept.
+/// Exact for every counter the scripts hand out (below 2^53, and 2^53 × 1024 = 2^63).
+pub(crate) fn permit_token(counter: u64, slot: usize) -> u64 {
+    let slot = u64::try_from(slot).unwrap_or(u64::MAX) % PERMIT_SLOTS;
+    counter.saturating_mul(PERMIT_SLOTS).saturating_add(slot)
+}
+
 /// The fencing tokens to hand out, from the counters that the nodes that voted yes
 /// returned (one list per node, one counter per resource): per resource, the maximum.
 /// Also whether they must be written back to a quorum first: not when, for every
@@ -47,6 +61,15 @@ mod tests {
         assert_eq!((MAX_FENCING_FLOOR as f64) as u64, MAX_FENCING_FLOOR);
         assert!(floor() <= MAX_FENCING_FLOOR);
         assert!(floor() > 1_700_000_000_000_000);
+    }
+
+    #[test]
+    fn permit_tokens_differ_by_slot_and_keep_the_counters_order() {
+        assert_ne!(permit_token(7, 0), permit_token(7, 1));
+        assert!(permit_token(8, 0) > permit_token(7, 1023));
+        let largest = (1 << 53) - 1;
+        assert_eq!(permit_token(largest, 1023), u64::MAX >> 1);
+        assert!(permit_token(largest, 1023) > permit_token(largest - 1, 1023));
     }
 
     #[test]

@@ -115,12 +115,13 @@ async fn acquire_in(
     let mut fencing_failed = None;
     if decision == Decision::Quorum && request.ttl.validity(elapsed) > min_validity {
         let slot = acquisition.best_slot();
+        let position = slot.map(|(s, _)| s);
         let held = match slot {
             Some((_, key)) => request.held_slot(key),
             None => request.clone(),
         };
         let answers = acquisition.round().answers();
-        let tokens = fencing::tokens(&granted(answers, slot.map(|(s, _)| s)), core.quorum());
+        let tokens = fencing::tokens(&granted(answers, position), core.quorum());
         let fenced = match tokens {
             None => Err(acquisition.round().votes()),
             Some((fences, false)) => Ok(Arc::from(fences)),
@@ -134,6 +135,7 @@ async fn acquire_in(
         };
         match fenced {
             Ok(fences) => {
+                let fences = request.tokens(fences, first_slot, position);
                 // A write-back round took time too: the validity counts it.
                 elapsed = start.elapsed();
                 let validity = request.ttl.validity(elapsed);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::fencing;
 use crate::settings::{Quarantine, Settings};
 use crate::ttl::Ttl;
 
@@ -119,6 +120,28 @@ impl Request {
         Request {
             keys: Arc::from([Arc::clone(key)]),
             ..self.clone()
+        }
+    }
+
+    /// The fencing tokens a grant hands out: the counters; for a permit granted the
+    /// slot at `position` among the slots tried from `first`
+    /// ([`Semaphore::slots_from`]), each counter's permit token
+    /// ([`fencing::permit_token`]), so that permits held at once never share one.
+    pub(crate) fn tokens(
+        &self,
+        counters: Arc<[u64]>,
+        first: usize,
+        position: Option<usize>,
+    ) -> Arc<[u64]> {
+        match (self.semaphore(), position) {
+            (Some(semaphore), Some(position)) => {
+                let slot = (first % semaphore.len().max(1) + position) % semaphore.len().max(1);
+                counters
+                    .iter()
+                    .map(|&counter| fencing::permit_token(counter, slot))
+                    .collect()
+            }
+            _ => counters,
         }
     }
 
@@ -264,6 +287,29 @@ fn checked_ttl(ttl: Duration, settings: &Settings) -> Result<Ttl, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_permits_token_carries_the_number_of_the_slot_it_holds() {
+        assert_eq!(fencing::PERMIT_SLOTS, u64::from(MAX_PERMITS));
+        let settings = Settings::default();
+        let ttl = Duration::from_secs(1);
+        let permit = Request::permit("api", 3, ttl, &settings).unwrap();
+        // Tried from slot 2: positions 0, 1, 2 are slots 2, 0, 1.
+        let counters: Arc<[u64]> = Arc::from([5]);
+        for (position, slot) in [(0, 2), (1, 0), (2, 1)] {
+            assert_eq!(
+                permit.semaphore().unwrap().slots_from(2)[position].as_ref(),
+                format!("fredlock:permit:{slot}:api")
+            );
+            assert_eq!(
+                permit.tokens(Arc::clone(&counters), 2, Some(position))[0],
+                5 * 1024 + slot
+            );
+        }
+        // A lock's tokens are its counters.
+        let lock = Request::one("api", ttl, &settings).unwrap();
+        assert_eq!(lock.tokens(Arc::clone(&counters), 0, None)[0], 5);
+    }
 
     #[test]
     fn keys_take_the_prefix_and_counters_the_reserved_namespace() {

@@ -25,6 +25,17 @@ async fn at_most_n_permits_and_a_released_one_is_granted_again() -> TestResult {
     let second = semaphore.try_acquire(TTL).await?;
     assert_ne!(first.key(), second.key(), "two permits on one slot");
     assert!(second.fencing_token() > first.fencing_token());
+    // A permit's token carries its slot's number (docs/fencing.md), so permits held
+    // at once never share one.
+    for permit in [&first, &second] {
+        let slot = (0..2).find(|&i| permit.key() == slot(i, &name));
+        assert_eq!(
+            Some(permit.fencing_token() % u64::from(MAX_PERMITS)),
+            slot.map(u64::from),
+            "{}",
+            permit.key()
+        );
+    }
     let full = semaphore
         .try_acquire(TTL)
         .await
