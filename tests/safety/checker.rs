@@ -244,19 +244,23 @@ async fn check(config: Config, holders: Holders) -> TestResult {
     let windows: Arc<Mutex<Vec<Window>>> = Arc::default();
     let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
     let store: Arc<Mutex<Fenced>> = Arc::default();
-    let stop_at = Instant::now() + length;
+    let began = Instant::now();
+    let stop_at = began + length;
+    // The holders stop together, when the nemesis does.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for (id, redlock) in clients.into_iter().enumerate() {
-        let (res, windows, outcomes, store) = (
+        let (res, windows, outcomes, store, done) = (
             res.clone(),
             Arc::clone(&windows),
             Arc::clone(&outcomes),
             Arc::clone(&store),
+            Arc::clone(&done),
         );
         let mut rng = StdRng::seed_from_u64(seed ^ (id as u64 + 1));
         workers.push(tokio::spawn(async move {
             let mut probe = 0usize;
-            while Instant::now() < stop_at {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 if rng.random_bool(0.1) {
                     probe += 1;
                     let refused = cleanup_probe(&redlock, id, probe, &mut rng).await?;
@@ -329,8 +333,27 @@ async fn check(config: Config, holders: Holders) -> TestResult {
     let restore: Vec<(String, &str)> = (0..BLOCKED)
         .map(|k| (blocked_resource(k), FOREIGN))
         .collect();
-    let stop = || Instant::now() >= stop_at;
+    // The run lasts its length and then until it has shown what it must (a holder
+    // that worked to the end, a refused probe, and in the overrun run a holder that
+    // overran into another's window), at most five lengths: how many holds a run makes
+    // depends on the machine's load (19 in 12 s once, with none of them an overlap),
+    // and a run that shows nothing proves nothing.
+    let give_up_at = began + length * 5;
+    let shown = || {
+        let mut windows = windows.lock().expect("poisoned").clone();
+        let refused = outcomes.lock().expect("poisoned").blocked_refused > 0;
+        let to_the_end = windows.iter().any(|w| w.to_the_end);
+        let overlapped =
+            holders == Holders::Honest || overlaps(&mut windows).iter().any(|(a, _)| a.overran);
+        refused && to_the_end && overlapped
+    };
+    let stop = || {
+        let now = Instant::now();
+        now >= give_up_at || (now >= stop_at && shown())
+    };
     let counts = nemesis::run(&nodes, &mut rng, restarts, &stop, &restore).await?;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let length = began.elapsed();
     for worker in workers {
         worker.await??;
     }
