@@ -97,7 +97,7 @@ async fn two_instances_never_hold_the_same_resource_at_once() -> TestResult {
         .wait_absent(&[0, 1, 2, 3, 4], &res, Duration::from_secs(10))
         .await;
     if !left.is_empty() {
-        let tokens = tokens.lock().expect("poisoned");
+        let tokens = tokens.lock().expect("poisoned").clone();
         let mut found = Vec::new();
         for i in left {
             let value = nodes.get(i, &res).await;
