@@ -70,9 +70,11 @@ impl Acquisition {
         (1 + held.count() > spare).then_some(first)
     }
 
-    /// The compare-and-delete of our token, made only for an attempt that failed.
-    fn removal(&self) -> Arc<Op> {
-        Arc::new(Op::remove_all(&self.op))
+    /// The compare-and-delete of our token, made only for an attempt that failed; with
+    /// `claim`, a writer that will try again leaves its claim in place of its key
+    /// (docs/design.md 1.16), which an abandoned attempt does not.
+    fn removal(&self, claim: bool) -> Arc<Op> {
+        Arc::new(Op::remove_all(&self.op, claim))
     }
 
     /// The lock is kept. The calls still running no longer matter (dropping the round
@@ -114,7 +116,7 @@ impl Acquisition {
             .map(|(index, _)| index)
             .collect();
         let nodes = Arc::clone(self.round.nodes());
-        let remove = self.removal();
+        let remove = self.removal(true);
         let until = self.keys_expire();
         let removals = futures::future::join_all(
             (yes.iter())
@@ -122,7 +124,7 @@ impl Acquisition {
         );
         self.round.listen_during(removals).await;
         self.settled = true;
-        let cleanup = self.remove_in_background(&yes);
+        let cleanup = self.remove_in_background(&yes, true);
         (self.round.votes(), self.round.tally(), cleanup)
     }
 
@@ -132,8 +134,8 @@ impl Acquisition {
     /// removal is made only after the node's acquisition answered or timed out, so it
     /// runs after it on the node (see `node::batch`); a timed-out acquisition that was
     /// never sent is never run.
-    fn remove_in_background(&mut self, done: &[usize]) -> Option<JoinHandle<()>> {
-        let remove = self.removal();
+    fn remove_in_background(&mut self, done: &[usize], claim: bool) -> Option<JoinHandle<()>> {
+        let remove = self.removal(claim);
         let until = self.keys_expire();
         let clear = |answer: &Answer| answer.vote == Vote::Taken || answer.unsent();
         (self.round).remove_where(&remove, done, until, clear)
@@ -152,7 +154,7 @@ impl Drop for Acquisition {
     fn drop(&mut self) {
         if !self.settled {
             // Abandoned: the `lock()` future was dropped mid-attempt.
-            drop(self.remove_in_background(&[]));
+            drop(self.remove_in_background(&[], false));
         }
     }
 }

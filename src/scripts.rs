@@ -84,7 +84,9 @@ pub(crate) struct Op {
     pub(crate) keep_ms: u64,
     /// The fencing floor (acquire).
     pub(crate) floor: u64,
-    /// How long a writer that finds readers claims the key (acquire; 0: no claim).
+    /// How long a writer that will try again claims the key: where it finds readers
+    /// (acquire), and in place of its own key when its attempt failed (remove); 0: no
+    /// claim.
     pub(crate) claim_ms: u64,
     /// The fencing tokens to write back (fence).
     pub(crate) fences: Arc<[u64]>,
@@ -198,10 +200,13 @@ impl Op {
     }
 
     /// The removal of a failed acquisition's token from every key it asked for; for a
-    /// permit (every slot), also of the semaphore's record where no slot is left.
-    pub(crate) fn remove_all(acquisition: &Op) -> Self {
+    /// permit (every slot), also of the semaphore's record where no slot is left. With
+    /// `claim`, a writer that will try again leaves its claim where it removes its key,
+    /// for as long as the acquisition claimed keys that readers hold.
+    pub(crate) fn remove_all(acquisition: &Op, claim: bool) -> Self {
         Op {
             semaphore: acquisition.semaphore.clone(),
+            claim_ms: if claim { acquisition.claim_ms } else { 0 },
             ..Op::remove(&acquisition.keys, &acquisition.token)
         }
     }
@@ -277,6 +282,8 @@ impl Op {
                     keys.push(string(&semaphore.record));
                     args.extend([string(""), string("")]);
                     args.push(Value::from(semaphore.permits.to_string()));
+                } else if self.claim_ms > 0 {
+                    args.extend([string(""), string(""), string(""), int(self.claim_ms)]);
                 }
                 "d"
             }

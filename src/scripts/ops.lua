@@ -385,7 +385,10 @@ end
 
 -- Compare-and-delete of each lock key that holds the token (a reader's token leaves
 -- the set, expired or not). args = token, then optionally the channel prefix ("" for
--- none), the name to announce ("" for the key) and a semaphore's number of permits.
+-- none), the name to announce ("" for the key), a semaphore's number of permits ("" for
+-- none) and a writer's claim in ms: a writer whose attempt failed and that will try
+-- again leaves its claim where it deletes its key, so that readers cannot take the
+-- nodes it had while it waits for those that readers hold (docs/design.md 1.16).
 -- With a channel, each deletion is announced on prefix .. name with the token, which
 -- wakes the clients waiting for it. With permits, the last key is the semaphore's
 -- record and the others are all its slots: the record is deleted when it holds that
@@ -395,7 +398,8 @@ local function delete(k, nk, a, na)
     local token = ARGV[a + 1]
     local channel = na > 1 and ARGV[a + 2] ~= "" and ARGV[a + 2]
     local name = na > 2 and ARGV[a + 3] ~= "" and ARGV[a + 3]
-    local permits = na > 3 and ARGV[a + 4]
+    local permits = na > 3 and ARGV[a + 4] ~= "" and ARGV[a + 4]
+    local claim = na > 4 and tonumber(ARGV[a + 5]) or 0
     local slots = permits and nk - 1 or nk
     local all = 1
     for i = 1, slots do
@@ -403,6 +407,10 @@ local function delete(k, nk, a, na)
         local held = held_as(key, token)
         if held == "string" then
             redis.call("DEL", key)
+            if claim > 0 then
+                redis.call("ZADD", key, "-inf", OWN, now() + claim, WRITER)
+                settle(key)
+            end
         elseif redis.pcall("ZREM", key, token) == 1 then
             -- An expired reader is removed too, but was not holding the key.
             settle(key)

@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use fred::prelude::Value;
-use fredlock::Error;
+use fredlock::{Error, Vote};
 
-use crate::support::{Nodes, TestResult, resource};
+use crate::support::{Nodes, ROOMY, TestResult, resource};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -256,4 +256,152 @@ async fn now_ms(nodes: &Nodes, i: usize) -> i64 {
         }
         other => panic!("TIME answered {other:?}"),
     }
+}
+
+/// How node 2, which holds the first reader, fails while the writer waits.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Cut off from the writer only: the writer's endpoint for it is a socket that
+    /// accepts connections and never answers; the readers still count on it.
+    CutOff,
+    /// Frozen (SIGSTOP): nobody can count on it.
+    Frozen,
+}
+
+/// A waiting writer keeps new readers out of every node it reached, not only of those
+/// where it found readers. Node 0 restarts empty (it forgets the first reader), then
+/// node 2, which holds the reader, is cut off from the writer or freezes. The writer's
+/// attempts find node 0 free, set their key there, fail (node 1 holds the reader, node
+/// 2 does not answer) and remove it again: a writer that then left node 0 free would
+/// let each new reader in with nodes 0 and 2 in the cut-off case, and so could wait for
+/// ever while readers keep coming (with the claim only where it found readers, the
+/// cut-off case granted a new reader, seen before the fix).
+async fn a_waiting_writer_outlasts_arriving_readers(fault: Fault) -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let readers = nodes.redlock(ROOMY).await;
+    // Accepts connections (the kernel does) and never reads: a node that is cut off.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut urls = nodes.urls();
+    if let Fault::CutOff = fault {
+        urls[2] = format!("redis://127.0.0.1:{}", hole.local_addr()?.port());
+    }
+    let writers = fredlock::Redlock::builder(urls)
+        .restart_quarantine(fredlock::Quarantine::Off)
+        .node_timeout(Duration::from_millis(200))
+        .acquire_timeout(Duration::from_secs(60))
+        .build()
+        .await?;
+    let res = resource(&format!("outlast-{fault:?}"));
+    // The first reader lasts the whole test: a container restart and a pause fit in
+    // 120 s even on a machine whose cores are busy (checked below).
+    let first = readers
+        .try_read_lock(&res, Duration::from_secs(120))
+        .await?;
+    let token = first.token().to_string();
+    let start = Instant::now();
+    for i in 0..3 {
+        while !members(&nodes, i, &res).await.contains(&token) {
+            assert!(
+                start.elapsed() < ROOMY * 5,
+                "the reader never reached node {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    nodes.cluster.restart(0).await?;
+    nodes.wait_admin(0, Duration::from_secs(30)).await;
+    // Both clients use node 0 again before the writer starts (a probe on another
+    // resource that node 0 grants).
+    for client in [&readers, &writers] {
+        let probe = resource(&format!("outlast-probe-{fault:?}"));
+        let start = Instant::now();
+        loop {
+            let lock = client.try_lock(&probe, TTL).await;
+            let reached = matches!(&lock, Ok(l) if l.votes().iter().next().map(|v| &v.vote) == Some(&Vote::Yes));
+            if let Ok(lock) = lock {
+                lock.release().await?;
+            }
+            if reached {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "node 0 never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if let Fault::Frozen = fault {
+        nodes.cluster.pause(2).await?;
+    }
+    let waiting = tokio::spawn({
+        let (writers, res) = (writers.clone(), res.clone());
+        async move { writers.lock(&res, TTL).await }
+    });
+    // The writer's first attempt claimed node 1 and set its key on node 0.
+    let start = Instant::now();
+    while !members(&nodes, 1, &res)
+        .await
+        .contains(&"#writer".to_string())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the writer never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // New readers keep arriving, one every 50 ms for at least 2 s (several of the
+    // writer's attempts and the pauses between them): none gets in.
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match readers.try_read_lock(&res, TTL).await {
+            Err(Error::Taken { .. } | Error::NoQuorum { .. }) => {}
+            Err(other) => panic!("{fault:?}: a new reader got {other:?}"),
+            Ok(reader) => panic!(
+                "{fault:?}: a new reader was granted while the writer waits: {}",
+                reader.votes()
+            ),
+        }
+        assert!(
+            !waiting.is_finished(),
+            "{fault:?}: the writer's lock() returned while the first reader holds"
+        );
+    }
+    assert!(
+        first.is_valid(),
+        "the first reader ran out: the test took too long"
+    );
+    // The release reaches nodes 1 and 2 (node 0 forgot the reader); with node 2 frozen
+    // that is no quorum, but the reader is gone from node 1 all the same.
+    match (fault, first.release().await) {
+        (Fault::CutOff, result) => result?,
+        (Fault::Frozen, Err(Error::NoQuorum { votes, .. })) => {
+            assert_eq!(votes.yes(), 1, "{votes}");
+        }
+        (Fault::Frozen, other) => panic!("the release with node 2 frozen: {other:?}"),
+    }
+    // Once the first reader left node 1, the writer's next attempt takes nodes 0 and 1;
+    // its attempts come every retry delay (0.2-0.3 s) and its release wake-up sooner:
+    // 30 s is a hundred attempts, room for a machine whose cores are busy.
+    let limit = Duration::from_secs(30);
+    let Ok(writer) = tokio::time::timeout(limit, waiting).await else {
+        panic!("{fault:?}: the writer still waits {limit:?} after the first reader left");
+    };
+    let writer = writer??;
+    writer.release().await?;
+    if let Fault::Frozen = fault {
+        nodes.cluster.unpause(2).await?;
+    }
+    drop(hole);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_writer_outlasts_readers_that_use_a_node_it_cannot_reach() -> TestResult {
+    a_waiting_writer_outlasts_arriving_readers(Fault::CutOff).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_writer_outlasts_readers_beside_a_frozen_node() -> TestResult {
+    a_waiting_writer_outlasts_arriving_readers(Fault::Frozen).await
 }
