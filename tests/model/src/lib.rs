@@ -32,6 +32,7 @@ mod ttl;
 
 mod client;
 mod node;
+pub mod rw;
 mod symmetry;
 #[cfg(test)]
 mod tests;
