@@ -287,7 +287,7 @@ async fn check(config: Config, holders: Holders) -> TestResult {
                     .is_valid()
                     .then(|| Fenced::write(&store, lock.fencing_token()));
                 if overran {
-                    work_past_the_end(&lock, &mut rng).await;
+                    work_past_the_end(&lock, &mut rng, Duration::from_millis(150)).await;
                 } else if to_the_end {
                     work_to_the_end(&lock).await;
                 } else {
@@ -472,9 +472,11 @@ async fn check(config: Config, holders: Holders) -> TestResult {
     Ok(())
 }
 
-/// Past the validity on purpose, by 30-150 ms: another holder may take over meanwhile.
-pub(crate) async fn work_past_the_end(lock: &Lock, rng: &mut StdRng) {
-    let past = Duration::from_millis(rng.random_range(30..150));
+/// Past the validity on purpose, by 30 ms to `most`: another holder may take over
+/// meanwhile.
+pub(crate) async fn work_past_the_end(lock: &Lock, rng: &mut StdRng, most: Duration) {
+    let most = most.max(Duration::from_millis(31));
+    let past = rng.random_range(Duration::from_millis(30)..most);
     tokio::time::sleep(lock.remaining() + past).await;
 }
 
