@@ -208,20 +208,35 @@ fn larger() {
     exhaustive("larger, early releases", releases, &reached, &never);
 }
 
-/// The current protocol keeps readers and the writer apart; it only starves the
-/// writer, for as long as the readers keep coming (every attempt within the horizon).
 #[test]
-#[ignore = "mutual exclusion of the current protocol, already checked by the runs above in effect; run by hand"]
-fn the_current_protocol_is_safe_but_starves_the_writer() {
+fn without_cleanup_claims_readers_keep_the_writer_out_for_every_attempt() {
     let config = Config {
         cleanup_claims: false,
         ..Config::fixed()
     };
-    let checker = ReadWrite { config }
-        .checker()
-        .threads(2)
-        .symmetry_fn(representative);
+    finds(
+        "current protocol, every attempt",
+        config,
+        "the writer fails every attempt",
+    );
+}
+
+/// The current protocol keeps readers and the writer apart; it only starves them.
+/// `cargo test --release -p fredlock-model rw::tests::current -- --ignored --nocapture`.
+#[test]
+#[ignore = "seconds in a release build; run by hand"]
+fn current_protocol_is_safe() {
+    let config = Config {
+        cleanup_claims: false,
+        ..Config::fixed()
+    };
+    let started = Instant::now();
+    let model = ReadWrite {
+        config: config.clone(),
+    };
+    let checker = model.checker().threads(2).symmetry_fn(representative);
     let checker = checker.spawn_dfs().join();
+    report("current protocol", &config, &checker, started);
     checker.assert_no_discovery("no writer overlaps a reader");
     checker.assert_any_discovery("the writer fails every attempt");
 }
