@@ -71,10 +71,12 @@ impl Acquisition {
     }
 
     /// The compare-and-delete of our token, made only for an attempt that failed; with
-    /// `claim`, a writer that will try again leaves its claim in place of its key
-    /// (docs/design.md 1.16), which an abandoned attempt does not.
+    /// `claim`, a writer that will try again and found readers (it claimed a key they
+    /// hold) leaves its claim in place of its key too (docs/design.md 1.16), which an
+    /// abandoned attempt does not.
     fn removal(&self, claim: bool) -> Arc<Op> {
-        Arc::new(Op::remove_all(&self.op, claim))
+        let readers = || self.round.answers().iter().flatten().any(|a| a.claimed);
+        Arc::new(Op::remove_all(&self.op, claim && readers()))
     }
 
     /// The lock is kept. The calls still running no longer matter (dropping the round

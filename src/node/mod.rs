@@ -41,6 +41,8 @@ pub(crate) struct Answer {
     pub(crate) permits_held: Option<u32>,
     /// How far the operation got.
     pub(crate) reach: Reach,
+    /// A writer's acquisition refused by live readers, where it left its claim.
+    pub(crate) claimed: bool,
 }
 
 /// How far an operation got, as far as the client can tell.
@@ -78,6 +80,7 @@ impl From<Vote> for Answer {
             slot: None,
             permits_held: None,
             reach: Reach::Answered,
+            claimed: false,
         }
     }
 }
@@ -87,7 +90,7 @@ impl From<Vote> for Answer {
 pub(crate) enum Reply {
     /// An acquisition granted, with the raised counters.
     Fences(Vec<u64>),
-    /// 1: done; 0: the key is not ours (taken, expired).
+    /// 1: done; 0: the key is not ours (taken, expired); 2: taken by readers, claimed.
     Int(i64),
     /// The script's error for this operation alone (`WRONGTYPE ...`, `QUARANTINED ..`).
     Failed(String),
@@ -260,6 +263,12 @@ impl Node {
                 };
             }
             Reply::Int(1) => Vote::Yes,
+            Reply::Int(2) if kind == Kind::Acquire => {
+                return Answer {
+                    claimed: true,
+                    ..Vote::Taken.into()
+                };
+            }
             Reply::Int(0) => Vote::Taken,
             Reply::Fences(_) | Reply::Int(_) => {
                 Vote::Error(format!("unexpected reply to a {kind:?} operation"))

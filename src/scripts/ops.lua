@@ -138,16 +138,17 @@ local function claim_key(key, claim)
     end
 end
 
--- One key, the healthy path in two calls: SET NX is the check and the write of the
--- lock, and the counter is raised with SET ... GET. A counter that cannot be raised
+-- One key, the healthy path in three calls: SET NX is the check and the write of the
+-- lock, and the counter is read and raised (GET, SET). A counter that cannot be raised
 -- fails the operation and the lock key is deleted again: nothing of the lock stays.
+-- Refused by live readers, a writer that will try again claims the key (returns 2).
 local function acquire_one(key, counter, token, ttl, floor, keep, claim)
     if not redis.call("SET", key, token, "NX", "PX", ttl) then
         local found = writer_finds(key)
-        if found == "readers" then
+        if found == "readers" and tonumber(claim) > 0 then
             claim_key(key, claim)
-        end
-        if found ~= "free" then
+            return 2
+        elseif found ~= "free" then
             return 0
         end
         -- A set of expired readers or a claim: replaced by the writer's key.
@@ -167,7 +168,8 @@ end
 -- incarnation marker and quarantine guard. args = token, TTL ms, period ms or -1,
 -- fencing floor, counter retention ms, and how long to claim a key that readers hold
 -- (0: no claim).
--- Returns the n raised counters, or 0 if a lock key is taken (nothing set but a claim).
+-- Returns the n raised counters, 2 if a lock key is taken and keys that readers hold
+-- were claimed (nothing else set), or 0 if a lock key is taken (nothing set).
 local function acquire(k, nk, a)
     local period = tonumber(ARGV[a + 3])
     local n = period >= 0 and (nk - 2) / 2 or nk / 2
@@ -206,10 +208,13 @@ local function acquire(k, nk, a)
         end
     end
     if blocked then
+        if #readers == 0 or tonumber(ARGV[a + 6]) == 0 then
+            return 0
+        end
         for _, key in ipairs(readers) do
             claim_key(key, ARGV[a + 6])
         end
-        return 0
+        return 2
     end
     for i = 1, n do
         redis.call("SET", KEYS[k + i], token, "PX", ttl)

@@ -403,3 +403,44 @@ async fn a_waiting_writer_outlasts_readers_that_use_a_node_it_cannot_reach() -> 
 async fn a_waiting_writer_outlasts_readers_beside_a_frozen_node() -> TestResult {
     a_waiting_writer_outlasts_arriving_readers(Fault::Frozen).await
 }
+
+/// A writer claims only when readers are in the way: a retrying `lock()` that fails
+/// against another owner's key (as a go-redsync client would hold it) leaves nothing
+/// on the node it set between its attempts, so other Redlock clients of the resource
+/// see that node free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_refused_by_another_writer_leaves_no_claim() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let writers = nodes
+        .builder()
+        .node_timeout(ROOMY)
+        .retry_count(4)
+        .retry_delay(Duration::from_millis(300))
+        .retry_jitter(Duration::ZERO)
+        .build()
+        .await?;
+    let res = resource("writer-vs-writer");
+    for i in [0, 1] {
+        nodes.set(i, &res, "another-owner", 30_000).await;
+    }
+    let waiting = tokio::spawn({
+        let (writers, res) = (writers.clone(), res.clone());
+        async move { writers.lock(&res, TTL).await }
+    });
+    // Node 2 holds the writer's key during each attempt and nothing between them (a
+    // claim would stay for the 300 ms pause).
+    let mut seen = std::collections::BTreeSet::new();
+    while !waiting.is_finished() {
+        seen.insert(key_type(&nodes, 2, &res).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let err = waiting.await?.expect_err("held on 2 of 3");
+    assert!(matches!(err, Error::Taken { .. }), "{err:?}");
+    assert!(!seen.contains("zset"), "node 2 held: {seen:?}");
+    assert!(
+        seen.contains("string"),
+        "the writer never set node 2: {seen:?}"
+    );
+    assert_eq!(key_type(&nodes, 2, &res).await, "none");
+    Ok(())
+}
