@@ -67,10 +67,11 @@ pub(crate) fn client_for(
 /// connection), at most `timeout`, and with `fail_fast` a disconnected node answers at
 /// once instead of queueing the command until it reconnects.
 ///
-/// fred's command timeout is the only one around a request: when it fires it marks
-/// the command as timed out, so fred never writes it later from its retry buffer after
-/// a reconnection (a SET replayed that way would set a key that nobody removes). So a
-/// request's future must be polled until it ends.
+/// fred's command timeout is the only one around such a request: when it fires it
+/// marks the command as timed out, and fred then never writes it (fred 10.1 skips such
+/// a command when its turn to be written comes, and when it would replay it from its
+/// retry buffer after a reconnection; a SET replayed that way would set a key that
+/// nobody removes). So a request's future must be polled until it ends.
 pub(crate) fn options(timeout: Duration, fail_fast: bool) -> Options {
     Options {
         max_attempts: Some(1),
@@ -78,6 +79,34 @@ pub(crate) fn options(timeout: Duration, fail_fast: bool) -> Options {
         fail_fast,
         ..Options::default()
     }
+}
+
+/// Options for a request that must run however late: one write attempt, fail-fast,
+/// and no fred timeout (a zero one is none), so that fred never drops the command
+/// from the connection's order; the caller bounds its own wait with [`bounded`].
+pub(crate) fn kept_in_order() -> Options {
+    Options {
+        max_attempts: Some(1),
+        timeout: Some(Duration::ZERO),
+        fail_fast: true,
+        ..Options::default()
+    }
+}
+
+/// `request` until `deadline`, then a fred timeout error; the request's command stays
+/// with fred and is written in its turn.
+pub(crate) async fn bounded<R>(
+    deadline: std::time::Instant,
+    request: impl Future<Output = Result<R, fred::error::Error>>,
+) -> Result<R, fred::error::Error> {
+    tokio::time::timeout_at(deadline.into(), request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                "no answer within the node timeout",
+            ))
+        })
 }
 
 /// A script command sent as a custom command. fred 10.1 implements its Lua methods

@@ -11,7 +11,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use super::Reply;
 use super::client::{
-    error_message, error_vote, is_acl_refusal, load_scripts, options, script_command,
+    bounded, error_message, error_vote, is_acl_refusal, kept_in_order, load_scripts, options,
+    script_command,
 };
 use crate::quorum::Vote;
 use crate::scripts::{CHECK_LUA, Kind, LIFT_LUA, OPS, OPS_LUA, Op, batch_args, script_args};
@@ -97,6 +98,14 @@ impl Redis {
     /// ours in between (one call in flight per node), so the second command keeps
     /// every operation's place in the node's order. A batch with a removal goes by
     /// `EVAL` from the start: a removal must not miss its node for want of a cache.
+    ///
+    /// A call that carries a release or a removal is never dropped by fred: it stays
+    /// in the connection's order, however long the connection takes to get to it,
+    /// and only our wait for it ends at the deadline (fred drops a command whose own
+    /// timeout fired before it was written, which left a released key on its node
+    /// until its TTL). An acquisition riding in the same call may then run after its
+    /// caller gave up; its caller counts the timeout as a vote that may have set the
+    /// key and removes it in a later call, which comes after it.
     pub(super) async fn run(&self, ops: &[Arc<Op>], deadline: Instant) -> Vec<Reply> {
         if !self.client.is_connected() {
             let vote = self.not_connected("the connection is down");
@@ -104,15 +113,20 @@ impl Redis {
         }
         let text = || Value::String(Str::from_static(OPS_LUA));
         let by_text = ops.iter().any(|op| op.kind == Kind::Remove);
+        let must_run = ops.iter().any(|op| op.kind.harmless_late());
         let mut reply = if by_text {
-            self.send("EVAL", batch_args(text(), ops), deadline).await
+            self.send("EVAL", batch_args(text(), ops), deadline, must_run)
+                .await
         } else {
             let sha = Value::from(OPS.sha1().clone());
-            self.send("EVALSHA", batch_args(sha, ops), deadline).await
+            self.send("EVALSHA", batch_args(sha, ops), deadline, must_run)
+                .await
         };
         if matches!(&reply, Err(e) if e.details().starts_with("NOSCRIPT")) {
             self.reload_scripts();
-            reply = self.send("EVAL", batch_args(text(), ops), deadline).await;
+            reply = self
+                .send("EVAL", batch_args(text(), ops), deadline, must_run)
+                .await;
         }
         match reply {
             Ok(Value::Array(replies)) if replies.len() == ops.len() => {
@@ -126,12 +140,19 @@ impl Redis {
         }
     }
 
+    /// One script command, answered by `deadline`; with `must_run`, written in its
+    /// turn even after that (see [`run`](Self::run)).
     async fn send(
         &self,
         command: &'static str,
         args: Vec<Value>,
         deadline: Instant,
+        must_run: bool,
     ) -> Result<Value, fred::error::Error> {
+        if must_run {
+            let client = self.client.with_options(&kept_in_order());
+            return bounded(deadline, script_command(&client, command, args)).await;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let client = self.client.with_options(&options(left, true));
         script_command(&client, command, args).await

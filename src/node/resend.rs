@@ -1,13 +1,13 @@
 //! Sending a removal again when it may not have reached its node, so that a node that
 //! comes back keeps no key of ours until its TTL.
 //!
-//! A removal (of a failed attempt's token, or a release) that was not written is
-//! sent again once the node is connected. One that was written and not answered is
-//! still on its connection, which TCP delivers once a frozen or cut-off node comes
-//! back; it is sent again only once fred has replaced that connection (the node went
-//! silent past fred's `unresponsive` bound, or the connection failed), since a
-//! command on a replaced connection may be lost. So a node that is only slow gets
-//! nothing more.
+//! A removal (of a failed attempt's token, or a release) that was not handed to fred
+//! is sent again once the node is connected. One that was handed over and not
+//! answered stays in its connection's order, however late (fred has no timeout on it:
+//! `Redis::run`), and TCP delivers it once a frozen or cut-off node comes back; it is
+//! sent again only once fred has replaced that connection (the node went silent past
+//! fred's `unresponsive` bound, or the connection failed), since a command on a
+//! replaced connection may be lost. So a node that is only slow gets nothing more.
 //!
 //! Each node keeps its removals to send again in one list, at most [`MAX_PENDING`],
 //! looked at by one task while the list is not empty: a node that is down costs a

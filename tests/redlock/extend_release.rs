@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use fredlock::Error;
+use fred::prelude::{ClientLike, KeysInterface, Options};
+use fredlock::{Error, Quarantine, Redlock};
 
-use crate::support::{Nodes, ROOMY, TestResult, resource};
+use crate::support::{Nodes, ROOMY, TestResult, resource, service_clients};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn extend_renews_the_keys_and_recomputes_validity() -> TestResult {
@@ -170,6 +171,59 @@ async fn release_and_extend_do_not_wait_for_a_frozen_node() -> TestResult {
     nodes.cluster.unpause(4).await?;
     let left = nodes.wait_absent(&[4], &res, Duration::from_secs(3)).await;
     assert!(left.is_empty(), "the frozen node's release never ran");
+    Ok(())
+}
+
+/// A release's request that waits on its connection longer than its node timeout is
+/// still run once the connection gets to it. The service's own client for node 0 is
+/// writing a value larger than every buffer between it and the node, which is frozen,
+/// so the release's request waits behind that write, unwritten, well past its 300 ms;
+/// the release returns at the quorum of the two other nodes. Once the node wakes and
+/// the write ends, the release runs there too: the key is gone, not left for its TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_that_waits_behind_a_stalled_write_still_reaches_its_node() -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    let clients = service_clients(nodes.urls()).await?;
+    let timeout = Duration::from_millis(300);
+    let redlock = Redlock::from_clients(clients.clone())
+        .restart_quarantine(Quarantine::Off)
+        .node_timeout(timeout)
+        .build()
+        .await?;
+    let res = resource("release-behind-a-stalled-write");
+    let lock = redlock.lock(&res, Duration::from_secs(120)).await?;
+    nodes.assert_held(&[0, 1, 2], &res, lock.token()).await;
+
+    nodes.cluster.pause(0).await?;
+    // 128 MiB: more than the socket buffers between the client and the frozen node
+    // can take (at most 4 MiB to send and 32 MiB to receive on each socket here, and
+    // the port mapping's proxy has two), so fred's writer stays on it.
+    let patient = clients[0].with_options(&Options {
+        timeout: Some(Duration::from_secs(120)),
+        ..Options::default()
+    });
+    let filler = resource("stalled-write-filler");
+    let key = filler.clone();
+    let mut write = Box::pin(async move {
+        patient
+            .set::<(), _, _>(key, vec![b'x'; 128 << 20], None, None, false)
+            .await
+    });
+    // Its first poll hands it to the connection, ahead of the release.
+    assert!(futures::poll!(&mut write).is_pending());
+    let write = tokio::spawn(write);
+    lock.release().await?;
+    // The release's request to node 0 gives up 300 ms after it was made. This wait is
+    // what lets the request time out while unwritten (the case under test), not a
+    // bound on anything: were it too short, the request would simply be written.
+    tokio::time::sleep(timeout * 4).await;
+    nodes.cluster.unpause(0).await?;
+    tokio::time::timeout(Duration::from_secs(60), write).await???;
+    // The release was handed over before this, so it has run by the time this answers.
+    let _: String = clients[0].ping(None).await?;
+    let left = nodes.get(0, &res).await;
+    nodes.cmd(0, "DEL", vec![filler.into()]).await?;
+    assert_eq!(left, None, "the release never ran on node 0");
     Ok(())
 }
 
