@@ -307,6 +307,11 @@ impl Redlock {
     /// waiters then only poll). Locks still held keep their keys until their TTL.
     /// Dropping the last clone of a `Redlock` also closes them, in the background.
     ///
+    /// A node's connection is closed once what is queued for it has gone out (a
+    /// release that returned at its quorum may still be on its way to the other
+    /// nodes), or after two node timeouts if that node does not answer; then `QUIT`,
+    /// bounded by the connect timeout.
+    ///
     /// Afterwards, on a `Redlock` built from endpoints, every node votes "not
     /// connected" at once, without a request: `try_lock`, `extend` and `release`
     /// return [`Error::NoQuorum`], and so does `lock` once its retries are spent.

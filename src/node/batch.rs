@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::{Node, Reply};
 use crate::quorum::Vote;
@@ -40,6 +40,8 @@ pub(crate) const MAX_IN_FLIGHT: usize = 1;
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     state: Mutex<State>,
+    /// Told when the queue empties while someone waits for it ([`Queue::drained`]).
+    idle: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,8 @@ struct State {
     /// The latest deadline of the calls counted in flight.
     latest_deadline: Option<Instant>,
     waiting: VecDeque<Waiting>,
+    /// How many [`Queue::drained`] wait: only then does an empty queue tell `idle`.
+    draining: usize,
 }
 
 #[derive(Debug)]
@@ -67,9 +71,46 @@ impl Queue {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits until nothing waits in the queue and no call is in flight, or until
+    /// `until`. Closing a connection waits for this first: a `QUIT` handed to fred
+    /// while a release still waits here would go out ahead of it, and the release
+    /// would meet a closed connection and leave its key until its TTL.
+    pub(super) async fn drained(&self, until: Instant) {
+        self.state().draining += 1;
+        loop {
+            // Made before the check, so a notification between the two is not missed.
+            let notified = self.idle.notified();
+            if self.state().is_idle() {
+                break;
+            }
+            if tokio::time::timeout_at(until.into(), notified)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let mut state = self.state();
+        state.draining = state.draining.saturating_sub(1);
+    }
+
+    /// Tells [`drained`](Queue::drained) that the queue may be empty; `state` is this
+    /// queue's, released here.
+    fn tell_if_idle(&self, state: MutexGuard<'_, State>) {
+        let tell = state.draining > 0 && state.is_idle();
+        drop(state);
+        if tell {
+            self.idle.notify_waiters();
+        }
+    }
 }
 
 impl State {
+    fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.waiting.is_empty() && !self.preparing
+    }
+
     /// Takes the next batch if one may go out now (a free slot, nothing preparing).
     fn next_batch(&mut self, deadline: Instant) -> Option<Vec<Waiting>> {
         if self.preparing || self.in_flight >= MAX_IN_FLIGHT || self.waiting.is_empty() {
@@ -143,7 +184,9 @@ fn unstick(node: &Arc<Node>) {
             return;
         }
         state.in_flight = 0;
-        state.next_batch(now.checked_add(node.timeout).unwrap_or(now))
+        let batch = state.next_batch(now.checked_add(node.timeout).unwrap_or(now));
+        node.queue.tell_if_idle(state);
+        batch
     };
     if let Some(batch) = batch {
         send(node, batch);
@@ -160,7 +203,9 @@ impl Drop for Slot {
             let mut state = self.0.queue.state();
             state.in_flight = state.in_flight.saturating_sub(1);
             let now = Instant::now();
-            state.next_batch(now.checked_add(self.0.timeout).unwrap_or(now))
+            let batch = state.next_batch(now.checked_add(self.0.timeout).unwrap_or(now));
+            self.0.queue.tell_if_idle(state);
+            batch
         };
         if let Some(batch) = batch {
             send(&self.0, batch);
@@ -180,6 +225,7 @@ fn send(node: &Arc<Node>, batch: Vec<Waiting>) {
             let mut state = node.queue.state();
             state.in_flight = state.in_flight.saturating_sub(1);
             state.preparing = false;
+            node.queue.tell_if_idle(state);
         }
     }
 }

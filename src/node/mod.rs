@@ -371,24 +371,33 @@ impl Node {
         }
     }
 
-    /// Closes a client fredlock created: `QUIT` within `timeout`, then its connection
-    /// task is ended whether or not the node answered.
-    pub(crate) fn close(&self, timeout: Duration) -> impl Future<Output = ()> + Send + 'static {
-        let close = match &self.backend {
-            Backend::Redis(redis) => Some(redis.close(timeout)),
-            #[cfg(test)]
-            Backend::Memory(_) => None,
-        };
+    /// Closes a client fredlock created: first lets what is queued for the node go out
+    /// (a release made just before, whose `QUIT` must not overtake it) for at most two
+    /// node timeouts, which is how long a call in flight and the batch waiting behind
+    /// it can take; then `QUIT` within `timeout`, and its connection task is ended
+    /// whether or not the node answered.
+    pub(crate) fn close(
+        self: &Arc<Self>,
+        timeout: Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let node = Arc::clone(self);
         async move {
-            if let Some(close) = close {
-                close.await;
+            let now = Instant::now();
+            let until = now
+                .checked_add(node.timeout.saturating_mul(2))
+                .unwrap_or(now);
+            node.queue.drained(until).await;
+            match &node.backend {
+                Backend::Redis(redis) => redis.close(timeout).await,
+                #[cfg(test)]
+                Backend::Memory(_) => {}
             }
         }
     }
 
     /// [`close`](Node::close) in the background, for `Drop`; outside a runtime there
     /// is no task left to end.
-    pub(crate) fn close_in_background(&self, timeout: Duration) {
+    pub(crate) fn close_in_background(self: &Arc<Self>, timeout: Duration) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(self.close(timeout));
         }

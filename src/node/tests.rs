@@ -181,6 +181,39 @@ async fn a_call_whose_future_is_no_longer_polled_holds_its_node_for_at_most_two_
     drop(stalled);
 }
 
+#[tokio::test]
+async fn closing_lets_what_is_queued_go_out_first() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Slow(TIMEOUT / 4));
+    // The acquisition in flight, the release waiting behind it, both not yet answered.
+    let mut acquired = Box::pin(Arc::clone(&node).call(acquire("a", "t")));
+    assert!(futures::poll!(acquired.as_mut()).is_pending());
+    let mut released = Box::pin(Arc::clone(&node).call(release("a", "t")));
+    assert!(futures::poll!(released.as_mut()).is_pending());
+    let (acquired, released) = (tokio::spawn(acquired), tokio::spawn(released));
+    node.close(TIMEOUT).await;
+    let log: Vec<Kind> = memory.log().into_iter().map(|(kind, _)| kind).collect();
+    assert_eq!(log, [Kind::Acquire, Kind::Release]);
+    assert_eq!(acquired.await.expect("task").vote, Vote::Yes);
+    assert_eq!(released.await.expect("task").vote, Vote::Yes);
+    assert_eq!(memory.holder("a"), None);
+}
+
+#[tokio::test]
+async fn closing_a_node_that_never_answers_ends() {
+    let (node, memory) = one();
+    memory.set_mode(Mode::Frozen);
+    let mut stalled = Box::pin(Arc::clone(&node).call(acquire("a", "t")));
+    assert!(futures::poll!(stalled.as_mut()).is_pending());
+    let queued = tokio::spawn(Arc::clone(&node).call(release("a", "t")));
+    // Two node timeouts at most, however long the stalled call is kept unpolled; the
+    // bound here only tells a hang from an end.
+    let closed = tokio::time::timeout(TIMEOUT * 50, node.close(TIMEOUT)).await;
+    assert!(closed.is_ok(), "closing waited on a silent node without end");
+    assert_eq!(queued.await.expect("task").vote, Vote::Timeout);
+    drop(stalled);
+}
+
 /// Polls `done` every 10 ms for at most 2 s; returns whether it came true.
 async fn eventually(done: impl Fn() -> bool) -> bool {
     let start = Instant::now();

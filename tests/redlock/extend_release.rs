@@ -227,6 +227,61 @@ async fn a_release_that_waits_behind_a_stalled_write_still_reaches_its_node() ->
     Ok(())
 }
 
+/// A release that returned at its quorum while its request to a frozen node still
+/// waited behind that node's call in flight (the acquisition's `SET`, written before
+/// the freeze ended), followed at once by the `Redlock`'s end, by drop or by `quit()`:
+/// the connection is closed only after the release went out, so once the node wakes
+/// it runs the `SET` and then the release, and the key is gone rather than left for
+/// its TTL.
+async fn release_then_close(quit: bool) -> TestResult {
+    let nodes = Nodes::start(3).await?;
+    // Far above what the freeze below lasts: the acquisition stays in flight on node 2
+    // from before the release until the node wakes.
+    let redlock = nodes.redlock(Duration::from_secs(30)).await;
+    let res = resource(if quit {
+        "release-then-quit"
+    } else {
+        "release-then-drop"
+    });
+    nodes.cluster.pause(2).await?;
+    // Granted by nodes 0 and 1; node 2's `SET` waits on the frozen node.
+    let lock = redlock.lock(&res, Duration::from_secs(120)).await?;
+    // Nodes 0 and 1 remove it; node 2's removal waits behind its `SET`.
+    lock.release().await?;
+    // `quit()` lets the release go out first, so it returns only once the node woke.
+    // Its first poll does what it does before any wait: it is under way before the
+    // node wakes.
+    let mut quitting = None;
+    if quit {
+        let redlock = redlock.clone();
+        let mut quit = Box::pin(async move { redlock.quit().await });
+        assert!(futures::poll!(&mut quit).is_pending());
+        quitting = Some(tokio::spawn(quit));
+    }
+    drop(redlock);
+    nodes.cluster.unpause(2).await?;
+    if let Some(quitting) = quitting {
+        quitting.await?;
+    }
+    // The key lives 120 s: only the release can take it away within this bound, which
+    // holds when both cores are busy (a round trip to a node that just woke).
+    let left = nodes
+        .wait_absent(&[0, 1, 2], &res, Duration::from_secs(10))
+        .await;
+    assert!(left.is_empty(), "still on nodes {left:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_still_queued_when_the_redlock_is_dropped_reaches_its_node() -> TestResult {
+    release_then_close(false).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_still_queued_when_quit_is_called_reaches_its_node() -> TestResult {
+    release_then_close(true).await
+}
+
 /// Release with a majority of nodes dead is NoQuorum, not Expired: the caller can tell
 /// "the lock was lost" from "could not tell".
 #[tokio::test(flavor = "multi_thread")]
