@@ -209,7 +209,10 @@ async fn closing_a_node_that_never_answers_ends() {
     // Two node timeouts at most, however long the stalled call is kept unpolled; the
     // bound here only tells a hang from an end.
     let closed = tokio::time::timeout(TIMEOUT * 50, node.close(TIMEOUT)).await;
-    assert!(closed.is_ok(), "closing waited on a silent node without end");
+    assert!(
+        closed.is_ok(),
+        "closing waited on a silent node without end"
+    );
     assert_eq!(queued.await.expect("task").vote, Vote::Timeout);
     drop(stalled);
 }
