@@ -213,7 +213,7 @@ impl Builder {
     /// acquisition and extension keeps it for the TTL plus this, so a resource used
     /// once leaves no key behind after that. A counter that expired comes back at the
     /// acquiring client's clock (docs/fencing.md): tokens keep increasing as long as no
-    /// two clients' clocks differ by more than this. Default: 10 minutes; at most
+    /// two clients' clocks differ by more than this. Default: 60 s; at most
     /// [`MAX_TTL`](crate::MAX_TTL).
     pub fn fencing_retention(mut self, retention: Duration) -> Self {
         self.fencing_retention = retention;

@@ -24,8 +24,9 @@ pub const DEFAULT_KEEP_ALIVE_AT: f64 = 0.5;
 
 /// Default restart quarantine period, and so the longest TTL accepted by default.
 pub const DEFAULT_QUARANTINE_PERIOD: Duration = Duration::from_secs(60);
-/// Default time a resource's fencing counter outlives its last lock.
-pub const DEFAULT_FENCING_RETENTION: Duration = Duration::from_secs(600);
+/// Default time a resource's fencing counter outlives its last lock: a lock per job id
+/// leaves one key per node for at most its TTL plus this.
+pub const DEFAULT_FENCING_RETENTION: Duration = Duration::from_secs(60);
 
 /// The restart quarantine: how long a node that lost or changed its data stays out of
 /// acquisitions. Such a node may have forgotten locks it granted; counted at once, it

@@ -156,6 +156,37 @@ async fn counters_of_one_off_resources_expire() -> TestResult {
     Ok(())
 }
 
+/// With the default settings, a lock per job id leaves one key per node (its fencing
+/// counter) once released, and that key expires at most its TTL plus 60 s later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_off_lock_leaves_one_key_per_node_for_at_most_its_ttl_plus_60_s() -> TestResult {
+    let nodes = Nodes::start(5).await?;
+    let redlock = nodes.builder().build().await?;
+    let job = resource("job-7f3a");
+    let ttl = Duration::from_secs(10);
+    redlock.lock(&job, ttl).await?.release().await?;
+    // The release returned at its quorum; the other nodes' removals follow (seconds of
+    // room for a busy machine, against a key that lives 10 s).
+    let left = nodes
+        .wait_absent(&[0, 1, 2, 3, 4], &job, Duration::from_secs(5))
+        .await;
+    assert!(left.is_empty(), "the lock key is still on nodes {left:?}");
+    let most = i64::try_from((ttl + Duration::from_secs(60)).as_millis())?;
+    for i in 0..5 {
+        assert_eq!(
+            count_keys(&nodes, i, &format!("*{job}*")).await,
+            1,
+            "node {i}"
+        );
+        let pttl = nodes.pttl(i, &fence_key("", &job)).await;
+        assert!(
+            pttl > 0 && pttl <= most,
+            "node {i}: the counter lives {pttl} ms"
+        );
+    }
+    Ok(())
+}
+
 /// Lua's numbers are doubles: above 2^53 `counter + 1` no longer changes the value.
 /// A counter that reached 2^53 - 1 refuses further tokens instead of repeating one.
 #[tokio::test(flavor = "multi_thread")]
