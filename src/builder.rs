@@ -7,7 +7,7 @@ use fred::prelude::Client;
 
 use crate::connect;
 use crate::error::Error;
-use crate::node::{ClientSettings, Node};
+use crate::node::Node;
 use crate::settings::*;
 use crate::ttl::MAX_TTL;
 
@@ -41,19 +41,10 @@ enum Source {
 #[must_use = "a builder does nothing until `.build().await`"]
 pub struct Builder {
     source: Source,
+    /// The options as set; [`validate`](Builder::validate) checks them.
+    settings: Settings,
+    /// Resolved by `validate`: its default depends on whether a deadline is set.
     retry_count: Option<u32>,
-    retry_delay: Duration,
-    retry_jitter: Duration,
-    drift_factor: f64,
-    node_timeout: Duration,
-    min_validity: Duration,
-    key_prefix: String,
-    acquire_timeout: Option<Duration>,
-    connect_timeout: Duration,
-    reconnect_delay: Duration,
-    keep_alive_at: f64,
-    quarantine: Quarantine,
-    fencing_retention: Duration,
 }
 
 impl std::fmt::Debug for Builder {
@@ -65,18 +56,7 @@ impl std::fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("nodes", &nodes)
             .field("retry_count", &self.retry_count)
-            .field("retry_delay", &self.retry_delay)
-            .field("retry_jitter", &self.retry_jitter)
-            .field("drift_factor", &self.drift_factor)
-            .field("node_timeout", &self.node_timeout)
-            .field("min_validity", &self.min_validity)
-            .field("key_prefix", &self.key_prefix)
-            .field("acquire_timeout", &self.acquire_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("reconnect_delay", &self.reconnect_delay)
-            .field("keep_alive_at", &self.keep_alive_at)
-            .field("quarantine", &self.quarantine)
-            .field("fencing_retention", &self.fencing_retention)
+            .field("settings", &self.settings)
             .finish()
     }
 }
@@ -85,19 +65,8 @@ impl Builder {
     fn new(source: Source) -> Self {
         Builder {
             source,
+            settings: Settings::default(),
             retry_count: None,
-            retry_delay: DEFAULT_RETRY_DELAY,
-            retry_jitter: DEFAULT_RETRY_JITTER,
-            drift_factor: DEFAULT_DRIFT_FACTOR,
-            node_timeout: DEFAULT_NODE_TIMEOUT,
-            min_validity: Duration::ZERO,
-            key_prefix: String::new(),
-            acquire_timeout: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            reconnect_delay: DEFAULT_RECONNECT_DELAY,
-            keep_alive_at: DEFAULT_KEEP_ALIVE_AT,
-            quarantine: Quarantine::default(),
-            fencing_retention: DEFAULT_FENCING_RETENTION,
         }
     }
 
@@ -121,7 +90,7 @@ impl Builder {
 
     /// The fixed part of the pause between two attempts. Default: 100 ms.
     pub fn retry_delay(mut self, delay: Duration) -> Self {
-        self.retry_delay = delay;
+        self.settings.retry_delay = delay;
         self
     }
 
@@ -129,7 +98,7 @@ impl Builder {
     /// `retry_delay + uniform(0..=retry_jitter)`, so competing clients fall out of step
     /// instead of splitting the votes again and again. Default: 100 ms.
     pub fn retry_jitter(mut self, jitter: Duration) -> Self {
-        self.retry_jitter = jitter;
+        self.settings.retry_jitter = jitter;
         self
     }
 
@@ -137,7 +106,7 @@ impl Builder {
     /// `ttl - elapsed - (ttl * drift_factor + 2 ms)`. Must be in `[0, 1)`.
     /// Default: 0.01.
     pub fn drift_factor(mut self, factor: f64) -> Self {
-        self.drift_factor = factor;
+        self.settings.drift_factor = factor;
         self
     }
 
@@ -145,14 +114,14 @@ impl Builder {
     /// does not answer within it is a failed vote. Should be small next to the TTL;
     /// at most [`MAX_TTL`](crate::MAX_TTL). Default: 50 ms.
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
-        self.node_timeout = timeout;
+        self.settings.node_timeout = timeout;
         self
     }
 
     /// A lock is granted only if more than this much validity is left once the quorum
     /// is reached. Default: zero (any positive validity).
     pub fn min_validity(mut self, min: Duration) -> Self {
-        self.min_validity = min;
+        self.settings.min_validity = min;
         self
     }
 
@@ -160,7 +129,7 @@ impl Builder {
     /// key is the resource name and fredlock excludes other Redlock clients that lock
     /// the same resource on the same nodes.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
+        self.settings.key_prefix = prefix.into();
         self
     }
 
@@ -171,21 +140,21 @@ impl Builder {
     /// until the deadline. Must be at least the node timeout.
     /// Default: none (the retry count bounds the wait).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.acquire_timeout = Some(timeout);
+        self.settings.acquire_timeout = Some(timeout);
         self
     }
 
     /// How long `build()` waits for the nodes to connect, and the bound on each
     /// reconnection attempt; at most [`MAX_TTL`](crate::MAX_TTL). Default: 2 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout;
         self
     }
 
     /// The pause between two reconnection attempts to a node that is down; a node that
     /// comes back is used again without any action by the caller. Default: 100 ms.
     pub fn reconnect_delay(mut self, delay: Duration) -> Self {
-        self.reconnect_delay = delay;
+        self.settings.reconnect_delay = delay;
         self
     }
 
@@ -193,7 +162,7 @@ impl Builder {
     /// [`Redlock::with_lock`](crate::Redlock::with_lock)) is extended: once this share of
     /// its validity is left. Must be in `(0, 1)`. Default: 0.5.
     pub fn keep_alive_at(mut self, share: f64) -> Self {
-        self.keep_alive_at = share;
+        self.settings.keep_alive_at = share;
         self
     }
 
@@ -205,7 +174,7 @@ impl Builder {
     /// [`Redlock::lift_restart_quarantine`](crate::Redlock::lift_restart_quarantine).
     /// Every client of a deployment should use the same setting.
     pub fn restart_quarantine(mut self, quarantine: Quarantine) -> Self {
-        self.quarantine = quarantine;
+        self.settings.quarantine = quarantine;
         self
     }
 
@@ -216,7 +185,7 @@ impl Builder {
     /// two clients' clocks differ by more than this. Default: 60 s; at most
     /// [`MAX_TTL`](crate::MAX_TTL).
     pub fn fencing_retention(mut self, retention: Duration) -> Self {
-        self.fencing_retention = retention;
+        self.settings.fencing_retention = retention;
         self
     }
 
@@ -224,15 +193,10 @@ impl Builder {
     /// [`build`](Builder::build) but making the client. Also whether fredlock created
     /// the clients (and so closes them).
     pub(crate) async fn connect(self) -> Result<(Arc<[Arc<Node>]>, Settings, bool), Error> {
-        let settings = self.settings()?;
+        let settings = self.validate()?;
         match self.source {
             Source::Urls(urls) => {
-                let client = ClientSettings {
-                    node_timeout: self.node_timeout,
-                    connect_timeout: self.connect_timeout,
-                    reconnect_delay: self.reconnect_delay,
-                };
-                let nodes = connect::from_urls(&urls, &settings, &client).await?;
+                let nodes = connect::from_urls(&urls, &settings).await?;
                 Ok((nodes, settings, true))
             }
             Source::Clients(clients) => {
@@ -243,21 +207,21 @@ impl Builder {
     }
 
     /// Validates every option except the endpoints.
-    fn settings(&self) -> Result<Settings, Error> {
-        if !(self.drift_factor.is_finite() && (0.0..1.0).contains(&self.drift_factor)) {
+    fn validate(&self) -> Result<Settings, Error> {
+        let set = &self.settings;
+        if !(set.drift_factor.is_finite() && (0.0..1.0).contains(&set.drift_factor)) {
             return Err(Error::config(
                 "drift_factor",
-                format!("must be in [0, 1), got {}", self.drift_factor),
+                format!("must be in [0, 1), got {}", set.drift_factor),
             ));
         }
-        if !(self.keep_alive_at.is_finite() && self.keep_alive_at > 0.0 && self.keep_alive_at < 1.0)
-        {
+        if !(set.keep_alive_at.is_finite() && set.keep_alive_at > 0.0 && set.keep_alive_at < 1.0) {
             return Err(Error::config(
                 "keep_alive_at",
-                format!("must be in (0, 1), got {}", self.keep_alive_at),
+                format!("must be in (0, 1), got {}", set.keep_alive_at),
             ));
         }
-        if let Quarantine::Period(period) = self.quarantine {
+        if let Quarantine::Period(period) = set.quarantine {
             if period.is_zero() {
                 return Err(Error::config(
                     "restart_quarantine",
@@ -271,18 +235,18 @@ impl Builder {
                 ));
             }
         }
-        if self.fencing_retention > MAX_TTL {
+        if set.fencing_retention > MAX_TTL {
             return Err(Error::config(
                 "fencing_retention",
                 format!(
                     "{:?} is longer than the longest TTL ({MAX_TTL:?})",
-                    self.fencing_retention
+                    set.fencing_retention
                 ),
             ));
         }
         for (name, timeout) in [
-            ("node_timeout", self.node_timeout),
-            ("connect_timeout", self.connect_timeout),
+            ("node_timeout", set.node_timeout),
+            ("connect_timeout", set.connect_timeout),
         ] {
             if timeout.is_zero() {
                 return Err(Error::config(name, "must be greater than zero"));
@@ -295,47 +259,26 @@ impl Builder {
                 ));
             }
         }
-        if let Some(deadline) = self.acquire_timeout {
-            if deadline < self.node_timeout {
+        if let Some(deadline) = set.acquire_timeout {
+            if deadline < set.node_timeout {
                 return Err(Error::config(
                     "acquire_timeout",
                     format!(
                         "{deadline:?} is shorter than one attempt (node_timeout {:?})",
-                        self.node_timeout
+                        set.node_timeout
                     ),
                 ));
             }
         }
-        let retry_count = match (self.retry_count, self.acquire_timeout) {
+        let retry_count = match (self.retry_count, set.acquire_timeout) {
             (Some(n), _) => n,
             (None, Some(_)) => u32::MAX,
             (None, None) => DEFAULT_RETRY_COUNT,
         };
         Ok(Settings {
             retry_count,
-            retry_delay: self.retry_delay,
-            retry_jitter: self.retry_jitter,
-            drift_factor: self.drift_factor,
-            node_timeout: self.node_timeout,
-            min_validity: self.min_validity,
-            key_prefix: self.key_prefix.clone(),
-            acquire_timeout: self.acquire_timeout,
-            connect_timeout: self.connect_timeout,
-            keep_alive_at: self.keep_alive_at,
-            quarantine: self.quarantine,
-            fencing_retention: self.fencing_retention,
+            ..set.clone()
         })
-    }
-}
-
-/// The builder's defaults, for unit tests of what lies above the settings.
-#[cfg(test)]
-impl Default for Settings {
-    fn default() -> Self {
-        match Builder::from_urls(Vec::new()).settings() {
-            Ok(settings) => settings,
-            Err(e) => panic!("the defaults are valid: {e}"),
-        }
     }
 }
 

@@ -10,8 +10,7 @@ use fred::prelude::{Client, ClientLike, EventInterface};
 use crate::endpoints::parse_endpoints;
 use crate::error::Error;
 use crate::node::{
-    ClientSettings, Node, SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal,
-    load_scripts, server_name,
+    Node, SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, load_scripts, server_name,
 };
 use crate::quorum::{NodeVote, Vote, Votes, quorum};
 use crate::request::RESERVED_PREFIX;
@@ -100,12 +99,11 @@ async fn prepare(nodes: &[Arc<Node>], settings: &Settings) -> Result<(), Error> 
 pub(crate) async fn from_urls(
     urls: &[String],
     settings: &Settings,
-    client_settings: &ClientSettings,
 ) -> Result<Arc<[Arc<Node>]>, Error> {
     let configs = parse_endpoints(urls)?;
     let mut clients = Vec::with_capacity(configs.len());
     for (i, config) in configs.into_iter().enumerate() {
-        let client = client_for(config, client_settings)
+        let client = client_for(config, settings)
             .map_err(|e| Error::config("endpoints", format!("endpoint {i}: {}", e.details())))?;
         clients.push(client);
     }

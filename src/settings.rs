@@ -59,7 +59,8 @@ impl Default for Quarantine {
     }
 }
 
-/// The validated settings a [`Redlock`] runs with.
+/// A [`Redlock`]'s settings: every option of its builder, checked by
+/// [`Builder::build`](crate::Builder::build) before a `Redlock` runs with them.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
     /// Retries after the first attempt (`u32::MAX`: until the acquire deadline).
@@ -72,9 +73,32 @@ pub(crate) struct Settings {
     pub(crate) key_prefix: String,
     pub(crate) acquire_timeout: Option<Duration>,
     pub(crate) connect_timeout: Duration,
+    /// For the clients fredlock creates from URLs.
+    pub(crate) reconnect_delay: Duration,
     pub(crate) keep_alive_at: f64,
     pub(crate) quarantine: Quarantine,
     pub(crate) fencing_retention: Duration,
+}
+
+/// Every option's default.
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            retry_count: DEFAULT_RETRY_COUNT,
+            retry_delay: DEFAULT_RETRY_DELAY,
+            retry_jitter: DEFAULT_RETRY_JITTER,
+            drift_factor: DEFAULT_DRIFT_FACTOR,
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+            min_validity: Duration::ZERO,
+            key_prefix: String::new(),
+            acquire_timeout: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            reconnect_delay: DEFAULT_RECONNECT_DELAY,
+            keep_alive_at: DEFAULT_KEEP_ALIVE_AT,
+            quarantine: Quarantine::default(),
+            fencing_retention: DEFAULT_FENCING_RETENTION,
+        }
+    }
 }
 
 impl Settings {

@@ -17,22 +17,22 @@ fn builder() -> Builder {
 fn option_validation_names_the_field() {
     for f in [-0.1, 1.0, 2.0, f64::NAN, f64::INFINITY] {
         assert_eq!(
-            field(builder().drift_factor(f).settings().unwrap_err()),
+            field(builder().drift_factor(f).validate().unwrap_err()),
             "drift_factor"
         );
     }
-    assert!(builder().drift_factor(0.0).settings().is_ok());
-    assert!(builder().drift_factor(0.999).settings().is_ok());
+    assert!(builder().drift_factor(0.0).validate().is_ok());
+    assert!(builder().drift_factor(0.999).validate().is_ok());
     for share in [0.0, 1.0, -0.5, 1.5, f64::NAN] {
-        let err = builder().keep_alive_at(share).settings().unwrap_err();
+        let err = builder().keep_alive_at(share).validate().unwrap_err();
         assert_eq!(field(err), "keep_alive_at");
     }
-    assert!(builder().keep_alive_at(0.01).settings().is_ok());
+    assert!(builder().keep_alive_at(0.01).validate().is_ok());
     assert_eq!(
         field(
             builder()
                 .node_timeout(Duration::ZERO)
-                .settings()
+                .validate()
                 .unwrap_err()
         ),
         "node_timeout"
@@ -41,33 +41,33 @@ fn option_validation_names_the_field() {
         field(
             builder()
                 .connect_timeout(Duration::ZERO)
-                .settings()
+                .validate()
                 .unwrap_err()
         ),
         "connect_timeout"
     );
     for huge in [MAX_TTL + Duration::from_millis(1), Duration::MAX] {
-        let node = builder().node_timeout(huge).settings().unwrap_err();
+        let node = builder().node_timeout(huge).validate().unwrap_err();
         assert_eq!(field(node), "node_timeout");
-        let connect = builder().connect_timeout(huge).settings().unwrap_err();
+        let connect = builder().connect_timeout(huge).validate().unwrap_err();
         assert_eq!(field(connect), "connect_timeout");
     }
     let short = builder()
         .node_timeout(Duration::from_millis(50))
         .acquire_timeout(Duration::from_millis(49));
-    assert_eq!(field(short.settings().unwrap_err()), "acquire_timeout");
+    assert_eq!(field(short.validate().unwrap_err()), "acquire_timeout");
 }
 
 #[test]
 fn retry_count_defaults_depend_on_the_deadline() {
     assert_eq!(
-        builder().settings().unwrap().retry_count,
+        builder().validate().unwrap().retry_count,
         DEFAULT_RETRY_COUNT
     );
     let deadline = builder().acquire_timeout(Duration::from_secs(1));
-    assert_eq!(deadline.settings().unwrap().retry_count, u32::MAX);
+    assert_eq!(deadline.validate().unwrap().retry_count, u32::MAX);
     let both = builder()
         .acquire_timeout(Duration::from_secs(1))
         .retry_count(5);
-    assert_eq!(both.settings().unwrap().retry_count, 5);
+    assert_eq!(both.validate().unwrap().retry_count, 5);
 }

@@ -12,23 +12,16 @@ use fred::types::CustomCommand;
 
 use crate::quorum::Vote;
 use crate::scripts::OPS_LUA;
+use crate::settings::Settings;
 
 /// The bound on loading the scripts into a node, in the background.
 pub(crate) const SCRIPT_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How fredlock configures the fred clients it creates from URLs.
-#[derive(Clone, Debug)]
-pub(crate) struct ClientSettings {
-    pub(crate) node_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) reconnect_delay: Duration,
-}
 
 /// Creates (but does not connect) a fred client for `config` that never hangs on a
 /// dead node and reconnects by itself when the node comes back.
 pub(crate) fn client_for(
     mut config: Config,
-    settings: &ClientSettings,
+    settings: &Settings,
 ) -> Result<Client, fred::error::Error> {
     // Keep reconnecting in the background when the first connection fails, rather
     // than giving up on a node that is down at start-up.

@@ -21,8 +21,7 @@ use fred::prelude::{Client, ClientLike};
 use tokio::sync::watch;
 
 pub(crate) use client::{
-    ClientSettings, SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, load_scripts,
-    server_name,
+    SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, load_scripts, server_name,
 };
 
 use crate::quorum::Vote;
