@@ -16,7 +16,7 @@ use fred::prelude::{
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::clients::{CycleParams, Failure};
+use crate::cycle::{CycleParams, Failure};
 use crate::fred_client;
 
 /// The floor: one bare fred client per node.

@@ -11,6 +11,7 @@
 
 mod clients;
 mod cpu;
+mod cycle;
 mod env;
 mod floor;
 mod fred_client;
@@ -34,7 +35,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::clients::{BenchClient, ClientKind, ClientSettings};
+use crate::clients::{BenchClient, ClientKind};
+use crate::cycle::ClientSettings;
 use crate::probe::Probe;
 use crate::run::{RunResult, RunSpec};
 use crate::scenario::{Scenario, ScenarioKind, Target};

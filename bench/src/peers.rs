@@ -19,7 +19,7 @@ use distributed_lock_core::error::LockError;
 use distributed_lock_core::traits::{DistributedLock, LockHandle, LockProvider};
 use distributed_lock_redis::{RedisLockHandle, RedisLockProvider};
 
-use crate::clients::{ClientSettings, Cycle, CycleParams, Failure};
+use crate::cycle::{ClientSettings, Cycle, CycleParams, Failure};
 
 pub fn rslock_failure(e: rslock::LockError) -> Failure {
     let kind = match &e {

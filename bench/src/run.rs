@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::clients::{BenchClient, ClientKind, Cycle, CycleParams};
+use crate::clients::{BenchClient, ClientKind};
+use crate::cycle::{Cycle, CycleParams};
 use crate::probe::{self, Probe};
 use crate::stats::Summary;
 
