@@ -197,8 +197,10 @@ async fn a_short_reader_keeps_the_counters_longer_life() -> TestResult {
     let long = redlock.try_read_lock(&res, Duration::from_secs(50)).await?;
     let short = redlock.try_read_lock(&res, Duration::from_secs(1)).await?;
     let counter = crate::support::fence_key("", &res);
-    // The default retention is 10 minutes: the long reader's grant gave 10 min 50 s.
-    let floor = 600_000 + 45_000;
+    // The long reader's grant gave the default retention plus 50 s; the short one's
+    // would give the retention plus 1 s.
+    let retention = i64::try_from(fredlock::DEFAULT_FENCING_RETENTION.as_millis())?;
+    let floor = retention + 45_000;
     nodes.assert_pttl_above(&[0, 1, 2], &counter, floor).await;
     // Nor does its extension.
     let mut short = short;
