@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fredlock::{Error, LostReason, Redlock};
+use fredlock::{Error, Lease, LostReason, Redlock};
+use tokio::sync::oneshot;
 
 use crate::support::{Nodes, ROOMY, TestResult, resource};
 
@@ -68,27 +69,49 @@ async fn losing_the_quorum_cancels_scoped_work_before_the_validity_ends() -> Tes
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
-    let deadline = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let cluster = &nodes.cluster;
-    let result = redlock
-        .with_lock(&res, Duration::from_secs(2), |lease| {
-            let (dropped, finished, deadline) =
-                (dropped.clone(), finished.clone(), deadline.clone());
-            async move {
-                let _flag = DropFlag(dropped);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                for i in 0..3 {
-                    cluster.kill(i).await.expect("kill");
+    let (lease_tx, lease_rx) = oneshot::channel::<Lease>();
+    let locked = async {
+        let result = redlock
+            .with_lock(&res, Duration::from_secs(2), |lease| {
+                let (dropped, finished) = (dropped.clone(), finished.clone());
+                async move {
+                    let _flag = DropFlag(dropped);
+                    let _ = lease_tx.send(lease);
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    finished.store(true, Ordering::SeqCst);
                 }
-                // With a majority gone no extension can succeed: this is the latest
-                // the lock can be trusted.
-                *deadline.lock().expect("poisoned") = Some(Instant::now() + lease.remaining());
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                finished.store(true, Ordering::SeqCst);
+            })
+            .await;
+        (result, Instant::now())
+    };
+    // The nodes are killed outside the work, which is cancelled as soon as the loss is
+    // seen: that can be before `docker stop` returns for the third node.
+    let cluster = &nodes.cluster;
+    let faults = async {
+        let lease = lease_rx.await.expect("the work started");
+        let kills = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for i in 0..3 {
+                cluster.kill(i).await.expect("kill");
             }
-        })
-        .await;
-    let returned = Instant::now();
+        };
+        // The validity's end moves only when an extension succeeds, so once a majority
+        // is gone it stays where the last one put it: the latest the lock can be
+        // trusted. Sampled until it passes, it is right however long the kills take.
+        let validity_end = async {
+            let mut end = Instant::now() + lease.remaining();
+            loop {
+                let left = lease.remaining();
+                if left.is_zero() {
+                    return end;
+                }
+                end = end.max(Instant::now() + left);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::join!(kills, validity_end).1
+    };
+    let ((result, returned), deadline) = tokio::join!(locked, faults);
     match result {
         Err(Error::Lost {
             reason: LostReason::ExtendFailed(error),
@@ -98,7 +121,6 @@ async fn losing_the_quorum_cancels_scoped_work_before_the_validity_ends() -> Tes
     }
     assert!(dropped.load(Ordering::SeqCst), "the work was not dropped");
     assert!(!finished.load(Ordering::SeqCst));
-    let deadline = deadline.lock().expect("poisoned").expect("work ran");
     assert!(
         returned < deadline,
         "told {:?} after the validity ended",
