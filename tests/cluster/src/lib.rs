@@ -132,6 +132,9 @@ pub enum Error {
     /// [`Cluster::jump_clock`] on a node started without a controllable clock (see
     /// [`Cluster::start_with_fake_clocks`]).
     NoFakeClock(usize),
+    /// [`Cluster::partition`] on a node that shares the host's network (see
+    /// [`Cluster::start_on_host_network`]): its rules would cut the host.
+    HostNetwork(usize),
 }
 
 impl fmt::Display for Error {
@@ -167,6 +170,11 @@ impl fmt::Display for Error {
                 f,
                 "node {i} has real time; name it in Cluster::start_with_fake_clocks"
             ),
+            Error::HostNetwork(i) => write!(
+                f,
+                "node {i} shares the host's network, where a partition would cut the host; \
+                 start the cluster without Cluster::start_on_host_network"
+            ),
         }
     }
 }
@@ -199,6 +207,8 @@ struct Node {
     container: ContainerAsync<GenericImage>,
     /// The container's fixed host port.
     port: u16,
+    /// Redis listens on `port` in the host's network namespace, not behind a mapping.
+    host_network: bool,
     state: Mutex<NodeState>,
     /// The `iptables` binary that added partition rules in the current container
     /// process's network namespace, if any. An async lock: it is held across the
@@ -274,7 +284,7 @@ impl Cluster {
     /// If any node fails to start, the nodes already started are removed and the first
     /// error is returned.
     pub async fn start(n: usize) -> Result<Cluster, Error> {
-        Self::start_inner(n, false, &[]).await
+        Self::start_inner(n, Network::Mapped, false, &[]).await
     }
 
     /// Like [`Cluster::start`], and the nodes in `fake` run with a wall clock that
@@ -294,7 +304,7 @@ impl Cluster {
     /// library cannot be built or its directory written, and those of
     /// [`Cluster::start`].
     pub async fn start_with_fake_clocks(n: usize, fake: &[usize]) -> Result<Cluster, Error> {
-        Self::start_inner(n, false, fake).await
+        Self::start_inner(n, Network::Mapped, false, fake).await
     }
 
     /// Like [`Cluster::start`], and puts each node behind its own loopback TCP proxy
@@ -313,10 +323,27 @@ impl Cluster {
     ///
     /// Must be called within a Tokio runtime (the proxies are spawned on it).
     pub async fn start_with_proxies(n: usize) -> Result<Cluster, Error> {
-        Self::start_inner(n, true, &[]).await
+        Self::start_inner(n, Network::Mapped, true, &[]).await
     }
 
-    async fn start_inner(n: usize, with_proxies: bool, fake: &[usize]) -> Result<Cluster, Error> {
+    /// Like [`Cluster::start`], but each container shares the host's network and its
+    /// Redis listens on its own free port of `127.0.0.1`: clients reach it as they
+    /// reach a `redis-server` process on their own machine, without Docker's port
+    /// mapping (`docker-proxy`, a user-space process that copies every byte between
+    /// two sockets and charges every message). Kill, restart and pause work as on
+    /// any cluster; [`Cluster::partition`] is refused ([`Error::HostNetwork`]), since
+    /// its rules would apply to the host. With `proxies`, each node also gets its
+    /// latency proxy, as with [`Cluster::start_with_proxies`].
+    pub async fn start_on_host_network(n: usize, proxies: bool) -> Result<Cluster, Error> {
+        Self::start_inner(n, Network::Host, proxies, &[]).await
+    }
+
+    async fn start_inner(
+        n: usize,
+        network: Network,
+        with_proxies: bool,
+        fake: &[usize],
+    ) -> Result<Cluster, Error> {
         let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
         if let Some(&index) = fake.iter().find(|&&i| i >= n) {
             return Err(Error::NoSuchNode { index, len: n });
@@ -332,7 +359,9 @@ impl Cluster {
         for (index, port) in ports.into_iter().enumerate() {
             let image = image.clone();
             let clock = clocks[index].take();
-            set.spawn(async move { (index, start_node(&image, index, port, clock).await) });
+            set.spawn(
+                async move { (index, start_node(&image, index, port, network, clock).await) },
+            );
         }
 
         let mut slots: Vec<Option<Node>> = (0..n).map(|_| None).collect();
@@ -648,6 +677,7 @@ async fn start_node(
     image: &str,
     index: usize,
     first_port: u16,
+    network: Network,
     clock: Option<FakeClock>,
 ) -> Result<Node, Error> {
     let (name, tag) = split_image(image);
@@ -658,19 +688,28 @@ async fn start_node(
         let cname = container_name(index, attempt);
         let request = GenericImage::new(name.clone(), tag.clone())
             .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-            .with_cmd(REDIS_ARGS)
             .with_container_name(cname.clone())
-            .with_mapped_port(port, REDIS_PORT.tcp())
-            .with_startup_timeout(STARTUP_TIMEOUT)
-            // testcontainers publishes mapped ports on all interfaces; keep them on
-            // loopback only.
-            .with_host_config_modifier(|hc| {
-                if let Some(bindings) = hc.port_bindings.as_mut() {
-                    for b in bindings.values_mut().flatten().flatten() {
-                        b.host_ip = Some(Ipv4Addr::LOCALHOST.to_string());
+            .with_startup_timeout(STARTUP_TIMEOUT);
+        let request = match network {
+            Network::Mapped => request
+                .with_cmd(REDIS_ARGS)
+                .with_mapped_port(port, REDIS_PORT.tcp())
+                // testcontainers publishes mapped ports on all interfaces; keep them on
+                // loopback only.
+                .with_host_config_modifier(|hc| {
+                    if let Some(bindings) = hc.port_bindings.as_mut() {
+                        for b in bindings.values_mut().flatten().flatten() {
+                            b.host_ip = Some(Ipv4Addr::LOCALHOST.to_string());
+                        }
                     }
-                }
-            });
+                }),
+            Network::Host => {
+                let mut cmd = REDIS_ARGS.map(str::to_string).to_vec();
+                cmd.extend(["--port".into(), port.to_string()]);
+                cmd.extend(["--bind".into(), Ipv4Addr::LOCALHOST.to_string()]);
+                request.with_cmd(cmd).with_network("host")
+            }
+        };
         let request = match &clock {
             None => request,
             Some(clock) => request
@@ -686,6 +725,7 @@ async fn start_node(
                 let node = Node {
                     container,
                     port,
+                    host_network: network == Network::Host,
                     state: Mutex::new(NodeState::Running),
                     partition: tokio::sync::Mutex::new(None),
                     proxy: None,
@@ -694,19 +734,38 @@ async fn start_node(
                 wait_ready(index, port, READY_TIMEOUT).await?;
                 return Ok(node);
             }
-            Err(e) if is_port_clash(&e) && attempt < PORT_ATTEMPTS => {
+            Err(e) if clashed(&e, network, port) && attempt < PORT_ATTEMPTS => {
                 // testcontainers leaves a created-but-not-started container behind
                 // when `docker start` fails; remove it before trying another port.
                 remove_by_name(&cname).await;
                 port = free_ports(1)?[0];
             }
             Err(e) => {
-                if is_port_clash(&e) {
+                if clashed(&e, network, port) {
                     remove_by_name(&cname).await;
                 }
                 return Err(e.into());
             }
         }
+    }
+}
+
+/// How a node's port reaches the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Network {
+    /// Docker maps a host port to Redis' port in the container's own namespace.
+    Mapped,
+    /// The container shares the host's network; Redis listens on the port itself.
+    Host,
+}
+
+/// Whether a container failed to start because its port was taken meanwhile: Docker
+/// says so for a mapping; on the host's network Redis exits before it is ready, and
+/// the port is found taken.
+fn clashed(e: &TestcontainersError, network: Network, port: u16) -> bool {
+    match network {
+        Network::Mapped => is_port_clash(e),
+        Network::Host => TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err(),
     }
 }
 
@@ -760,7 +819,7 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use super::{Cluster, DEFAULT_IMAGE, Error, IMAGE_ENV, split_image, start_node};
+    use super::{Cluster, DEFAULT_IMAGE, Error, IMAGE_ENV, Network, ping, split_image, start_node};
 
     /// Taken by the tests here that start containers: the taken-port test counts the
     /// containers of this process, which another test's nodes would add to.
@@ -864,7 +923,7 @@ mod tests {
         let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
         let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let taken_port = taken.local_addr().unwrap().port();
-        let node = start_node(&image, 0, taken_port, None)
+        let node = start_node(&image, 0, taken_port, Network::Mapped, None)
             .await
             .expect("node starts");
         assert_ne!(node.port, taken_port);
@@ -886,6 +945,67 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1, "only the started node: {names:?}");
         drop(node);
+    }
+
+    /// On the host's network a node listens on its own port of 127.0.0.1 (no mapping),
+    /// comes back there after a kill, and refuses a partition, whose rules would apply
+    /// to the host. A port taken meanwhile is replaced, as with a mapping. Needs Docker
+    /// and the image.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn host_network_nodes_listen_on_their_own_port() {
+        let _alone = CONTAINERS.lock().await;
+        let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+        let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let node = start_node(&image, 0, taken_port, Network::Host, None)
+            .await
+            .expect("node starts");
+        assert_ne!(node.port, taken_port);
+        drop(node);
+
+        let cluster = Cluster::start_on_host_network(2, false)
+            .await
+            .expect("start");
+        for i in 0..2 {
+            assert_eq!(cluster.port(i), cluster.direct_port(i));
+            assert!(
+                ping(
+                    ([127, 0, 0, 1], cluster.port(i)).into(),
+                    Duration::from_secs(2)
+                )
+                .await
+            );
+        }
+        // No docker-proxy process serves the port: the container publishes none.
+        let ports = std::process::Command::new("docker")
+            .args(["port", cluster.container_id(0)])
+            .output()
+            .unwrap();
+        assert!(
+            ports.stdout.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&ports.stdout)
+        );
+        assert!(matches!(
+            cluster.partition(0).await,
+            Err(Error::HostNetwork(0))
+        ));
+        cluster.kill(0).await.expect("kill");
+        assert!(
+            !ping(
+                ([127, 0, 0, 1], cluster.port(0)).into(),
+                Duration::from_secs(1)
+            )
+            .await
+        );
+        cluster.restart(0).await.expect("restart");
+        assert!(
+            ping(
+                ([127, 0, 0, 1], cluster.port(0)).into(),
+                Duration::from_secs(2)
+            )
+            .await
+        );
     }
 
     #[test]

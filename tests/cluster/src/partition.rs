@@ -81,6 +81,9 @@ impl Cluster {
     /// namespace's rules is used for the rest of the process.
     pub async fn partition(&self, i: usize) -> Result<(), Error> {
         let node = self.node(i)?;
+        if node.host_network {
+            return Err(Error::HostNetwork(i));
+        }
         let mut partition = node.partition.lock().await;
         if node.get_state() == NodeState::Killed {
             return Err(Error::NodeKilled(i));
