@@ -34,24 +34,28 @@ measure() {
 
 ops=$(cli script load "$(cat src/scripts/ops.lua)")
 q="fredlock:incarnation fredlock:quarantine"
-acquire_off() { echo "EVALSHA $ops 2 k$1 fredlock:fence:k$1 1 a 2 5 tok 10000 -1 100 600000"; }
-acquire_on() { echo "EVALSHA $ops 4 k$1 fredlock:fence:k$1 $q 1 a 4 5 tok 10000 60000 100 600000"; }
+# The counter lives the TTL (10 s) plus the default retention (60 s).
+acquire_off() { echo "EVALSHA $ops 2 k$1 fredlock:fence:k$1 1 -1 lock 2 5 tok 10000 100 70000 0"; }
+acquire_on() { echo "EVALSHA $ops 4 $q k$1 fredlock:fence:k$1 1 60000 lock 2 5 tok 10000 100 70000 0"; }
+release() { echo "EVALSHA $ops 1 k$1 1 -1 release 1 3 tok fredlock:released: \"\""; }
 acquire_release() {
     acquire_on "$1"
-    echo "EVALSHA $ops 1 k$1 1 d 1 2 tok fredlock:released:"
+    release "$1"
 }
 batch() {
     local keys="" heads="" args=""
     for j in $(seq 10); do
-        keys="$keys k$1-$j fredlock:fence:k$1-$j $q"; heads="$heads a 4 5"
-        args="$args tok 10000 60000 100 600000"
+        keys="$keys k$1-$j fredlock:fence:k$1-$j"; heads="$heads lock 2 5"
+        args="$args tok 10000 100 70000 0"
     done
-    echo "EVALSHA $ops 40 $keys 10 $heads $args"
+    echo "EVALSHA $ops 22 $q $keys 10 60000 $heads $args"
 }
 release_batch() {
     local keys="" heads="" args=""
-    for j in $(seq 10); do keys="$keys k$1-$j"; heads="$heads d 1 2"; args="$args tok fredlock:released:"; done
-    echo "EVALSHA $ops 10 $keys 10 $heads $args"
+    for j in $(seq 10); do
+        keys="$keys k$1-$j"; heads="$heads release 1 3"; args="$args tok fredlock:released: \"\""
+    done
+    echo "EVALSHA $ops 10 $keys 10 -1 $heads $args"
 }
 set_nx() { echo "SET k$1 tok NX PX 10000"; }
 set_del() { echo "SET k$1 tok NX PX 10000"; echo "DEL k$1"; }
@@ -61,6 +65,7 @@ printf '%-62s %10s\n' "ops.lua: one acquisition, quarantine off" "$(measure eval
 printf '%-62s %10s\n' "ops.lua: one acquisition, quarantine on" "$(measure evalsha acquire_on)"
 printf '%-62s %10s\n' "ops.lua: acquisition then release, one call each (mean)" "$(measure evalsha acquire_release)"
 printf '%-62s %10s\n' "ops.lua: 10 acquisitions in one call, quarantine on" "$(measure evalsha batch)"
+printf '%-62s %10s\n' "ops.lua: one release (key absent)" "$(measure evalsha release)"
 printf '%-62s %10s\n' "ops.lua: 10 releases in one call (keys absent)" "$(measure evalsha release_batch)"
 printf '%-62s %10s\n' "floor: SET NX PX" "$(measure set set_nx)"
 printf '%-62s %10s\n' "floor: DEL (after SET NX PX)" "$(measure del set_del)"

@@ -219,78 +219,83 @@ impl Op {
         args.extend(wire.args.iter().cloned());
     }
 
+    /// The operation as `scripts/ops.lua` reads it: its name, and the keys and
+    /// arguments that name's section of the script lists, in that order.
     fn wire(&self) -> Wire {
-        let mut keys: Vec<Value> = self.keys.iter().map(|k| string(k)).collect();
-        let mut args = vec![string(&self.token)];
-        let kind = match self.kind {
-            Kind::Acquire | Kind::Read | Kind::Permit => {
-                keys.extend(self.fence_keys.iter().map(|k| string(k)));
-                if let (Kind::Permit, Some(semaphore)) = (self.kind, &self.semaphore) {
-                    keys.push(string(&semaphore.record));
-                }
-                let period = match &self.quarantine {
-                    Some(q) => {
-                        keys.push(string(&q.marker));
-                        keys.push(string(&q.guard));
-                        int(ttl::ms(q.period))
-                    }
-                    None => Value::Integer(-1),
-                };
-                args.extend([
+        let names = || self.keys.iter().map(|k| string(k));
+        let counters = || self.fence_keys.iter().map(|k| string(k));
+        let token = string(&self.token);
+        // A counter lives its lock's TTL plus the retention from each grant or renewal.
+        let life = || int(self.ttl_ms.saturating_add(self.keep_ms));
+        let record = self.semaphore.as_ref().map(|s| string(&s.record));
+        let permits = self
+            .semaphore
+            .as_ref()
+            .map(|s| Value::from(s.permits.to_string()));
+        let floor = || Value::from(self.floor.to_string());
+        let (name, keys, args): (&'static str, Vec<Value>, Vec<Value>) = match self.kind {
+            Kind::Acquire => (
+                "lock",
+                names().chain(counters()).collect(),
+                vec![token, int(self.ttl_ms), floor(), life(), int(self.claim_ms)],
+            ),
+            Kind::Read => (
+                "read",
+                names().chain(counters()).collect(),
+                vec![token, int(self.ttl_ms), floor(), life()],
+            ),
+            Kind::Permit => (
+                "permit",
+                names().chain(counters()).chain(record).collect(),
+                vec![
+                    token,
                     int(self.ttl_ms),
-                    period,
-                    Value::from(self.floor.to_string()),
-                    int(self.keep_ms),
-                ]);
-                match (self.kind, &self.semaphore) {
-                    (Kind::Read, _) => "r",
-                    (Kind::Permit, Some(semaphore)) => {
-                        args.push(Value::from(semaphore.permits.to_string()));
-                        "p"
-                    }
-                    _ => {
-                        args.push(int(self.claim_ms));
-                        "a"
-                    }
-                }
-            }
-            Kind::Extend => {
-                keys.extend(self.fence_keys.iter().map(|k| string(k)));
-                if let Some(semaphore) = &self.semaphore {
-                    keys.push(string(&semaphore.record));
-                }
-                args.extend([int(self.ttl_ms), int(self.keep_ms)]);
-                "e"
-            }
-            Kind::Fence => {
-                keys.extend(self.fence_keys.iter().map(|k| string(k)));
-                args.push(int(self.keep_ms));
-                args.extend(self.fences.iter().map(|f| Value::from(f.to_string())));
-                "f"
-            }
-            Kind::Release => {
-                args.push(Value::String(Str::from_static(RELEASE_CHANNEL_PREFIX)));
-                // A permit's release wakes the semaphore's waiters, whichever slot it
-                // frees.
-                if let Some(semaphore) = &self.semaphore {
-                    args.push(string(&semaphore.record));
-                }
-                "d"
-            }
-            Kind::Remove => {
-                if let Some(semaphore) = &self.semaphore {
-                    keys.push(string(&semaphore.record));
-                    args.extend([string(""), string("")]);
-                    args.push(Value::from(semaphore.permits.to_string()));
-                } else if self.claim_ms > 0 {
-                    args.extend([string(""), string(""), string(""), int(self.claim_ms)]);
-                }
-                "d"
-            }
+                    floor(),
+                    life(),
+                    permits.unwrap_or_else(|| string("")),
+                ],
+            ),
+            Kind::Extend => (
+                "extend",
+                names().chain(counters()).chain(record.clone()).collect(),
+                vec![
+                    token,
+                    int(self.ttl_ms),
+                    life(),
+                    string(if record.is_some() { "permit" } else { "" }),
+                ],
+            ),
+            Kind::Fence => (
+                "fence",
+                names().chain(counters()).collect(),
+                [token, int(self.keep_ms)]
+                    .into_iter()
+                    .chain(self.fences.iter().map(|f| Value::from(f.to_string())))
+                    .collect(),
+            ),
+            // A permit's release wakes the semaphore's waiters, whichever slot it frees.
+            Kind::Release => (
+                "release",
+                names().collect(),
+                vec![
+                    token,
+                    Value::String(Str::from_static(RELEASE_CHANNEL_PREFIX)),
+                    record.unwrap_or_else(|| string("")),
+                ],
+            ),
+            Kind::Remove => (
+                "remove",
+                names().chain(record).collect(),
+                vec![
+                    token,
+                    int(self.claim_ms),
+                    permits.unwrap_or_else(|| string("")),
+                ],
+            ),
         };
         Wire {
             header: [
-                Value::String(Str::from_static(kind)),
+                Value::String(Str::from_static(name)),
                 count(keys.len()),
                 count(args.len()),
             ],
@@ -301,14 +306,27 @@ impl Op {
 }
 
 /// The arguments of `EVAL`/`EVALSHA` of the batch script for `ops`: `script` (its
-/// text or digest), the number of keys, the keys, then the arguments.
+/// text or digest), the number of keys, the quarantine's keys when an operation
+/// acquires with the quarantine on, every operation's keys, then the number of
+/// operations, the quarantine's period (-1: off), the headers and the arguments.
 pub(crate) fn batch_args(script: Value, ops: &[Arc<Op>]) -> Vec<Value> {
+    let quarantine = ops
+        .iter()
+        .filter(|op| op.kind.acquires())
+        .find_map(|op| op.quarantine.as_ref());
     let (mut headers, mut keys, mut args) = (
-        Vec::with_capacity(1 + 3 * ops.len()),
+        Vec::with_capacity(2 + 3 * ops.len()),
         Vec::new(),
         Vec::new(),
     );
     headers.push(count(ops.len()));
+    match quarantine {
+        Some(q) => {
+            keys.extend([string(&q.marker), string(&q.guard)]);
+            headers.push(int(ttl::ms(q.period)));
+        }
+        None => headers.push(Value::Integer(-1)),
+    }
     for op in ops {
         op.encode(&mut headers, &mut keys, &mut args);
     }

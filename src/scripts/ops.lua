@@ -3,34 +3,42 @@
 -- fails (WRONGTYPE on its key, a quarantined node, an exhausted fencing counter)
 -- fails alone; the others run as if they had come by themselves, in order.
 --
--- ARGV[1] = m, the number of operations. Then, for operation i, ARGV[3i - 1 .. 3i + 1]
--- = its kind, its number of keys, its number of arguments. Then every operation's
--- arguments, in order. KEYS = every operation's keys, in order.
+-- ARGV[1] = m, the number of operations; ARGV[2] = the restart quarantine's period in
+-- ms, or -1 when it is off; with a period, KEYS[1] and KEYS[2] are the node's
+-- incarnation marker and quarantine guard. Then, for operation i, ARGV[3i .. 3i + 2] =
+-- its name, its number of keys, its number of arguments. Then every operation's
+-- arguments, in order, and its keys, in order, after the two quarantine keys.
 -- Returns m results: an operation's reply, or a string "!<message>" when it failed.
 --
 -- Each operation reads and checks before it writes, so one that fails has changed
 -- nothing. Operations read their keys and arguments in place: KEYS[k + j] is an
--- operation's j-th key, ARGV[a + j] its j-th argument, and nk its number of keys.
+-- operation's j-th key, ARGV[a + j] its j-th argument, nk and na their numbers.
 
 -- The restart quarantine, once per batch: the milliseconds this node still sits out
 -- of acquisitions (0 when it votes). run_id changes with every start of the server
 -- process, and a replica promoted in its place has its own; a marker that is missing
 -- (flushed, evicted, never written) or holds another run_id means locks this node
--- granted may be gone.
+-- granted may be gone. INFO server is the one source of run_id a script can call, so
+-- it is read on every batch that acquires; a plain search finds the field (a pattern
+-- match over the whole reply cost as much as INFO itself).
+local PERIOD = tonumber(ARGV[2])
 local quarantine_left = nil
-local function quarantine(marker, guard, period)
+local function quarantine()
     if quarantine_left then
         return quarantine_left
     end
-    local run_id = string.match(redis.call("INFO", "server"), "run_id:(%x+)")
-    if not run_id then
+    local marker, guard = KEYS[1], KEYS[2]
+    local info = redis.call("INFO", "server")
+    local at = string.find(info, "\nrun_id:", 1, true)
+    local run_id = at and string.sub(info, at + 8, at + 47)
+    if not run_id or #run_id ~= 40 then
         error({err = "ERR fredlock: INFO server has no run_id"})
     end
     if redis.call("GET", marker) ~= run_id then
         -- A whole period from now; never shorten a guard that another client set with
         -- a longer period.
-        if redis.call("PTTL", guard) < period then
-            redis.call("SET", guard, run_id, "PX", period)
+        if redis.call("PTTL", guard) < PERIOD then
+            redis.call("SET", guard, run_id, "PX", PERIOD)
         end
         redis.call("SET", marker, run_id)
     end
@@ -38,18 +46,20 @@ local function quarantine(marker, guard, period)
     if left == -1 then
         -- A guard without expiry (set or PERSISTed by hand) would keep the node out
         -- for good: give it the period.
-        redis.call("PEXPIRE", guard, period)
-        left = period
+        redis.call("PEXPIRE", guard, PERIOD)
+        left = PERIOD
     end
     quarantine_left = math.max(left, 0)
     return quarantine_left
 end
 
--- Fails the operation while the node sits out of acquisitions.
-local function refuse_if_quarantined(marker, guard, period)
-    local left = quarantine(marker, guard, period)
-    if left > 0 then
-        error({err = string.format("QUARANTINED %d", left)})
+-- Fails an acquisition while the node sits out of them (never with the quarantine off).
+local function refuse_if_quarantined()
+    if PERIOD >= 0 then
+        local left = quarantine()
+        if left > 0 then
+            error({err = string.format("QUARANTINED %d", left)})
+        end
     end
 end
 
@@ -81,9 +91,14 @@ local function raise(counter, floor, keep)
     if not current or current >= MAX_COUNTER then
         return nil, {err = current and "FENCE_EXHAUSTED 1" or "ERR fredlock: fencing counter 1 is not a number"}
     end
-    local fence = math.max(current + 1, tonumber(floor))
-    redis.call("SET", counter, string.format("%d", fence), "PX", keep)
-    return fence
+    local low = tonumber(floor)
+    if current < low then
+        -- The usual case (the floor is the client's clock): the argument goes as is.
+        redis.call("SET", counter, floor, "PX", keep)
+        return low
+    end
+    redis.call("SET", counter, string.format("%d", current + 1), "PX", keep)
+    return current + 1
 end
 
 -- A read-locked resource's key is a sorted set of its readers' tokens, each scored by
@@ -162,28 +177,23 @@ local function acquire_one(key, counter, token, ttl, floor, keep, claim)
     return {fence}
 end
 
--- Acquire: all-or-nothing SET NX PX of the n lock keys, raising each resource's
--- fencing counter in the same step.
--- keys = the n lock keys, the n counters, then (when a period is given) the node's
--- incarnation marker and quarantine guard. args = token, TTL ms, period ms or -1,
--- fencing floor, counter retention ms, and how long to claim a key that readers hold
+-- lock: all-or-nothing SET NX PX of the n lock keys, raising each resource's fencing
+-- counter in the same step.
+-- keys = the n lock keys, then their n counters. args = token, TTL ms, fencing floor,
+-- counter life ms (TTL plus retention), and how long to claim a key that readers hold
 -- (0: no claim).
 -- Returns the n raised counters, 2 if a lock key is taken and keys that readers hold
 -- were claimed (nothing else set), or 0 if a lock key is taken (nothing set).
-local function acquire(k, nk, a)
-    local period = tonumber(ARGV[a + 3])
-    local n = period >= 0 and (nk - 2) / 2 or nk / 2
-    if period >= 0 then
-        refuse_if_quarantined(KEYS[k + 2 * n + 1], KEYS[k + 2 * n + 2], period)
-    end
+local function lock(k, nk, a)
+    refuse_if_quarantined()
+    local n = nk / 2
     -- Each counter moves to max(counter + 1, floor), the floor the client proposes (its
     -- clock in microseconds): nodes that saw the same acquisitions return the same
     -- value, and a counter that was lost or expired comes back at the floor
     -- (docs/fencing.md).
-    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
-    local keep = tonumber(ttl) + tonumber(ARGV[a + 5])
+    local token, ttl, floor, keep = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     if n == 1 then
-        return acquire_one(KEYS[k + 1], KEYS[k + 2], token, ttl, floor, keep, ARGV[a + 6])
+        return acquire_one(KEYS[k + 1], KEYS[k + 2], token, ttl, floor, keep, ARGV[a + 5])
     end
     -- Several keys: every counter read and checked, then every key checked, before
     -- anything is written.
@@ -208,11 +218,11 @@ local function acquire(k, nk, a)
         end
     end
     if blocked then
-        if #readers == 0 or tonumber(ARGV[a + 6]) == 0 then
+        if #readers == 0 or tonumber(ARGV[a + 5]) == 0 then
             return 0
         end
         for _, key in ipairs(readers) do
-            claim_key(key, ARGV[a + 6])
+            claim_key(key, ARGV[a + 5])
         end
         return 2
     end
@@ -233,21 +243,14 @@ local function longer_life(counter, keep)
     return math.max(tonumber(keep), redis.call("PTTL", counter))
 end
 
-local function shared_keep(counter, ttl, retention)
-    return longer_life(counter, tonumber(ttl) + tonumber(retention))
-end
-
--- Read lock: the token joins the key's readers unless a writer holds the key or has
--- claimed it, raising the resource's fencing counter. keys = the lock key, its counter,
--- then (with a period) the marker and guard. args = token, TTL ms, period ms or -1,
--- fencing floor, counter retention ms. Returns {token}, or 0 if a writer holds or
--- claims the key, or the key is not fredlock's (nothing set).
+-- read: the token joins the key's readers unless a writer holds the key or has
+-- claimed it, raising the resource's fencing counter. keys = the lock key, its counter.
+-- args = token, TTL ms, fencing floor, counter life ms (TTL plus retention). Returns
+-- {token}, or 0 if a writer holds or claims the key, or the key is not fredlock's
+-- (nothing set).
 local function read(k, nk, a)
+    refuse_if_quarantined()
     local key, counter = KEYS[k + 1], KEYS[k + 2]
-    local period = tonumber(ARGV[a + 3])
-    if period >= 0 then
-        refuse_if_quarantined(KEYS[k + 3], KEYS[k + 4], period)
-    end
     local kind = redis.call("TYPE", key).ok
     if kind == "zset" and own_set(key) then
         -- Expired readers and an expired claim leave; OWN (at -inf) stays.
@@ -259,8 +262,8 @@ local function read(k, nk, a)
         -- A writer's key, or one fredlock did not write.
         return 0
     end
-    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
-    local fence, err = raise(counter, floor, shared_keep(counter, ttl, ARGV[a + 5]))
+    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    local fence, err = raise(counter, floor, longer_life(counter, ARGV[a + 4]))
     if not fence then
         error(err)
     end
@@ -269,28 +272,25 @@ local function read(k, nk, a)
     return {fence}
 end
 
--- Semaphore permit: the first free slot in the order given is set to the token, as a
--- lock key; the semaphore's record holds its number of permits and lives at least as
--- long as every slot, so that a client configured with another number is refused
--- while a permit may be held. keys = the m slot keys, the counter, the record, then
--- (with a period) the marker and guard. args = as for acquire, then the permits.
+-- permit: the first free slot of a semaphore, in the order given, is set to the token,
+-- as a lock key; the semaphore's record holds its number of permits and lives at least
+-- as long as every slot, so that a client configured with another number is refused
+-- while a permit may be held. keys = the m slot keys, the counter, the record. args =
+-- token, TTL ms, fencing floor, counter life ms, the number of permits.
 -- Returns {token, the slot's position from 1}, or 0 if every slot is taken.
 local function permit(k, nk, a)
-    local period = tonumber(ARGV[a + 3])
-    local m = period >= 0 and nk - 4 or nk - 2
-    if period >= 0 then
-        refuse_if_quarantined(KEYS[k + m + 3], KEYS[k + m + 4], period)
-    end
-    local counter, record, permits = KEYS[k + m + 1], KEYS[k + m + 2], ARGV[a + 6]
+    refuse_if_quarantined()
+    local m = nk - 2
+    local counter, record, permits = KEYS[k + m + 1], KEYS[k + m + 2], ARGV[a + 5]
     local held = redis.call("GET", record)
     if held and held ~= permits then
         error({err = "PERMITS " .. held})
     end
-    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4]
+    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
     for i = 1, m do
         local slot = KEYS[k + i]
         if redis.call("SET", slot, token, "NX", "PX", ttl) then
-            local fence, err = raise(counter, floor, shared_keep(counter, ttl, ARGV[a + 5]))
+            local fence, err = raise(counter, floor, longer_life(counter, ARGV[a + 4]))
             if not fence then
                 redis.call("DEL", slot)
                 error(err)
@@ -334,18 +334,18 @@ local function ours(k, n, token)
     return kinds
 end
 
--- Extend: compare-and-pexpire. keys = the n lock keys, the n counters, then for a
--- permit the semaphore's record. args = token, TTL ms, counter retention ms. Returns
--- 1 if renewed, 0 if not ours (nothing changed).
+-- extend: compare-and-pexpire. keys = the n lock keys, their n counters, then for a
+-- permit the semaphore's record. args = token, TTL ms, counter life ms (TTL plus
+-- retention), "permit" for a permit (the last key is then the record) or "". Returns 1
+-- if renewed, 0 if not ours (nothing changed).
 local function extend(k, nk, a)
-    local n = math.floor(nk / 2)
-    local token = ARGV[a + 1]
+    local token, ttl, keep = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    local record = ARGV[a + 4] == "permit" and KEYS[k + nk]
+    local n = (record and nk - 1 or nk) / 2
     local kinds = ours(k, n, token)
     if not kinds then
         return 0
     end
-    local ttl = ARGV[a + 2]
-    local keep = tonumber(ttl) + tonumber(ARGV[a + 3])
     for i = 1, n do
         local key, counter = KEYS[k + i], KEYS[k + n + i]
         local reader = kinds[i] == "zset"
@@ -357,20 +357,20 @@ local function extend(k, nk, a)
         end
         -- A counter lost meanwhile stays lost: PEXPIRE does not create it. One that
         -- other holders share (readers, permits) keeps a longer life they gave it.
-        if reader or nk % 2 == 1 then
+        if reader or record then
             redis.call("PEXPIRE", counter, longer_life(counter, keep))
         else
             redis.call("PEXPIRE", counter, keep)
         end
     end
-    if nk % 2 == 1 and redis.call("PTTL", KEYS[k + nk]) < tonumber(ttl) then
-        redis.call("PEXPIRE", KEYS[k + nk], ttl)
+    if record and redis.call("PTTL", record) < tonumber(ttl) then
+        redis.call("PEXPIRE", record, ttl)
     end
     return 1
 end
 
--- Fencing write-back: while the lock keys hold the token, raise each counter to at
--- least the token handed out. keys = the n lock keys, then the n counters. args =
+-- fence: the write-back; while the lock keys hold the token, raise each counter to at
+-- least the token handed out. keys = the n lock keys, then their n counters. args =
 -- token, counter life ms (TTL + retention), then the n fencing tokens. Returns 1 if
 -- the keys are ours (counters raised), 0 otherwise (nothing changed).
 local function fence(k, nk, a)
@@ -388,24 +388,17 @@ local function fence(k, nk, a)
     return 1
 end
 
--- Compare-and-delete of each lock key that holds the token (a reader's token leaves
--- the set, expired or not). args = token, then optionally the channel prefix ("" for
--- none), the name to announce ("" for the key), a semaphore's number of permits ("" for
--- none) and a writer's claim in ms: a writer whose attempt failed and that will try
--- again leaves its claim where it deletes its key, so that readers cannot take the
--- nodes it had while it waits for those that readers hold (docs/design.md 1.16).
--- With a channel, each deletion is announced on prefix .. name with the token, which
--- wakes the clients waiting for it. With permits, the last key is the semaphore's
--- record and the others are all its slots: the record is deleted when it holds that
--- number and no slot is left, so a failed attempt leaves no record behind. Returns 1
--- if every key held the token, 0 otherwise (those that did were deleted anyway).
-local function delete(k, nk, a, na)
-    local token = ARGV[a + 1]
-    local channel = na > 1 and ARGV[a + 2] ~= "" and ARGV[a + 2]
-    local name = na > 2 and ARGV[a + 3] ~= "" and ARGV[a + 3]
-    local permits = na > 3 and ARGV[a + 4] ~= "" and ARGV[a + 4]
-    local claim = na > 4 and tonumber(ARGV[a + 5]) or 0
-    local slots = permits and nk - 1 or nk
+-- Compare-and-delete of each of the first `slots` keys from KEYS[k + 1] that holds the
+-- token (a reader's token leaves the set, expired or not). With `channel`, each
+-- deletion is announced on channel .. (name or the key) with the token, which wakes
+-- the clients waiting for it. With `claim` > 0, a writer whose attempt failed and that
+-- will try again leaves its claim where it deletes its key, so that readers cannot
+-- take the nodes it had while it waits for those that readers hold (docs/design.md
+-- 1.16). With `permits`, KEYS[k + slots + 1] is the semaphore's record, deleted when it
+-- holds that number and none of its slots is left, so a failed attempt leaves no record
+-- behind. Returns 1 if every key held the token, 0 otherwise (those that did were
+-- deleted anyway).
+local function delete(k, slots, token, channel, name, claim, permits)
     local all = 1
     for i = 1, slots do
         local key = KEYS[k + i]
@@ -428,30 +421,51 @@ local function delete(k, nk, a, na)
             redis.call("PUBLISH", channel .. (name or key), token)
         end
     end
-    if permits and redis.call("GET", KEYS[k + nk]) == permits then
+    if permits and redis.call("GET", KEYS[k + slots + 1]) == permits then
         for i = 1, slots do
             if redis.call("EXISTS", KEYS[k + i]) == 1 then
                 return all
             end
         end
-        redis.call("DEL", KEYS[k + nk])
+        redis.call("DEL", KEYS[k + slots + 1])
     end
     return all
 end
 
-local kinds = {a = acquire, r = read, p = permit, e = extend, f = fence, d = delete}
+-- release: the holder's compare-and-delete, announced. keys = the n lock keys. args =
+-- token, the channel prefix, the name to announce ("" for each key's own: a permit is
+-- announced on its semaphore's name, whichever slot it frees).
+local function release(k, nk, a)
+    local name = ARGV[a + 3] ~= "" and ARGV[a + 3]
+    return delete(k, nk, ARGV[a + 1], ARGV[a + 2], name, 0, nil)
+end
+
+-- remove: the compare-and-delete of a failed or cancelled attempt's token, not
+-- announced (nobody held the lock). keys = the n keys asked for, then for a permit the
+-- semaphore's record. args = token, the writer's claim in ms (0: none), the number of
+-- permits ("" when not a permit).
+local function remove(k, nk, a)
+    local permits = ARGV[a + 3] ~= "" and ARGV[a + 3]
+    local slots = permits and nk - 1 or nk
+    return delete(k, slots, ARGV[a + 1], nil, nil, tonumber(ARGV[a + 2]), permits)
+end
+
+local operations = {
+    lock = lock, read = read, permit = permit, extend = extend, fence = fence,
+    release = release, remove = remove,
+}
 
 local m = tonumber(ARGV[1])
-local k, a = 0, 1 + 3 * m
+local k, a = PERIOD >= 0 and 2 or 0, 2 + 3 * m
 local results = {}
 for i = 1, m do
-    local kind = ARGV[3 * i - 1]
-    local nk, na = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
-    local run = kinds[kind]
+    local name = ARGV[3 * i]
+    local nk, na = tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2])
+    local run = operations[name]
     if not run then
-        results[i] = "!ERR fredlock: unknown operation " .. tostring(kind)
+        results[i] = "!ERR fredlock: unknown operation " .. tostring(name)
     else
-        local ok, reply = pcall(run, k, nk, a, na)
+        local ok, reply = pcall(run, k, nk, a)
         if ok then
             results[i] = reply
         elseif type(reply) == "table" then
