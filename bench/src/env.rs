@@ -30,7 +30,7 @@ pub struct Environment {
 }
 
 impl Environment {
-    pub async fn collect(_args: &Args, target: &Target) -> Environment {
+    pub async fn collect(args: &Args, target: &Target) -> Environment {
         let ours = match target {
             Target::Cluster(c) => c.len(),
             Target::Endpoints(_) => 0,
@@ -67,8 +67,16 @@ impl Environment {
                 .map(|s| s.trim().to_string()),
             target: match target {
                 Target::Cluster(c) => format!(
-                    "throwaway cluster: {} Redis containers on this host, reached on 127.0.0.1",
-                    c.len()
+                    "throwaway cluster: {} Redis containers on this host, {}",
+                    c.len(),
+                    match args.network {
+                        crate::NetworkChoice::Host => {
+                            "on the host's network (127.0.0.1, no port proxy)"
+                        }
+                        crate::NetworkChoice::Mapped => {
+                            "reached on 127.0.0.1 through Docker's port proxy"
+                        }
+                    }
                 ),
                 Target::Endpoints(e) => format!(
                     "endpoints: {}",

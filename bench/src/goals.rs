@@ -16,12 +16,14 @@ pub struct Thresholds {
     pub healthy_to_floor: f64,
     /// Healthy, stretch goal: at least this times the floor's.
     pub healthy_stretch_to_floor: f64,
-    /// Healthy: fredlock's locks/s above this times rslock's.
-    pub healthy_above_rslock: f64,
-    /// The single-task scaling run on this many nodes...
-    pub one_task_nodes: usize,
-    /// ...where fredlock's acquire p50 is at most this times the floor's.
+    /// Healthy: fredlock's locks/s at least this times rslock's.
+    pub healthy_to_rslock: f64,
+    /// The single-task scaling runs on these numbers of nodes...
+    pub one_task_nodes: &'static [usize],
+    /// ...where fredlock's acquire p50 is at most this times the floor's...
     pub one_task_p50_to_floor: f64,
+    /// ...and at most this times rslock's.
+    pub one_task_p50_to_rslock: f64,
     /// Healthy: client plus Redis CPU per lock and release at most this times the floor's.
     pub cpu_to_floor: f64,
     /// Fault scenarios: fredlock's acquire p99 at most this times its healthy p99...
@@ -33,10 +35,11 @@ pub struct Thresholds {
 pub const THRESHOLDS: Thresholds = Thresholds {
     healthy_to_floor: 1.0,
     healthy_stretch_to_floor: 1.5,
-    healthy_above_rslock: 1.0,
-    one_task_nodes: 5,
+    healthy_to_rslock: 1.2,
+    one_task_nodes: &[1, 5, 9],
     one_task_p50_to_floor: 1.15,
-    cpu_to_floor: 1.0,
+    one_task_p50_to_rslock: 1.0,
+    cpu_to_floor: 1.2,
     fault_p99_to_healthy: 1.5,
     fault_throughput_to_healthy: 0.8,
 };
@@ -46,7 +49,6 @@ pub const THRESHOLDS: Thresholds = Thresholds {
 #[serde(rename_all = "snake_case")]
 pub enum Bound {
     AtLeast,
-    Above,
     AtMost,
 }
 
@@ -54,7 +56,6 @@ impl Bound {
     fn holds(self, measured: f64, threshold: f64) -> bool {
         match self {
             Bound::AtLeast => measured >= threshold,
-            Bound::Above => measured > threshold,
             Bound::AtMost => measured <= threshold,
         }
     }
@@ -62,7 +63,6 @@ impl Bound {
     fn words(self) -> &'static str {
         match self {
             Bound::AtLeast => "at least",
-            Bound::Above => "above",
             Bound::AtMost => "at most",
         }
     }
@@ -190,55 +190,64 @@ pub fn evaluate(scenarios: &[Scenario], results: &[RunResult]) -> Vec<Goal> {
     let mut goals = Vec::new();
 
     let healthy = scenario(ScenarioKind::Healthy, None);
-    let at = describe(healthy, "healthy");
     let fl = run(healthy, "healthy", ClientKind::Fredlock);
-    let floor = run(healthy, "healthy", ClientKind::Floor);
-    let locks_vs = |other: &Found| pair(&fl, other).map(|(a, b)| (locks(a), locks(b)));
-    goals.push(Goal::new(
-        format!("{at}: fredlock locks/s"),
-        Bound::AtLeast,
-        t.healthy_to_floor,
-        "the floor's",
-        locks_vs(&floor),
-    ));
-    let mut stretch = Goal::new(
-        format!("stretch: {at}: fredlock locks/s"),
-        Bound::AtLeast,
-        t.healthy_stretch_to_floor,
-        "the floor's",
-        locks_vs(&floor),
-    );
-    stretch.stretch = true;
-    goals.push(stretch);
-    goals.push(Goal::new(
-        format!("{at}: fredlock locks/s"),
-        Bound::Above,
-        t.healthy_above_rslock,
-        "rslock's",
-        locks_vs(&run(healthy, "healthy", ClientKind::Rslock)),
-    ));
-    goals.push(Goal::new(
-        format!("{at}: client plus Redis CPU per lock and release"),
-        Bound::AtMost,
-        t.cpu_to_floor,
-        "the floor's",
-        pair(&fl, &floor).map(|(a, b)| (cpu(a), cpu(b))),
-    ));
+    for kind in [ScenarioKind::Healthy, ScenarioKind::PerJob] {
+        let s = scenario(kind, None);
+        let name = format!("{kind:?}").to_lowercase();
+        let at = describe(s, &name);
+        let fl = run(s, &name, ClientKind::Fredlock);
+        let floor = run(s, &name, ClientKind::Floor);
+        let locks_vs = |other: &Found| pair(&fl, other).map(|(a, b)| (locks(a), locks(b)));
+        goals.push(Goal::new(
+            format!("{at}: fredlock locks/s"),
+            Bound::AtLeast,
+            t.healthy_to_floor,
+            "the floor's",
+            locks_vs(&floor),
+        ));
+        let mut stretch = Goal::new(
+            format!("stretch: {at}: fredlock locks/s"),
+            Bound::AtLeast,
+            t.healthy_stretch_to_floor,
+            "the floor's",
+            locks_vs(&floor),
+        );
+        stretch.stretch = true;
+        goals.push(stretch);
+        goals.push(Goal::new(
+            format!("{at}: fredlock locks/s"),
+            Bound::AtLeast,
+            t.healthy_to_rslock,
+            "rslock's",
+            locks_vs(&run(s, &name, ClientKind::Rslock)),
+        ));
+        goals.push(Goal::new(
+            format!("{at}: client plus Redis CPU per lock and release"),
+            Bound::AtMost,
+            t.cpu_to_floor,
+            "the floor's",
+            pair(&fl, &floor).map(|(a, b)| (cpu(a), cpu(b))),
+        ));
+    }
 
-    let n = t.one_task_nodes;
-    let one = scenario(ScenarioKind::Scaling, Some(n));
-    let what = format!("scaling at N={n}");
-    goals.push(Goal::new(
-        format!("{}: fredlock acquire p50", describe(one, &what)),
-        Bound::AtMost,
-        t.one_task_p50_to_floor,
-        "the floor's",
-        pair(
-            &run(one, &what, ClientKind::Fredlock),
-            &run(one, &what, ClientKind::Floor),
-        )
-        .map(|(a, b)| (latency(a, |s| s.p50_us), latency(b, |s| s.p50_us))),
-    ));
+    for &n in t.one_task_nodes {
+        let one = scenario(ScenarioKind::Scaling, Some(n));
+        let what = format!("scaling at N={n}");
+        let fl = run(one, &what, ClientKind::Fredlock);
+        for (bound, reference, client) in [
+            (t.one_task_p50_to_floor, "the floor's", ClientKind::Floor),
+            (t.one_task_p50_to_rslock, "rslock's", ClientKind::Rslock),
+        ] {
+            goals.push(Goal::new(
+                format!("{}: fredlock acquire p50", describe(one, &what)),
+                Bound::AtMost,
+                bound,
+                reference,
+                pair(&fl, &run(one, &what, client))
+                    .map(|(a, b)| (latency(a, |s| s.p50_us), latency(b, |s| s.p50_us))),
+            ));
+        }
+    }
 
     for kind in [
         ScenarioKind::Latency,
@@ -335,6 +344,8 @@ mod tests {
             window: Default::default(),
             cpu_us_per_lock: Some(10.0),
             ops_per_script_call: None,
+            keys_left_per_lock: None,
+            bytes_left_per_lock: None,
         }
     }
 
@@ -357,16 +368,21 @@ mod tests {
         let goals = evaluate(&scenarios, &results);
         let by = |part: &str| goals.iter().find(|g| g.name.contains(part)).unwrap();
         let floor = by("at least 1.00x the floor's");
-        assert!(floor.name.contains("8 tasks"), "{}", floor.name);
+        assert!(floor.name.contains("s1-healthy") && floor.name.contains("8 tasks"));
         assert_eq!((floor.passed, floor.measured), (Some(true), Some(1.2)));
         let stretch = by("at least 1.50x the floor's");
         assert!(stretch.stretch && stretch.passed == Some(false));
         // rslock was not among the results: not run, never passed.
-        assert_eq!(by("rslock's").verdict, Verdict::NotRun);
-        let one_task = by("at most 1.15x the floor's");
+        assert_eq!(by("1.20x rslock's").verdict, Verdict::NotRun);
+        let one_task = by("s4-n5 (5 healthy nodes, one task): fredlock acquire p50 at most 1.15x");
         assert_eq!(one_task.passed, Some(false), "{}", one_task.figures);
-        assert_eq!(by("CPU").passed, Some(true));
-        assert!(by("s4-n5 (5 healthy nodes, one task)").name.contains("p50"));
+        assert_eq!(
+            by("s1-healthy (5 healthy nodes, 8 tasks): client plus").passed,
+            Some(true)
+        );
+        // Nothing of the per-job scenario or of N = 1 and 9 is among the results.
+        assert_eq!(by("s1-per-job").verdict, Verdict::NotRun);
+        assert_eq!(by("scaling at N=9").verdict, Verdict::NotRun);
         // --endpoints: no fault scenario ran.
         for kind in ["latency", "killed", "frozen"] {
             let g = goals.iter().filter(|g| g.name.starts_with(kind));

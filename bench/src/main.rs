@@ -41,6 +41,18 @@ use crate::probe::Probe;
 use crate::run::{RunResult, RunSpec};
 use crate::scenario::{Scenario, ScenarioKind, Target};
 
+/// How the throwaway cluster's nodes are reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkChoice {
+    /// Each container shares the host's network and its Redis listens on a port of
+    /// 127.0.0.1, as a redis-server process on a server does.
+    Host,
+    /// Docker maps a host port to each container, through its user-space port proxy
+    /// (docker-proxy), which copies every message between two sockets.
+    Mapped,
+}
+
 /// Which workloads to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum WorkloadChoice {
@@ -65,6 +77,10 @@ pub struct Args {
     /// skipped; keys are named `fredlock-bench:*` and expire after the TTL at worst).
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// How the throwaway cluster's nodes are reached: `host` (no port proxy, as users'
+    /// nodes are) or `mapped` (through Docker's port proxy).
+    #[arg(long, value_enum, default_value = "host")]
+    network: NetworkChoice,
     /// Nodes of the main scenarios (the throwaway cluster also gets the largest
     /// --scaling size).
     #[arg(long, default_value_t = 5)]
@@ -89,7 +105,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "healthy,latency,killed,frozen,scaling,contended"
+        default_value = "healthy,per-job,latency,killed,frozen,scaling,contended"
     )]
     scenarios: Vec<ScenarioKind>,
     /// Clients to run, comma-separated, in this order within each scenario.
@@ -195,7 +211,7 @@ async fn run_main(args: Args) -> ExitCode {
     let target = if args.endpoints.is_empty() {
         let size = scenario::cluster_size(&args);
         eprintln!("quorum-bench: starting a throwaway cluster of {size} Redis containers");
-        match Target::start_cluster(size).await {
+        match Target::start_cluster(size, args.network).await {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("quorum-bench: cannot start the cluster: {e}");
@@ -286,6 +302,7 @@ async fn execute(args: &Args, target: &Target, plan: &[Scenario]) -> Vec<RunResu
             let spec = RunSpec {
                 tasks: scenario.tasks,
                 contended: scenario.contended,
+                fresh_resources: scenario.fresh_resources,
                 ttl: args.ttl,
                 hold: scenario.hold,
                 warmup: args.warmup,

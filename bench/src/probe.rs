@@ -27,6 +27,10 @@ struct NodeSample {
     script_calls: u64,
     /// `used_cpu_user` plus `used_cpu_sys`, seconds.
     cpu_s: f64,
+    /// Keys in every database (`INFO keyspace`).
+    keys: i64,
+    /// `used_memory`, bytes.
+    memory: i64,
 }
 
 /// Every node's counters and the benchmark's CPU time at one instant.
@@ -43,6 +47,10 @@ pub struct Window {
     pub script_calls: u64,
     pub redis_cpu_s: f64,
     pub client_cpu_s: Option<f64>,
+    /// Keys on the nodes at the end minus at the start, summed over the nodes read.
+    pub keys_added: i64,
+    /// Likewise for their `used_memory`.
+    pub bytes_added: i64,
 }
 
 impl Probe {
@@ -75,9 +83,13 @@ impl Probe {
                 let both = async {
                     let stats: String = client.info(Some(InfoKind::CommandStats)).await.ok()?;
                     let cpu: String = client.info(Some(InfoKind::Cpu)).await.ok()?;
+                    let memory: String = client.info(Some(InfoKind::Memory)).await.ok()?;
+                    let keyspace: String = client.info(Some(InfoKind::Keyspace)).await.ok()?;
                     Some(NodeSample {
                         script_calls: script_calls(&stats)?,
                         cpu_s: field(&cpu, "used_cpu_user")? + field(&cpu, "used_cpu_sys")?,
+                        keys: keys(&keyspace),
+                        memory: field(&memory, "used_memory")? as i64,
                     })
                 };
                 tokio::time::timeout(2 * ANSWER, both).await.ok().flatten()
@@ -109,6 +121,8 @@ impl Window {
                 window.nodes_read += 1;
                 window.script_calls += b.script_calls.saturating_sub(a.script_calls);
                 window.redis_cpu_s += (b.cpu_s - a.cpu_s).max(0.0);
+                window.keys_added += b.keys - a.keys;
+                window.bytes_added += b.memory - a.memory;
             }
         }
         window
@@ -120,6 +134,22 @@ fn field(info: &str, name: &str) -> Option<f64> {
     info.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The keys of every database in `INFO keyspace`, whose lines read
+/// `db0:keys=12,expires=12,avg_ttl=0`; an empty node has none (0).
+fn keys(keyspace: &str) -> i64 {
+    keyspace
+        .lines()
+        .filter_map(|l| {
+            l.split_once(":keys=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// EVALSHA plus EVAL calls in `INFO commandstats`, whose lines read
@@ -153,5 +183,8 @@ mod tests {
                    used_cpu_sys_children:9.0\r\n";
         assert_eq!(field(cpu, "used_cpu_sys"), Some(1.5));
         assert_eq!(field(cpu, "used_cpu_user"), Some(2.25));
+        let keyspace = "# Keyspace\r\ndb0:keys=12,expires=10,avg_ttl=5\r\ndb3:keys=1,expires=0\r\n";
+        assert_eq!(keys(keyspace), 13);
+        assert_eq!(keys("# Keyspace\r\n"), 0);
     }
 }

@@ -206,6 +206,9 @@ pub fn progress_line(r: &RunResult) -> String {
     if let Some(ops) = r.ops_per_script_call {
         line += &format!(", {ops:.2} ops/call");
     }
+    if let (Some(keys), Some(bytes)) = (r.keys_left_per_lock, r.bytes_left_per_lock) {
+        line += &format!(", left per lock and node: {keys:.2} keys, {bytes:.0} bytes");
+    }
     if !r.failures.is_empty() {
         line += &format!(", failures {}", failures_line(&r.failures));
     }

@@ -19,6 +19,8 @@ use crate::stats::Summary;
 pub struct RunSpec {
     pub tasks: usize,
     pub contended: bool,
+    /// A new resource for every cycle (a lock per job id) instead of one per task.
+    pub fresh_resources: bool,
     pub ttl: Duration,
     pub hold: Duration,
     pub warmup: Duration,
@@ -91,6 +93,12 @@ pub struct RunResult {
     /// scripts), when contended (`lock()`'s retries are not seen from outside) and when
     /// INFO could not be read.
     pub ops_per_script_call: Option<f64>,
+    /// A new resource per lock: the keys each lock and its release left on a node, on
+    /// average over the nodes read (the change of their key count over the window,
+    /// per acquisition in it).
+    pub keys_left_per_lock: Option<f64>,
+    /// Likewise, the bytes of node memory (`used_memory`) each lock left.
+    pub bytes_left_per_lock: Option<f64>,
 }
 
 #[derive(Default)]
@@ -150,6 +158,12 @@ pub async fn measure(
             result.ops_per_script_call = Some(ops as f64 / nodes.script_calls as f64);
         }
     }
+    if spec.fresh_resources && nodes.nodes_read > 0 && result.acquisitions > 0 {
+        let per_lock =
+            |added: i64| added as f64 / nodes.nodes_read as f64 / result.acquisitions as f64;
+        result.keys_left_per_lock = Some(per_lock(nodes.keys_added));
+        result.bytes_left_per_lock = Some(per_lock(nodes.bytes_added));
+    }
     result.window = nodes;
     result
 }
@@ -181,10 +195,17 @@ async fn execute(
         } else {
             format!("{}:{task}", spec.resource_prefix)
         };
+        let fresh = spec.fresh_resources;
         set.spawn(async move {
             let mut log = TaskLog::default();
+            let mut job = 0u64;
             while Instant::now() < end {
-                let cycle = client.cycle(&resource, &params).await;
+                let cycle = if fresh {
+                    job += 1;
+                    client.cycle(&format!("{resource}:{job}"), &params).await
+                } else {
+                    client.cycle(&resource, &params).await
+                };
                 record(&mut log, &cycle, task, t0, measure_start, end);
                 if cycle.acquired.is_some() {
                     live.fetch_add(1, Ordering::Relaxed);
@@ -348,6 +369,8 @@ fn reduce(
         window: probe::Window::default(),
         cpu_us_per_lock: None,
         ops_per_script_call: None,
+        keys_left_per_lock: None,
+        bytes_left_per_lock: None,
     }
 }
 

@@ -9,8 +9,8 @@ use clap::ValueEnum;
 use fredlock_testcluster::{Cluster, IMAGE_ENV};
 use serde::Serialize;
 
-use crate::Args;
 use crate::clients::ClientKind;
+use crate::{Args, NetworkChoice};
 
 /// The scenarios of issue 5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -18,6 +18,9 @@ use crate::clients::ClientKind;
 pub enum ScenarioKind {
     /// S1: all nodes healthy, uncontended.
     Healthy,
+    /// S1: all nodes healthy, uncontended, a new resource for every lock (a lock per
+    /// job id), with the keys and bytes each lock leaves on the nodes.
+    PerJob,
     /// S2: one node with added latency (through a loopback proxy), uncontended.
     Latency,
     /// S3: one node killed (SIGKILL), uncontended.
@@ -72,6 +75,8 @@ pub struct Scenario {
     pub nodes: usize,
     pub tasks: usize,
     pub contended: bool,
+    /// A new resource for every lock instead of one per task.
+    pub fresh_resources: bool,
     pub hold_ms: f64,
     #[serde(skip)]
     pub hold: Duration,
@@ -88,8 +93,14 @@ pub enum Target {
 }
 
 impl Target {
-    pub async fn start_cluster(n: usize) -> Result<Target, fredlock_testcluster::Error> {
-        let cluster = Cluster::start_with_proxies(n).await?;
+    pub async fn start_cluster(
+        n: usize,
+        network: NetworkChoice,
+    ) -> Result<Target, fredlock_testcluster::Error> {
+        let cluster = match network {
+            NetworkChoice::Host => Cluster::start_on_host_network(n, true).await?,
+            NetworkChoice::Mapped => Cluster::start_with_proxies(n).await?,
+        };
         Ok(Target::Cluster(Arc::new(cluster)))
     }
 
@@ -205,6 +216,7 @@ pub fn plan(args: &Args, target: &Target) -> Vec<Scenario> {
         nodes,
         tasks: args.tasks,
         contended: false,
+        fresh_resources: false,
         hold_ms: args.hold.as_secs_f64() * 1e3,
         hold: args.hold,
         fault,
@@ -219,6 +231,18 @@ pub fn plan(args: &Args, target: &Target) -> Vec<Scenario> {
             n,
             Fault::None,
         ));
+    }
+    if uncontended && wants(ScenarioKind::PerJob) {
+        let mut s = base(
+            "s1-per-job",
+            "S1",
+            ScenarioKind::PerJob,
+            format!("{n} healthy nodes, a new resource per lock"),
+            n,
+            Fault::None,
+        );
+        s.fresh_resources = true;
+        plan.push(s);
     }
     let faults_possible = target.is_cluster() && n >= 2;
     if !target.is_cluster()

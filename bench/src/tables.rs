@@ -68,6 +68,12 @@ impl Report {
                 (_, x) => Cell::num(x),
             }),
         ];
+        if s.fresh_resources {
+            columns.extend::<[Column; 2]>([
+                ("keys left/lock/node", |r| Cell::num(r.keys_left_per_lock)),
+                ("bytes left/lock/node", |r| Cell::num(r.bytes_left_per_lock)),
+            ]);
+        }
         if s.contended {
             columns.extend::<[Column; 6]>([
                 ("hand-off p50", |r| ms(&r.handoff, |x| x.p50_us)),
