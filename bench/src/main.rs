@@ -16,6 +16,7 @@ mod env;
 mod floor;
 mod fred_client;
 mod goals;
+mod measured;
 mod peers;
 mod plot;
 mod probe;

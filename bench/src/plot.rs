@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::clients::ClientKind;
-use crate::report::Report;
+use crate::measured::Measured;
 use crate::scenario::ScenarioKind;
 
 const COLORS: [(ClientKind, &str); 5] = [
@@ -26,7 +26,7 @@ fn color(c: ClientKind) -> &'static str {
 /// The latency plot: one panel per scenario with each client's acquire-latency
 /// percentile curve (log scale), the contended hand-off curves, and acquire p50 / p99
 /// against N for the scaling runs.
-pub fn svg(report: &Report) -> String {
+pub fn svg(report: &Measured, title: &str) -> String {
     /// A client's curve: whether dashed, and its `(x, µs)` points.
     type Line = (ClientKind, bool, Vec<(f64, f64)>);
     struct Panel {
@@ -105,11 +105,8 @@ pub fn svg(report: &Report) -> String {
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="10" y="20" font-size="14">quorum-bench {} · {} cores · {} · Redis {} · latency (log scale) by percentile</text>"#,
-        report.started_utc,
-        report.environment.cores,
-        report.environment.build,
-        report.environment.redis_version.as_deref().unwrap_or("?")
+        r#"<text x="10" y="20" font-size="14">{} · latency (log scale) by percentile</text>"#,
+        escape(title)
     );
     for (i, (c, col)) in COLORS.iter().enumerate() {
         let x = 10.0 + 110.0 * i as f64;

@@ -2,23 +2,19 @@
 //! results, then printed to the console and written as `results.json` (the results, the
 //! tables and the goals), `results.md`, `summary.txt` and `latency.svg`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::Args;
-use crate::clients::ClientKind;
 use crate::env::{Environment, Options, utc};
 use crate::goals::{self, Goal};
-use crate::run::{FailureCount, RunResult};
+use crate::measured::Measured;
+use crate::run::{DISTURBED, RunResult, failures_line};
 use crate::scenario::{Scenario, ScenarioKind};
 use crate::stats::{Summary, fmt_ms, sig3};
 use crate::table::Table;
-
-/// Above this share of the CPU taken by other processes, a run is flagged as disturbed.
-pub const DISTURBED: f64 = 0.05;
 
 /// What the columns mean, printed once above the tables.
 const LEGEND: [&str; 3] = [
@@ -36,8 +32,8 @@ pub struct Report {
     pub elapsed_s: f64,
     pub environment: Environment,
     options: Options,
-    pub scenarios: Vec<Scenario>,
-    pub results: Vec<RunResult>,
+    #[serde(flatten)]
+    pub measured: Measured,
     pub tables: Vec<Table>,
     pub goals: Vec<Goal>,
 }
@@ -56,53 +52,28 @@ impl Report {
             elapsed_s: elapsed.as_secs_f64(),
             environment,
             options: Options::of(args),
-            scenarios: plan.to_vec(),
             goals: goals::evaluate(plan, &results),
-            results,
+            measured: Measured {
+                scenarios: plan.to_vec(),
+                results,
+            },
             tables: Vec::new(),
         };
-        report.tables = report
+        let measured = &report.measured;
+        report.tables = measured
             .scenarios
             .iter()
             .filter(|s| s.kind != ScenarioKind::Scaling)
-            .map(|s| report.scenario_table(s))
-            .chain(report.scaling_table())
+            .map(|s| measured.scenario_table(s))
+            .chain(measured.scaling_table())
             .collect();
         report
-    }
-
-    pub(crate) fn result(&self, scenario: &str, client: ClientKind) -> Option<&RunResult> {
-        self.results
-            .iter()
-            .find(|r| r.scenario == scenario && r.client == client)
-    }
-
-    /// `(N, scenario id)` of the scaling runs, in order.
-    pub(crate) fn scaling_sizes(&self) -> Vec<(usize, String)> {
-        self.scenarios
-            .iter()
-            .filter(|s| s.kind == ScenarioKind::Scaling)
-            .map(|s| (s.nodes, s.id.clone()))
-            .collect()
-    }
-
-    /// The clients that ran in any of the scenarios `ids`.
-    pub(crate) fn clients_in<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Vec<ClientKind> {
-        let ids: Vec<&str> = ids.collect();
-        let mut clients: Vec<ClientKind> = self
-            .results
-            .iter()
-            .filter(|r| ids.contains(&r.scenario.as_str()))
-            .map(|r| r.client)
-            .collect();
-        clients.sort();
-        clients.dedup();
-        clients
     }
 
     /// One line on how much other processes took of the CPU during the runs.
     fn disturbance(&self) -> String {
         let shares = self
+            .measured
             .results
             .iter()
             .filter_map(|r| r.foreign_cpu_share.map(|x| (r, x)));
@@ -185,7 +156,18 @@ impl Report {
         std::fs::write(dir.join("results.json"), json + "\n")?;
         std::fs::write(dir.join("results.md"), self.markdown())?;
         std::fs::write(dir.join("summary.txt"), self.text())?;
-        std::fs::write(dir.join("latency.svg"), crate::plot::svg(self))?;
+        let env = &self.environment;
+        let title = format!(
+            "quorum-bench {} · {} cores · {} · Redis {}",
+            self.started_utc,
+            env.cores,
+            env.build,
+            env.redis_version.as_deref().unwrap_or("?")
+        );
+        std::fs::write(
+            dir.join("latency.svg"),
+            crate::plot::svg(&self.measured, &title),
+        )?;
         Ok(dir)
     }
 }
@@ -216,16 +198,4 @@ pub fn progress_line(r: &RunResult) -> String {
         line += &format!(" (DISTURBED: {:.0}% of the CPU went elsewhere)", x * 100.0);
     }
     line
-}
-
-/// `taken 12, release:no_quorum 3`, or `none`.
-pub fn failures_line(failures: &BTreeMap<String, FailureCount>) -> String {
-    if failures.is_empty() {
-        return "none".into();
-    }
-    let kinds: Vec<String> = failures
-        .iter()
-        .map(|(k, v)| format!("{k} {}", v.count))
-        .collect();
-    kinds.join(", ")
 }

@@ -30,6 +30,9 @@ pub struct RunSpec {
     pub resource_prefix: String,
 }
 
+/// Above this share of the CPU taken by other processes, a run is flagged as disturbed.
+pub const DISTURBED: f64 = 0.05;
+
 /// Failures of one kind: how many, and the first message seen.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FailureCount {
@@ -382,4 +385,16 @@ pub fn loadavg() -> Option<f64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// `taken 12, release:no_quorum 3`, or `none`.
+pub fn failures_line(failures: &BTreeMap<String, FailureCount>) -> String {
+    if failures.is_empty() {
+        return "none".into();
+    }
+    let kinds: Vec<String> = failures
+        .iter()
+        .map(|(k, v)| format!("{k} {}", v.count))
+        .collect();
+    kinds.join(", ")
 }

@@ -3,13 +3,13 @@
 
 use crate::clients::ClientKind;
 use crate::goals::Goal;
-use crate::report::{DISTURBED, Report, failures_line};
-use crate::run::RunResult;
+use crate::measured::Measured;
+use crate::run::{DISTURBED, RunResult, failures_line};
 use crate::scenario::Scenario;
 use crate::stats::{Summary, sig3};
 use crate::table::{Cell, Table};
 
-impl Report {
+impl Measured {
     /// The client rows, then `fredlock ÷ x` rows dividing fredlock's figures by each
     /// other client's; `cells` gives a client's cells after its name, `None` if not run.
     fn rows(
