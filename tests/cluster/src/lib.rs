@@ -4,7 +4,10 @@
 //!
 //! Every node is published on a *fixed* host port on `127.0.0.1`, chosen when the
 //! cluster starts, so a node that is killed and started again comes back at the same
-//! address and a client configured with that address can reconnect.
+//! address and a client configured with that address can reconnect. By default Docker
+//! maps that port to the container's; [`Cluster::start_on_host_network`] instead runs
+//! each container on the host's network, where Redis listens on the port itself and no
+//! port proxy sits between client and node (partitions are then refused).
 //!
 //! The image comes from the `FREDLOCK_REDIS_IMAGE` environment variable and defaults to
 //! `redis:7.4`. On a machine that cannot pull images, `scripts/redis-image.sh` makes one
