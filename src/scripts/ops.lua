@@ -30,8 +30,8 @@ local function quarantine()
     local marker, guard = KEYS[1], KEYS[2]
     local info = redis.call("INFO", "server")
     local at = string.find(info, "\nrun_id:", 1, true)
-    local run_id = at and string.sub(info, at + 8, at + 47)
-    if not run_id or #run_id ~= 40 then
+    local run_id = at and string.match(info, "^%x+", at + 8)
+    if not run_id then
         error({err = "ERR fredlock: INFO server has no run_id"})
     end
     if redis.call("GET", marker) ~= run_id then
