@@ -191,12 +191,14 @@ pub fn evaluate(scenarios: &[Scenario], results: &[RunResult]) -> Vec<Goal> {
 
     let healthy = scenario(ScenarioKind::Healthy, None);
     let fl = run(healthy, "healthy", ClientKind::Fredlock);
-    for kind in [ScenarioKind::Healthy, ScenarioKind::PerJob] {
+    for (kind, name) in [
+        (ScenarioKind::Healthy, "healthy"),
+        (ScenarioKind::PerJob, "per-job"),
+    ] {
         let s = scenario(kind, None);
-        let name = format!("{kind:?}").to_lowercase();
-        let at = describe(s, &name);
-        let fl = run(s, &name, ClientKind::Fredlock);
-        let floor = run(s, &name, ClientKind::Floor);
+        let at = describe(s, name);
+        let fl = run(s, name, ClientKind::Fredlock);
+        let floor = run(s, name, ClientKind::Floor);
         let locks_vs = |other: &Found| pair(&fl, other).map(|(a, b)| (locks(a), locks(b)));
         goals.push(Goal::new(
             format!("{at}: fredlock locks/s"),
@@ -219,7 +221,7 @@ pub fn evaluate(scenarios: &[Scenario], results: &[RunResult]) -> Vec<Goal> {
             Bound::AtLeast,
             t.healthy_to_rslock,
             "rslock's",
-            locks_vs(&run(s, &name, ClientKind::Rslock)),
+            locks_vs(&run(s, name, ClientKind::Rslock)),
         ));
         goals.push(Goal::new(
             format!("{at}: client plus Redis CPU per lock and release"),
