@@ -550,8 +550,8 @@ impl Cluster {
     /// Starts node `i` again, empty (no data survives), on the same host port, and waits
     /// until it answers `PING`. A node that is running or paused is killed first, so
     /// this always yields a fresh, empty, running node, not partitioned (the new
-    /// container process has a new network namespace). Its proxy and latency, if any,
-    /// stay as they were.
+    /// container process has a new network namespace; on the host's network there are
+    /// no partitions). Its proxy and latency, if any, stay as they were.
     pub async fn restart(&self, i: usize) -> Result<(), Error> {
         let node = self.node(i)?;
         if node.get_state() != NodeState::Killed {
@@ -562,8 +562,10 @@ impl Cluster {
         wait_ready(i, node.port, READY_TIMEOUT).await
     }
 
-    /// Freezes node `i` (`docker pause`, a cgroup freeze): connections are still
-    /// accepted by the port mapping but nothing is answered until [`Cluster::unpause`].
+    /// Freezes node `i` (`docker pause`, a cgroup freeze): nothing is answered until
+    /// [`Cluster::unpause`]. Through the port mapping, connections are still accepted;
+    /// on the host's network, the kernel still completes new connections to the
+    /// frozen Redis's listening socket, up to its backlog.
     /// Pausing a paused node is `Ok`; pausing a killed node is [`Error::NodeKilled`].
     pub async fn pause(&self, i: usize) -> Result<(), Error> {
         let node = self.node(i)?;
