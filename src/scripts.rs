@@ -98,7 +98,7 @@ pub(crate) struct Op {
     wire: OnceLock<Wire>,
 }
 
-/// An operation's header (kind, number of keys, number of arguments), keys and
+/// An operation's header (its name in the script, number of keys, number of arguments), keys and
 /// arguments, as values that clone without copying their bytes.
 #[derive(Debug)]
 struct Wire {
