@@ -51,21 +51,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let storage = Storage::default();
 
     let stale = first.lock("ledger", Duration::from_millis(500)).await?;
+    // The first request makes the token (one more round trip); later ones return it.
+    let a = stale.fencing_token().await?;
     println!(
-        "1. holder A has the lock, token {}, valid for {:?}",
-        stale.fencing_token(),
+        "1. holder A has the lock, token {a}, valid for {:?}",
         stale.remaining()
     );
-    storage.write(stale.fencing_token(), "written by A")?;
-    storage.write(stale.fencing_token(), "written by A again")?;
+    storage.write(a, "written by A")?;
+    storage.write(a, "written by A again")?;
     println!("   A writes twice with its token: both accepted");
 
     println!("2. A stalls for 1 s, past its validity...");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let fresh = second.lock("ledger", Duration::from_secs(10)).await?;
-    println!("3. holder B has the lock, token {}", fresh.fencing_token());
-    storage.write(fresh.fencing_token(), "written by B")?;
+    let b = fresh.fencing_token().await?;
+    println!("3. holder B has the lock, token {b}");
+    storage.write(b, "written by B")?;
     println!("   B writes: accepted");
 
     println!(
@@ -73,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stale.remaining(),
         stale.is_valid()
     );
-    match storage.write(stale.fencing_token(), "written by A, stale") {
+    match storage.write(a, "written by A, stale") {
         Ok(()) => return Err("the stale write was accepted".into()),
         Err(reason) => println!("   A writes: {reason}"),
     }

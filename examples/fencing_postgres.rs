@@ -88,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     first.lift_restart_quarantine().await;
 
     let stale = first.lock(ROW, Duration::from_millis(500)).await?;
-    let a = stale.fencing_token();
+    let a = stale.fencing_token().await?;
     println!("1. holder A has the lock, token {a}");
     for value in ["A's first write", "A's second write"] {
         if !write(&db, a, value).await? {
@@ -101,7 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let fresh = second.lock(ROW, Duration::from_secs(10)).await?;
-    let b = fresh.fencing_token();
+    let b = fresh.fencing_token().await?;
     println!("3. holder B has the lock, token {b}");
     if !write(&db, b, "B's write").await? {
         return Err("B's write was refused".into());

@@ -85,7 +85,7 @@ async fn candidate(
         };
         lock.keep_alive();
         let lease = lock.lease();
-        let token = lock.fencing_token();
+        let token = lock.fencing_token().await?;
         let _ = events.send((Instant::now(), Event::Leads { who, token }));
 
         let mut tick = tokio::time::interval(ACTION_EVERY);

@@ -42,11 +42,6 @@ impl Acquisition {
         self.round.decide().await
     }
 
-    /// Runs `work` while the calls still running are polled to their end.
-    pub(crate) async fn listen_during<W: Future>(&mut self, work: W) -> W::Output {
-        self.round.listen_during(work).await
-    }
-
     pub(crate) fn round(&self) -> &Round {
         &self.round
     }
@@ -159,15 +154,4 @@ impl Drop for Acquisition {
             drop(self.remove_in_background(&[], false));
         }
     }
-}
-
-/// The fencing counters of the nodes that granted an acquisition (for a permit, the
-/// slot `slot`).
-pub(crate) fn granted(answers: &[Option<Answer>], slot: Option<usize>) -> Vec<&[u64]> {
-    answers
-        .iter()
-        .flatten()
-        .filter(|a| a.vote == Vote::Yes && a.slot == slot)
-        .map(|a| a.fences.as_slice())
-        .collect()
 }

@@ -59,12 +59,13 @@ pub enum Error {
         votes: Votes,
     },
 
-    /// A quorum granted the lock, but its fencing token could not be written back to a
-    /// quorum of nodes that still hold it (the lock was lost in between, or nodes
-    /// failed). No token is handed out and the keys are removed again.
+    /// A held lock's fencing counters disagreed among the nodes that raised them, and
+    /// the largest could not be written back to a quorum of nodes that still hold the
+    /// lock (it was lost in between, or nodes failed). No token is handed out; the
+    /// lock is still held, and asking again makes a new attempt.
     #[error(
-        "lock on `{resource}` was granted but its fencing token could not be recorded on a \
-         quorum: {votes}"
+        "the fencing token of the lock on `{resource}` could not be recorded on a quorum: \
+         {votes}"
     )]
     FencingFailed {
         /// The resource that was asked for.
@@ -175,8 +176,9 @@ impl Error {
         }
     }
 
-    /// Whether another acquisition attempt may succeed: [`Error::Taken`],
-    /// [`Error::NoQuorum`], [`Error::TooLate`] and [`Error::FencingFailed`]. Invalid
+    /// Whether another attempt (to acquire, extend or make fencing tokens) may
+    /// succeed: [`Error::Taken`], [`Error::NoQuorum`], [`Error::TooLate`] and
+    /// [`Error::FencingFailed`]. Invalid
     /// input, [`Error::Expired`], [`Error::Lost`], [`Error::Connect`] and
     /// [`Error::Denied`] (`build()` failures) are not.
     pub fn is_retryable(&self) -> bool {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::core::Core;
 use crate::error::LostReason;
-use crate::lease::Shared;
 use crate::metrics;
 use crate::protocol;
 use crate::request::Request;
+use crate::shared::Shared;
 
 /// The background task of [`Lock::keep_alive`](crate::Lock::keep_alive).
 pub(crate) struct KeepAlive {
@@ -18,8 +18,6 @@ pub(crate) struct KeepAlive {
     pub(crate) request: Request,
     pub(crate) token: Arc<str>,
     pub(crate) shared: Arc<Shared>,
-    /// Serialises extensions with the lock's manual ones.
-    pub(crate) extending: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl KeepAlive {
@@ -54,7 +52,7 @@ impl KeepAlive {
                     }
                 }
             }
-            let _serial = self.extending.lock().await;
+            let _serial = self.shared.serial.lock().await;
             // A manual extension may have run while this task waited for its turn.
             if self.shared.ttl() != self.request.ttl.duration() || self.due(margin).is_some() {
                 continue;

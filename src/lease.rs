@@ -1,126 +1,18 @@
-//! What a held lock shares with its [`Lease`]s and its keep-alive task: the validity
-//! deadline, and the lost-lock signal.
+//! [`Lease`]: a cheap, cloneable view of a held lock for other tasks, and its
+//! fencing tokens.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::watch;
+use crate::core::Core;
+use crate::error::{Error, LostReason};
+use crate::protocol;
+use crate::request::Request;
+use crate::shared::Shared;
 
-use crate::error::LostReason;
-use crate::metrics;
-
-/// The state a lock shares with its leases and its keep-alive task.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// The lock's fencing tokens, one per resource.
-    pub(crate) fences: Arc<[u64]>,
-    valid_until: Mutex<Instant>,
-    /// The TTL of the last successful acquire or extend, which the keep-alive renews.
-    ttl: Mutex<Duration>,
-    /// `None` while the lock is trusted. Also bumped (unchanged) when the validity
-    /// or the TTL moves, so that waiters re-read them.
-    lost: watch::Sender<Option<LostReason>>,
-}
-
-impl Shared {
-    pub(crate) fn new(valid_until: Instant, ttl: Duration, fences: Arc<[u64]>) -> Arc<Self> {
-        Arc::new(Shared {
-            fences,
-            valid_until: Mutex::new(valid_until),
-            ttl: Mutex::new(ttl),
-            lost: watch::Sender::new(None),
-        })
-    }
-
-    pub(crate) fn ttl(&self) -> Duration {
-        read(&self.ttl)
-    }
-
-    /// Records the TTL of a successful extension, and wakes whoever follows the lock.
-    pub(crate) fn set_ttl(&self, ttl: Duration) {
-        write(&self.ttl, ttl);
-        self.lost.send_modify(|_| {});
-    }
-
-    /// A receiver that sees every change of the validity, the TTL or the lost state.
-    pub(crate) fn changes(&self) -> watch::Receiver<Option<LostReason>> {
-        self.lost.subscribe()
-    }
-
-    pub(crate) fn valid_until(&self) -> Instant {
-        read(&self.valid_until)
-    }
-
-    pub(crate) fn set_valid_until(&self, until: Instant) {
-        write(&self.valid_until, until);
-        // Wake the waiters of `lost()` so they sleep until the new deadline.
-        self.lost.send_modify(|_| {});
-    }
-
-    pub(crate) fn remaining(&self) -> Duration {
-        self.valid_until().saturating_duration_since(Instant::now())
-    }
-
-    /// Records the first reason the lock was lost; later reasons are ignored.
-    pub(crate) fn mark_lost(&self, reason: LostReason) {
-        let loss = metrics::Loss::of(&reason, || self.remaining().is_zero());
-        let first = self.lost.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
-        // Counted outside the watch's lock: the recorder is the application's code.
-        if first {
-            loss.record();
-        }
-    }
-
-    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
-        self.lost.borrow().clone()
-    }
-
-    /// Resolves when the lock is lost: a recorded reason, or the validity running out.
-    pub(crate) async fn lost(&self) -> LostReason {
-        let mut rx = self.lost.subscribe();
-        loop {
-            if let Some(reason) = rx.borrow_and_update().clone() {
-                return reason;
-            }
-            let until = self.valid_until();
-            if Instant::now() >= until {
-                self.mark_lost(LostReason::Expired);
-                continue;
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(until.into()) => {}
-                // The sender lives as long as `self`, so this only reports a change.
-                _ = rx.changed() => {}
-            }
-        }
-    }
-}
-
-/// A copy of the value; a panic while holding the lock cannot leave it half-written.
-fn read<T: Copy>(slot: &Mutex<T>) -> T {
-    match slot.lock() {
-        Ok(guard) => *guard,
-        Err(poisoned) => *poisoned.into_inner(),
-    }
-}
-
-fn write<T>(slot: &Mutex<T>, value: T) {
-    match slot.lock() {
-        Ok(mut guard) => *guard = value,
-        Err(poisoned) => *poisoned.into_inner() = value,
-    }
-}
-
-/// A read-only view of a held lock, cheap to clone and to move into tasks: its
-/// resource, token and validity, and the signal that it was lost.
+/// A view of a held lock, cheap to clone and to move into tasks: its resource, token,
+/// validity and fencing tokens, and the signal that it was lost.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -137,7 +29,9 @@ fn write<T>(slot: &Mutex<T>, value: T) {
 /// ```
 #[derive(Clone)]
 pub struct Lease {
-    pub(crate) resource: Arc<str>,
+    pub(crate) core: Arc<Core>,
+    /// The request as held (its TTL is the acquisition's; `Shared` has the latest).
+    pub(crate) request: Request,
     pub(crate) token: Arc<str>,
     pub(crate) shared: Arc<Shared>,
 }
@@ -145,7 +39,7 @@ pub struct Lease {
 impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
-            .field("resource", &self.resource)
+            .field("resource", &self.request.resource)
             .field("remaining", &self.remaining())
             .field("lost", &self.shared.lost_reason())
             .finish()
@@ -155,7 +49,7 @@ impl fmt::Debug for Lease {
 impl Lease {
     /// The locked resource.
     pub fn resource(&self) -> &str {
-        &self.resource
+        &self.request.resource
     }
 
     /// The lock's random token.
@@ -164,9 +58,23 @@ impl Lease {
     }
 
     /// The lock's fencing token (the first resource's, for several); see
-    /// [`Lock::fencing_token`](crate::Lock::fencing_token).
-    pub fn fencing_token(&self) -> u64 {
-        self.shared.fences.first().copied().unwrap_or(0)
+    /// [`Lock::fencing_token`](crate::Lock::fencing_token). The lock and its leases
+    /// share one set of tokens, made at the first request from any of them.
+    ///
+    /// # Errors
+    /// As [`Lock::fencing_token`](crate::Lock::fencing_token).
+    pub async fn fencing_token(&self) -> Result<u64, Error> {
+        let tokens = self.fencing_tokens().await?;
+        Ok(tokens.first().copied().unwrap_or(0))
+    }
+
+    /// The fencing tokens, one per resource; see
+    /// [`Lock::fencing_tokens`](crate::Lock::fencing_tokens).
+    ///
+    /// # Errors
+    /// As [`Lock::fencing_token`](crate::Lock::fencing_token).
+    pub async fn fencing_tokens(&self) -> Result<Arc<[u64]>, Error> {
+        fencing_tokens(&self.core, &self.request, &self.token, &self.shared).await
     }
 
     /// The validity left on the monotonic clock; zero once it ran out.
@@ -185,4 +93,23 @@ impl Lease {
     pub async fn lost(&self) -> LostReason {
         self.shared.lost().await
     }
+}
+
+/// The held lock's fencing tokens: made by one fencing round at the first request
+/// (concurrent requests wait for it), then the same for every later one. A round that
+/// failed makes none: the next request tries again.
+pub(crate) async fn fencing_tokens(
+    core: &Core,
+    request: &Request,
+    token: &Arc<str>,
+    shared: &Shared,
+) -> Result<Arc<[u64]>, Error> {
+    let fences = shared
+        .fences
+        .get_or_try_init(|| async {
+            let _serial = shared.serial.lock().await;
+            protocol::fence(core, request, token, shared).await
+        })
+        .await?;
+    Ok(Arc::clone(fences))
 }

@@ -113,6 +113,7 @@ mod round;
 mod scripts;
 mod semaphore;
 mod settings;
+mod shared;
 mod ttl;
 mod wakeup;
 

@@ -10,10 +10,11 @@ use tokio::task::AbortHandle;
 use crate::core::Core;
 use crate::error::{Error, LostReason};
 use crate::keep_alive::KeepAlive;
-use crate::lease::{Lease, Shared};
+use crate::lease::{self, Lease};
 use crate::protocol::{self, Granted};
 use crate::quorum::Votes;
 use crate::request::Request;
+use crate::shared::Shared;
 
 /// A lock held on a quorum of nodes.
 ///
@@ -48,9 +49,6 @@ pub struct Lock {
     shared: Arc<Shared>,
     /// The votes of the round that granted the lock.
     votes: Votes,
-    /// Serialises extensions (manual and keep-alive): two rounds with different TTLs
-    /// must not race on the nodes.
-    extending: Arc<tokio::sync::Mutex<()>>,
     keep_alive: Option<AbortHandle>,
     /// Cleared by `release`, so that `drop` does not release a second time.
     armed: bool,
@@ -73,11 +71,10 @@ impl Lock {
         let request = granted.held;
         Lock {
             core: Arc::clone(core),
-            shared: Shared::new(granted.valid_until, request.ttl.duration(), granted.fences),
+            shared: Shared::new(granted.valid_until, request.ttl.duration()),
             request,
             token: granted.token,
             votes: granted.votes,
-            extending: Arc::default(),
             keep_alive: None,
             armed: true,
         }
@@ -113,20 +110,49 @@ impl Lock {
     }
 
     /// The fencing token: a number strictly greater than that of every earlier holder
-    /// of the resource, as long as the nodes keep their data and, across a pause in the
-    /// resource's use longer than the fencing retention, the clients' clocks agree
-    /// within it (docs/fencing.md). Pass it with every write to the protected resource,
-    /// which rejects a token lower than the highest it has accepted (an equal one is
-    /// this holder writing again). For a lock over several resources, the first one's
-    /// (see [`fencing_tokens`](Lock::fencing_tokens)).
-    pub fn fencing_token(&self) -> u64 {
-        self.shared.fences.first().copied().unwrap_or(0)
+    /// of the resource that asked for one, as long as the nodes keep their data and,
+    /// across a pause in the resource's use longer than the fencing retention, the
+    /// clients' clocks agree within it (docs/fencing.md). Pass it with every write to
+    /// the protected resource, which rejects a token lower than the highest it has
+    /// accepted (an equal one is this holder writing again). For a lock over several
+    /// resources, the first one's (see [`fencing_tokens`](Lock::fencing_tokens)).
+    ///
+    /// A lock pays for its tokens only when asked: the first call raises the
+    /// resource's fencing counter on the nodes that still hold the lock (one round
+    /// trip, two when the nodes disagree), and from then on extensions renew the
+    /// counters with the keys. Later calls, from the lock or its leases, return the
+    /// same token at once.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn run(redlock: fredlock::Redlock) -> Result<(), fredlock::Error> {
+    /// let lock = redlock.lock("ledger", Duration::from_secs(10)).await?;
+    /// let token: u64 = lock.fencing_token().await?;
+    /// // storage.write(data, token): the storage refuses token < the highest it accepted
+    /// lock.release().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Expired`] if the lock's validity ran out before the tokens were made,
+    /// it was signalled lost, or the nodes answered that the keys are no longer ours
+    /// (the lock is then lost); [`Error::NoQuorum`] if too many nodes were unreachable
+    /// or failed (a counter that is not a number or reached 2^53 - 1 fails its node's
+    /// vote); [`Error::FencingFailed`] if the counters disagreed and the largest could
+    /// not be written back to a quorum. No token is handed out then, and the next call
+    /// tries again.
+    pub async fn fencing_token(&self) -> Result<u64, Error> {
+        let tokens = self.fencing_tokens().await?;
+        Ok(tokens.first().copied().unwrap_or(0))
     }
 
     /// The fencing tokens, one per resource in the order of
-    /// [`resources`](Lock::resources).
-    pub fn fencing_tokens(&self) -> &[u64] {
-        &self.shared.fences
+    /// [`resources`](Lock::resources); see [`fencing_token`](Lock::fencing_token).
+    ///
+    /// # Errors
+    /// As [`fencing_token`](Lock::fencing_token).
+    pub async fn fencing_tokens(&self) -> Result<Arc<[u64]>, Error> {
+        lease::fencing_tokens(&self.core, &self.request, &self.token, &self.shared).await
     }
 
     /// Every node's vote in the round that granted this lock, in configuration order:
@@ -164,11 +190,12 @@ impl Lock {
         self.remaining() > Duration::ZERO && self.shared.lost_reason().is_none()
     }
 
-    /// A cheap, cloneable view of this lock for other tasks: its validity and the
-    /// lost-lock signal.
+    /// A cheap, cloneable view of this lock for other tasks: its validity, fencing
+    /// tokens and the lost-lock signal.
     pub fn lease(&self) -> Lease {
         Lease {
-            resource: Arc::clone(&self.request.resource),
+            core: Arc::clone(&self.core),
+            request: self.request.clone(),
             token: Arc::clone(&self.token),
             shared: Arc::clone(&self.shared),
         }
@@ -194,7 +221,6 @@ impl Lock {
             request: self.request.clone(),
             token: Arc::clone(&self.token),
             shared: Arc::clone(&self.shared),
-            extending: Arc::clone(&self.extending),
         };
         self.keep_alive = Some(tokio::spawn(task.run()).abort_handle());
     }
@@ -216,7 +242,7 @@ impl Lock {
     /// than the minimum validity; [`Error::InvalidArgument`] for an unusable TTL.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
         let request = self.request.retimed(ttl, &self.core.settings)?;
-        let _serial = self.extending.lock().await;
+        let _serial = self.shared.serial.lock().await;
         protocol::extend(&self.core, &request, &self.token, &self.shared).await?;
         self.shared.set_ttl(request.ttl.duration());
         self.request = request;

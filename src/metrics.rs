@@ -27,8 +27,7 @@
 //!   `try_lock_many`, `read_lock`, `try_read_lock`, `Semaphore::acquire`,
 //!   `Semaphore::try_acquire` (and the `lock` of `with_lock`), with all its attempts, the pauses
 //!   between them and the cleanup it waits for. Its `outcome` is `acquired`, the kind
-//!   of the error returned (`taken`, `no_quorum`, `too_late`, `fencing_failed`,
-//!   `permits_mismatch`; `other` for any other, which none returns today), or `cancelled` when the call's future
+//!   of the error returned (`taken`, `no_quorum`, `too_late`, `permits_mismatch`; `other` for any other, which none returns today), or `cancelled` when the call's future
 //!   was dropped before it ended (the attempts counted are those begun). A call refused
 //!   for an invalid argument sends nothing and is not counted.
 //! * `fredlock_outcomes_total` counts each acquisition once with its `outcome`, and
@@ -36,7 +35,8 @@
 //! * `fredlock_node_votes_total` counts every node's vote in every decided round:
 //!   `op` is `acquire` (the attempt's round, each retry its own; the votes of a failed
 //!   one include the answers counted while our token was being removed), `extend`
-//!   (manual and keep-alive) or `release` (also the background release of a dropped
+//!   (manual and keep-alive), `fence` (the round that makes a lock's fencing tokens at
+//!   its first request) or `release` (also the background release of a dropped
 //!   lock); `vote` is `yes`, `taken`, `error`, `timeout`, or `pending` for a node that
 //!   had not answered when the round was decided (its answer is not counted later).
 //!   The fencing write-back round and an extend refused before any request are not
@@ -46,8 +46,8 @@
 //!   validity left when the renewal began.
 //! * A **lost lock** is a held lock that can no longer be trusted before its holder
 //!   let it go, counted once, when it happens: `reason` is `extend_failed` (the
-//!   keep-alive gave up, or an extension found our token gone or reached its quorum
-//!   too late) or `expired` (the validity ran out while `Lease::lost` waited, as in
+//!   keep-alive gave up, an extension found our token gone or reached its quorum
+//!   too late, or a fencing round found our token gone) or `expired` (the validity ran out while `Lease::lost` waited, as in
 //!   `with_lock`, or the lock was released or dropped after its validity ran out). A
 //!   lock released or dropped while valid is not lost.
 
@@ -72,6 +72,7 @@ pub const LOCKS_LOST: &str = "fredlock_locks_lost_total";
 pub(crate) enum RoundKind {
     Acquire,
     Extend,
+    Fence,
     Release,
 }
 

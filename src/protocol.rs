@@ -1,6 +1,6 @@
-//! The protocol: acquire, extend and release, each a short function over one round
-//! of the fan-out (`round`), with the validity arithmetic of `ttl` and the fencing
-//! tokens of `fencing`.
+//! The protocol: acquire, extend, fence and release, each a short function over one
+//! round of the fan-out (`round`), with the validity arithmetic of `ttl` and the
+//! fencing tokens of `fencing`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,18 +8,17 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
-use tracing::field::{Empty, display};
+use tracing::field::display;
 
-use crate::acquisition::{Acquisition, granted};
+use crate::acquisition::Acquisition;
 use crate::core::Core;
 use crate::error::{Error, LostReason};
-use crate::fencing;
-use crate::lease::Shared;
 use crate::metrics::{self, RoundKind};
 use crate::quorum::{Decision, Tally, Votes};
 use crate::request::Request;
 use crate::round::Round;
 use crate::scripts::Op;
+use crate::shared::Shared;
 
 /// Bytes of CSPRNG output in a lock token (hex-encoded: 40 characters).
 const TOKEN_BYTES: usize = 20;
@@ -30,7 +29,6 @@ pub(crate) struct Granted {
     pub(crate) held: Request,
     pub(crate) token: Arc<str>,
     pub(crate) valid_until: Instant,
-    pub(crate) fences: Arc<[u64]>,
     /// The votes of the round that granted it, for `Lock::votes`.
     pub(crate) votes: Votes,
 }
@@ -49,16 +47,16 @@ macro_rules! round_span {
             $name,
             resource = %$request.resource,
             $($field,)*
-            outcome = Empty,
-            votes = Empty,
-            elapsed_us = Empty,
-            validity_ms = Empty,
+            outcome = tracing::field::Empty,
+            votes = tracing::field::Empty,
+            elapsed_us = tracing::field::Empty,
+            validity_ms = tracing::field::Empty,
         )
     };
 }
 
-/// One acquisition attempt: the round, the fencing tokens (written back to a quorum
-/// when they lag), and the validity left; on failure our token is removed.
+/// One acquisition attempt: the round and the validity left; on failure our token is
+/// removed.
 pub(crate) async fn acquire(
     core: &Core,
     request: &Request,
@@ -91,75 +89,37 @@ async fn acquire_in(
 ) -> Result<Granted, Failed> {
     let token: Arc<str> = new_token().into();
     let start = Instant::now();
-    let retention = core.settings.fencing_retention;
     // A permit's free slots are tried from a random one on: clients that race for
     // free permits mostly ask for different ones.
     let first_slot = request
         .semaphore()
         .map_or(0, |s| rand::random_range(0..s.len().max(1)));
-    let op = Op::acquire(
-        request,
-        &token,
-        fencing::floor(),
-        core.quarantine(),
-        retention,
-        first_slot,
-    )
-    .claiming(claim);
+    let op = Op::acquire(request, &token, core.quarantine(), first_slot).claiming(claim);
     // Dropped before its verdict (this future was dropped), it removes our token from
     // every node in the background.
     let mut acquisition = Acquisition::new(&core.nodes, op);
     let decision = acquisition.decide().await;
-    let mut elapsed = start.elapsed();
+    let elapsed = start.elapsed();
+    let validity = request.ttl.validity(elapsed);
     let min_validity = core.settings.min_validity;
-    let mut fencing_failed = None;
-    if decision == Decision::Quorum && request.ttl.validity(elapsed) > min_validity {
-        let slot = acquisition.best_slot();
-        let position = slot.map(|(s, _)| s);
-        let held = match slot {
+    if decision == Decision::Quorum && validity > min_validity {
+        let held = match acquisition.best_slot() {
             Some((_, key)) => request.held_slot(key),
             None => request.clone(),
         };
-        let answers = acquisition.round().answers();
-        let tokens = fencing::tokens(&granted(answers, position), core.quorum());
-        let fenced = match tokens {
-            None => Err(acquisition.round().votes()),
-            Some((fences, false)) => Ok(Arc::from(fences)),
-            Some((fences, true)) => {
-                let fences = Arc::from(fences);
-                // The acquisition's calls still running are polled meanwhile: a node's
-                // next operation may wait for its call in flight to end (1.9).
-                let written = write_back(core, &held, &token, &fences);
-                acquisition.listen_during(written).await.map(|()| fences)
-            }
-        };
-        match fenced {
-            Ok(fences) => {
-                let fences = request.tokens(fences, first_slot, position);
-                // A write-back round took time too: the validity counts it.
-                elapsed = start.elapsed();
-                let validity = request.ttl.validity(elapsed);
-                if validity > min_validity {
-                    let votes = acquisition.round().votes();
-                    metrics::votes(RoundKind::Acquire, &votes);
-                    if !span.is_disabled() {
-                        record(span, &votes, elapsed, Some(validity), "acquired");
-                    }
-                    acquisition.keep();
-                    let valid_until = request.ttl.valid_until(start, elapsed);
-                    return Ok(Granted {
-                        held,
-                        token,
-                        valid_until,
-                        fences,
-                        votes,
-                    });
-                }
-            }
-            Err(votes) => fencing_failed = Some(votes),
+        let votes = acquisition.round().votes();
+        metrics::votes(RoundKind::Acquire, &votes);
+        if !span.is_disabled() {
+            record(span, &votes, elapsed, Some(validity), "acquired");
         }
+        acquisition.keep();
+        return Ok(Granted {
+            held,
+            token,
+            valid_until: request.ttl.valid_until(start, elapsed),
+            votes,
+        });
     }
-    let validity = request.ttl.validity(elapsed);
     let permits_held = acquisition.permits_held(core.quorum());
     // Our token is removed from the nodes that set it before the error is returned
     // (they answered quickly: one more fast round trip); the others remove it in the
@@ -174,8 +134,6 @@ async fn acquire_in(
             held,
             votes,
         }
-    } else if let Some(votes) = fencing_failed {
-        Error::FencingFailed { resource, votes }
     } else if decision == Decision::Quorum {
         Error::TooLate {
             resource,
@@ -194,22 +152,6 @@ async fn acquire_in(
     }
     tracing::debug!(parent: span, %error, "attempt failed");
     Err(Failed { error, cleanup })
-}
-
-/// Raises the fencing counters to `fences` on a quorum of nodes that still hold our
-/// lock. `Err` with the votes when that quorum cannot be reached.
-async fn write_back(
-    core: &Core,
-    request: &Request,
-    token: &Arc<str>,
-    fences: &Arc<[u64]>,
-) -> Result<(), Votes> {
-    let retention = core.settings.fencing_retention;
-    let mut round = Round::new(&core.nodes, Op::fence(request, token, fences, retention));
-    match round.decide().await {
-        Decision::Quorum => Ok(()),
-        Decision::NoQuorum => Err(round.votes()),
-    }
 }
 
 /// One extension round for `request.ttl`, updating the shared validity: renewed from
@@ -248,7 +190,8 @@ async fn extend_in(
         return Err(expired(Votes::default()));
     }
     let start = Instant::now();
-    let retention = core.settings.fencing_retention;
+    // The counters are renewed with the keys once fencing tokens were handed out.
+    let retention = shared.fenced().then_some(core.settings.fencing_retention);
     let mut round = Round::new(&core.nodes, Op::extend(request, token, retention));
     let decision = round.decide().await;
     round.count_votes(RoundKind::Extend);
@@ -395,5 +338,8 @@ fn new_token() -> String {
     hex
 }
 
+mod fence;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use fence::fence;

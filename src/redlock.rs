@@ -125,9 +125,8 @@ impl Redlock {
     /// failed attempt removes its token from every node before the next one.
     ///
     /// # Errors
-    /// [`Error::Taken`], [`Error::NoQuorum`], [`Error::TooLate`] or
-    /// [`Error::FencingFailed`] from the last attempt; [`Error::InvalidArgument`] for an
-    /// empty resource or an unusable TTL.
+    /// [`Error::Taken`], [`Error::NoQuorum`] or [`Error::TooLate`] from the last
+    /// attempt; [`Error::InvalidArgument`] for an empty resource or an unusable TTL.
     pub async fn lock(&self, resource: &str, ttl: Duration) -> Result<Lock, Error> {
         let request = Request::one(resource, ttl, &self.core.settings)?;
         retry::lock(&self.core, request).await

@@ -123,25 +123,20 @@ impl Request {
         }
     }
 
-    /// The fencing tokens a grant hands out: the counters; for a permit granted the
-    /// slot at `position` among the slots tried from `first`
-    /// ([`Semaphore::slots_from`]), each counter's permit token
-    /// ([`fencing::permit_token`]), so that permits held at once never share one.
-    pub(crate) fn tokens(
-        &self,
-        counters: Arc<[u64]>,
-        first: usize,
-        position: Option<usize>,
-    ) -> Arc<[u64]> {
-        match (self.semaphore(), position) {
-            (Some(semaphore), Some(position)) => {
-                let slot = (first % semaphore.len().max(1) + position) % semaphore.len().max(1);
-                counters
-                    .iter()
-                    .map(|&counter| fencing::permit_token(counter, slot))
-                    .collect()
-            }
-            _ => counters,
+    /// The fencing tokens a held request hands out: the counters; for a permit, each
+    /// counter's permit token for the slot held ([`fencing::permit_token`]), so that
+    /// permits held at once never share one.
+    pub(crate) fn tokens(&self, counters: Arc<[u64]>) -> Arc<[u64]> {
+        let slot = self.semaphore().and_then(|semaphore| {
+            let held = self.keys.first()?;
+            semaphore.slots.iter().position(|slot| slot == held)
+        });
+        match slot {
+            Some(slot) => counters
+                .iter()
+                .map(|&counter| fencing::permit_token(counter, slot))
+                .collect(),
+            None => counters,
         }
     }
 
@@ -301,14 +296,13 @@ mod tests {
                 permit.semaphore().unwrap().slots_from(2)[position].as_ref(),
                 format!("fredlock:permit:{slot}:api")
             );
-            assert_eq!(
-                permit.tokens(Arc::clone(&counters), 2, Some(position))[0],
-                5 * 1024 + slot
-            );
+            let key = &permit.semaphore().unwrap().slots_from(2)[position];
+            let held = permit.held_slot(key);
+            assert_eq!(held.tokens(Arc::clone(&counters))[0], 5 * 1024 + slot);
         }
         // A lock's tokens are its counters.
         let lock = Request::one("api", ttl, &settings).unwrap();
-        assert_eq!(lock.tokens(Arc::clone(&counters), 0, None)[0], 5);
+        assert_eq!(lock.tokens(Arc::clone(&counters))[0], 5);
     }
 
     #[test]

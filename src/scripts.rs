@@ -1,7 +1,7 @@
 //! fredlock's Lua scripts, in one place, and the operations a batch carries.
 //!
-//! Every lock operation (acquire, extend, fencing write-back, release, removal of a
-//! failed attempt's token) runs in `scripts/ops.lua`, one call per batch of
+//! Every lock operation (acquire, extend, fencing, release, removal of a failed
+//! attempt's token) runs in `scripts/ops.lua`, one call per batch of
 //! operations for one node. `scripts/lift.lua` lifts the restart quarantine and
 //! `scripts/check.lua` is the permission check of `build()`.
 
@@ -32,7 +32,7 @@ pub(crate) const RELEASE_CHANNEL_PREFIX: &str = "fredlock:released:";
 /// What an operation does on a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// All-or-nothing `SET NX PX` of the keys, raising their fencing counters.
+    /// All-or-nothing `SET NX PX` of the keys.
     Acquire,
     /// A reader joins the key's readers, unless a writer holds or claims it.
     Read,
@@ -40,8 +40,12 @@ pub(crate) enum Kind {
     Permit,
     /// Compare-and-pexpire.
     Extend,
-    /// Fencing write-back: raise the counters while the keys hold the token.
+    /// Raise the fencing counters while the keys hold the token: a holder's first
+    /// request for its fencing tokens.
     Fence,
+    /// Fencing write-back: raise the counters to the tokens handed out while the keys
+    /// hold the token.
+    CatchUp,
     /// Compare-and-delete, announcing each deleted key.
     Release,
     /// Compare-and-delete of a failed attempt's token, without announcing it.
@@ -74,21 +78,21 @@ pub(crate) struct QuarantineKeys {
 pub(crate) struct Op {
     pub(crate) kind: Kind,
     pub(crate) keys: Arc<[Arc<str>]>,
-    /// The fencing counters (acquire, extend, fence), one per key.
+    /// The fencing counters, one per key (fence, catch-up; extend of a lock whose
+    /// fencing tokens were asked for).
     pub(crate) fence_keys: Arc<[Arc<str>]>,
     pub(crate) token: Arc<str>,
     /// The lock TTL (acquire, extend).
     pub(crate) ttl_ms: u64,
-    /// How long a counter outlives the lock (acquire, extend: the retention; fence:
-    /// TTL plus retention).
+    /// A counter's life from now: the lock's TTL plus the retention.
     pub(crate) keep_ms: u64,
-    /// The fencing floor (acquire).
+    /// The fencing floor (fence).
     pub(crate) floor: u64,
     /// How long a writer that will try again claims the key: where it finds readers
     /// (acquire), and in place of its own key when its attempt failed (remove); 0: no
     /// claim.
     pub(crate) claim_ms: u64,
-    /// The fencing tokens to write back (fence).
+    /// The fencing tokens to write back (catch-up).
     pub(crate) fences: Arc<[u64]>,
     /// With the restart quarantine on (acquire).
     pub(crate) quarantine: Option<Arc<QuarantineKeys>>,
@@ -130,9 +134,7 @@ impl Op {
     pub(crate) fn acquire(
         request: &Request,
         token: &Arc<str>,
-        floor: u64,
         quarantine: Option<Arc<QuarantineKeys>>,
-        retention: Duration,
         first_slot: usize,
     ) -> Self {
         let (kind, keys) = match &request.mode {
@@ -141,10 +143,7 @@ impl Op {
             Mode::Permit(semaphore) => (Kind::Permit, semaphore.slots_from(first_slot)),
         };
         Op {
-            fence_keys: Arc::clone(&request.fence_keys),
             ttl_ms: request.ttl.ms(),
-            keep_ms: ttl::ms(retention),
-            floor,
             quarantine,
             semaphore: request.semaphore().cloned(),
             ..Op::new(kind, &keys, token)
@@ -160,27 +159,50 @@ impl Op {
         }
     }
 
-    pub(crate) fn extend(request: &Request, token: &Arc<str>, retention: Duration) -> Self {
+    /// Renews the keys for the request's TTL and, with `retention` (a lock whose
+    /// fencing tokens were asked for), their counters for the TTL plus `retention`.
+    pub(crate) fn extend(request: &Request, token: &Arc<str>, retention: Option<Duration>) -> Self {
         Op {
-            fence_keys: Arc::clone(&request.fence_keys),
+            fence_keys: match retention {
+                Some(_) => Arc::clone(&request.fence_keys),
+                None => Arc::from([]),
+            },
             ttl_ms: request.ttl.ms(),
-            keep_ms: ttl::ms(retention),
+            keep_ms: retention.map_or(0, |r| life(request, r)),
             semaphore: request.semaphore().cloned(),
             ..Op::new(Kind::Extend, &request.keys, token)
         }
     }
 
+    /// Raises the counters from `floor`, each to live `ttl` plus `retention`.
     pub(crate) fn fence(
         request: &Request,
         token: &Arc<str>,
-        fences: &Arc<[u64]>,
+        floor: u64,
+        ttl: Duration,
         retention: Duration,
     ) -> Self {
         Op {
             fence_keys: Arc::clone(&request.fence_keys),
-            keep_ms: request.ttl.ms().saturating_add(ttl::ms(retention)),
-            fences: Arc::clone(fences),
+            keep_ms: ttl::ms(ttl).saturating_add(ttl::ms(retention)),
+            floor,
             ..Op::new(Kind::Fence, &request.keys, token)
+        }
+    }
+
+    /// Writes `fences` back to the counters, each to live `ttl` plus `retention`.
+    pub(crate) fn catch_up(
+        request: &Request,
+        token: &Arc<str>,
+        fences: &Arc<[u64]>,
+        ttl: Duration,
+        retention: Duration,
+    ) -> Self {
+        Op {
+            fence_keys: Arc::clone(&request.fence_keys),
+            keep_ms: ttl::ms(ttl).saturating_add(ttl::ms(retention)),
+            fences: Arc::clone(fences),
+            ..Op::new(Kind::CatchUp, &request.keys, token)
         }
     }
 
@@ -225,33 +247,24 @@ impl Op {
         let names = || self.keys.iter().map(|k| string(k));
         let counters = || self.fence_keys.iter().map(|k| string(k));
         let token = string(&self.token);
-        // A counter lives its lock's TTL plus the retention from each grant or renewal.
-        let life = || int(self.ttl_ms.saturating_add(self.keep_ms));
         let record = self.semaphore.as_ref().map(|s| string(&s.record));
         let permits = self
             .semaphore
             .as_ref()
             .map(|s| Value::from(s.permits.to_string()));
-        let floor = || Value::from(self.floor.to_string());
         let (name, keys, args): (&'static str, Vec<Value>, Vec<Value>) = match self.kind {
             Kind::Acquire => (
                 "lock",
-                names().chain(counters()).collect(),
-                vec![token, int(self.ttl_ms), floor(), life(), int(self.claim_ms)],
+                names().collect(),
+                vec![token, int(self.ttl_ms), int(self.claim_ms)],
             ),
-            Kind::Read => (
-                "read",
-                names().chain(counters()).collect(),
-                vec![token, int(self.ttl_ms), floor(), life()],
-            ),
+            Kind::Read => ("read", names().collect(), vec![token, int(self.ttl_ms)]),
             Kind::Permit => (
                 "permit",
-                names().chain(counters()).chain(record).collect(),
+                names().chain(record).collect(),
                 vec![
                     token,
                     int(self.ttl_ms),
-                    floor(),
-                    life(),
                     permits.unwrap_or_else(|| string("")),
                 ],
             ),
@@ -261,12 +274,25 @@ impl Op {
                 vec![
                     token,
                     int(self.ttl_ms),
-                    life(),
+                    if self.fence_keys.is_empty() {
+                        string("")
+                    } else {
+                        int(self.keep_ms)
+                    },
                     string(if record.is_some() { "permit" } else { "" }),
                 ],
             ),
             Kind::Fence => (
                 "fence",
+                names().chain(counters()).collect(),
+                vec![
+                    token,
+                    Value::from(self.floor.to_string()),
+                    int(self.keep_ms),
+                ],
+            ),
+            Kind::CatchUp => (
+                "catch_up",
                 names().chain(counters()).collect(),
                 [token, int(self.keep_ms)]
                     .into_iter()
@@ -347,6 +373,11 @@ pub(crate) fn script_args(script: Value, keys: &[&str], args: Vec<Value>) -> Vec
     all.extend(keys.iter().map(|k| string(k)));
     all.extend(args);
     all
+}
+
+/// A counter's life in ms: the request's TTL plus `retention`.
+fn life(request: &Request, retention: Duration) -> u64 {
+    request.ttl.ms().saturating_add(ttl::ms(retention))
 }
 
 fn string(s: &str) -> Value {

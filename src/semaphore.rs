@@ -127,13 +127,17 @@ impl Permit {
     }
 
     /// The fencing token: strictly greater than that of every permit of this
-    /// semaphore granted before this one, under the assumptions of
+    /// semaphore that asked for one before, under the assumptions of
     /// [`Lock::fencing_token`], and different from that of every permit held at the
     /// same time: it is the semaphore's counter times
     /// [`MAX_PERMITS`](crate::MAX_PERMITS) plus the number of the slot held
-    /// (docs/fencing.md, "Permits' tokens").
-    pub fn fencing_token(&self) -> u64 {
-        self.0.fencing_token()
+    /// (docs/fencing.md, "Permits' tokens"). Made at the first request, as
+    /// [`Lock::fencing_token`] does.
+    ///
+    /// # Errors
+    /// As [`Lock::fencing_token`].
+    pub async fn fencing_token(&self) -> Result<u64, Error> {
+        self.0.fencing_token().await
     }
 
     /// The validity left on the monotonic clock; zero once it ran out.

@@ -193,6 +193,7 @@ fn count_vote(kind: RoundKind, node: &Arc<str>, vote: &'static str) {
     let op = match kind {
         RoundKind::Acquire => "acquire",
         RoundKind::Extend => "extend",
+        RoundKind::Fence => "fence",
         RoundKind::Release => "release",
     };
     counter!(NODE_VOTES, "node" => Arc::clone(node), "op" => op, "vote" => vote).increment(1);

@@ -197,53 +197,57 @@ impl State {
                 if op.keys.iter().any(|k| self.keys.contains_key(&**k)) {
                     return Reply::Int(0);
                 }
-                let mut fences = Vec::new();
-                for (key, counter) in op.keys.iter().zip(op.fence_keys.iter()) {
-                    let current = self.counters.get(&**counter).map_or(0, |(c, _)| *c);
-                    let fence = (current + 1).max(op.floor);
-                    self.counters
-                        .insert(counter.to_string(), (fence, at(op.ttl_ms + op.keep_ms)));
+                for key in op.keys.iter() {
                     self.keys
                         .insert(key.to_string(), (op.token.to_string(), at(op.ttl_ms)));
-                    fences.push(fence);
                 }
-                Reply::Fences(fences)
+                Reply::Int(1)
             }
             // The first free slot in the order given (the record of the number of
             // permits is not modelled here).
             Kind::Permit => {
-                let free = op.keys.iter().position(|k| !self.keys.contains_key(&**k));
-                let (Some(position), Some(counter)) = (free, op.fence_keys.first()) else {
+                let Some(position) = op.keys.iter().position(|k| !self.keys.contains_key(&**k))
+                else {
                     return Reply::Int(0);
                 };
-                let current = self.counters.get(&**counter).map_or(0, |(c, _)| *c);
-                let fence = (current + 1).max(op.floor);
-                self.counters
-                    .insert(counter.to_string(), (fence, at(op.ttl_ms + op.keep_ms)));
                 self.keys.insert(
                     op.keys[position].to_string(),
                     (op.token.to_string(), at(op.ttl_ms)),
                 );
-                Reply::Fences(vec![fence, u64::try_from(position + 1).unwrap_or(u64::MAX)])
+                Reply::List(vec![u64::try_from(position + 1).unwrap_or(u64::MAX)])
             }
             Kind::Read => Reply::Failed("ERR read locks are not modelled in memory".into()),
-            Kind::Extend | Kind::Fence if !ours => Reply::Int(0),
+            Kind::Extend | Kind::Fence | Kind::CatchUp if !ours => Reply::Int(0),
             Kind::Extend => {
-                for (key, counter) in op.keys.iter().zip(op.fence_keys.iter()) {
+                for key in op.keys.iter() {
                     if let Some(entry) = self.keys.get_mut(&**key) {
                         entry.1 = at(op.ttl_ms);
                     }
+                }
+                for counter in op.fence_keys.iter() {
                     if let Some(entry) = self.counters.get_mut(&**counter) {
-                        entry.1 = at(op.ttl_ms + op.keep_ms);
+                        entry.1 = entry.1.max(at(op.keep_ms));
                     }
                 }
                 Reply::Int(1)
             }
             Kind::Fence => {
+                let mut fences = Vec::new();
+                for counter in op.fence_keys.iter() {
+                    let current = self.counters.get(&**counter).map_or(0, |(c, _)| *c);
+                    let until = self.counters.get(&**counter).map_or(now, |(_, u)| *u);
+                    let fence = (current + 1).max(op.floor);
+                    self.counters
+                        .insert(counter.to_string(), (fence, until.max(at(op.keep_ms))));
+                    fences.push(fence);
+                }
+                Reply::List(fences)
+            }
+            Kind::CatchUp => {
                 for (counter, fence) in op.fence_keys.iter().zip(op.fences.iter()) {
                     let entry = self.counters.entry(counter.to_string()).or_insert((0, now));
                     if entry.0 < *fence {
-                        *entry = (*fence, at(op.keep_ms));
+                        *entry = (*fence, entry.1.max(at(op.keep_ms)));
                     }
                 }
                 Reply::Int(1)

@@ -27,8 +27,8 @@ pub(crate) use client::{
 use crate::quorum::Vote;
 use crate::scripts::{Kind, Op};
 
-/// What one node answered to one operation: its vote and, for an acquisition it
-/// granted, the raised fencing counters and, for a permit, the slot it set.
+/// What one node answered to one operation: its vote and, for a fence, the counters it
+/// raised, for a permit it granted, the slot it set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Answer {
     pub(crate) vote: Vote,
@@ -87,8 +87,8 @@ impl From<Vote> for Answer {
 /// One operation's result as the backend gives it.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// An acquisition granted, with the raised counters.
-    Fences(Vec<u64>),
+    /// A list of numbers: a permit's slot position, or the counters a fence raised.
+    List(Vec<u64>),
     /// 1: done; 0: the key is not ours (taken, expired); 2: taken by readers, claimed.
     Int(i64),
     /// The script's error for this operation alone (`WRONGTYPE ...`, `QUARANTINED ..`).
@@ -224,27 +224,25 @@ impl Node {
     fn answer(&self, op: &Op, reply: Reply, connection: u64) -> Answer {
         let kind = op.kind;
         let vote = match reply {
-            // A permit: its fencing token, then the slot's position from 1 among the
-            // operation's keys.
-            Reply::Fences(fences) if kind == Kind::Permit => {
-                let slot = match fences[..] {
-                    [_, position] => usize::try_from(position)
+            // A permit: the slot's position from 1 among the operation's keys.
+            Reply::List(list) if kind == Kind::Permit => {
+                let slot = match list[..] {
+                    [position] => usize::try_from(position)
                         .ok()
                         .and_then(|p| p.checked_sub(1)),
                     _ => None,
                 };
-                match (fences.first(), slot) {
-                    (Some(&fence), Some(slot)) if slot < op.keys.len() => {
+                match slot {
+                    Some(slot) if slot < op.keys.len() => {
                         return Answer {
-                            fences: vec![fence],
                             slot: Some(slot),
                             ..Vote::Yes.into()
                         };
                     }
-                    _ => Vote::Error(format!("unexpected reply to a permit: {fences:?}")),
+                    _ => Vote::Error(format!("unexpected reply to a permit: {list:?}")),
                 }
             }
-            Reply::Fences(fences) if kind.acquires() => {
+            Reply::List(fences) if kind == Kind::Fence && fences.len() == op.keys.len() => {
                 return Answer {
                     fences,
                     ..Vote::Yes.into()
@@ -269,7 +267,7 @@ impl Node {
                 };
             }
             Reply::Int(0) => Vote::Taken,
-            Reply::Fences(_) | Reply::Int(_) => {
+            Reply::List(_) | Reply::Int(_) => {
                 Vote::Error(format!("unexpected reply to a {kind:?} operation"))
             }
             Reply::Failed(message) => self.failed(&message),

@@ -262,9 +262,7 @@ impl Drop for Redis {
 fn decode(value: Value) -> Reply {
     match value {
         Value::Integer(n) => Reply::Int(n),
-        Value::Array(fences) => {
-            Reply::Fences(fences.iter().map(|f| f.as_u64().unwrap_or(0)).collect())
-        }
+        Value::Array(list) => Reply::List(list.iter().map(|f| f.as_u64().unwrap_or(0)).collect()),
         other => match other.as_string() {
             Some(text) => match text.strip_prefix('!') {
                 Some(error) => Reply::Failed(error.to_string()),

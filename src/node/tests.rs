@@ -25,14 +25,7 @@ fn request(resource: &str) -> Request {
 
 fn acquire(resource: &str, token: &str) -> Arc<Op> {
     let token = Arc::from(token);
-    Arc::new(Op::acquire(
-        &request(resource),
-        &token,
-        1,
-        None,
-        Duration::from_secs(60),
-        0,
-    ))
+    Arc::new(Op::acquire(&request(resource), &token, None, 0))
 }
 
 fn release(resource: &str, token: &str) -> Arc<Op> {
@@ -48,8 +41,7 @@ fn one() -> (Arc<Node>, Arc<memory::Memory>) {
 async fn a_lone_operation_goes_out_alone_and_at_once() {
     let (node, memory) = one();
     let answer = Arc::clone(&node).call(acquire("a", "t1")).await;
-    assert_eq!(answer.vote, Vote::Yes);
-    assert_eq!(answer.fences, vec![1]);
+    assert_eq!(answer, Answer::from(Vote::Yes));
     let answer = Arc::clone(&node).call(release("a", "t1")).await;
     assert_eq!(answer, Answer::from(Vote::Yes));
     assert_eq!(memory.batches(), vec![1, 1]);
@@ -138,7 +130,7 @@ async fn a_release_made_after_an_acquisition_runs_after_it_on_a_frozen_node() {
     let log: Vec<Kind> = memory.log().into_iter().map(|(kind, _)| kind).collect();
     assert_eq!(&log[MAX_IN_FLIGHT..], [Kind::Acquire, Kind::Release]);
     assert_eq!(memory.holder("a"), None);
-    assert_eq!(memory.live_keys(), 1, "only the fencing counter is left");
+    assert_eq!(memory.live_keys(), 0, "no key is left");
 }
 
 #[tokio::test]
@@ -373,28 +365,18 @@ fn a_permit_reply_naming_no_slot_of_the_operation_is_an_error() {
         ..Settings::default()
     };
     let request = Request::permit("jobs", 3, Duration::from_secs(10), &settings).expect("valid");
-    let op = Op::acquire(
-        &request,
-        &Arc::from("t"),
-        1,
-        None,
-        Duration::from_secs(60),
-        0,
-    );
+    let op = Op::acquire(&request, &Arc::from("t"), None, 0);
     let (node, _) = one();
-    let granted = node.answer(&op, Reply::Fences(vec![7, 3]), 0);
-    assert_eq!(
-        (granted.vote, granted.slot, granted.fences),
-        (Vote::Yes, Some(2), vec![7])
-    );
+    let granted = node.answer(&op, Reply::List(vec![3]), 0);
+    assert_eq!((granted.vote, granted.slot), (Vote::Yes, Some(2)));
     for position in [0, 4, u64::MAX] {
-        let answer = node.answer(&op, Reply::Fences(vec![7, position]), 0);
+        let answer = node.answer(&op, Reply::List(vec![position]), 0);
         assert!(
             matches!(&answer.vote, Vote::Error(e) if e.starts_with("unexpected reply to a permit")),
             "position {position}: {answer:?}"
         );
         assert_eq!(answer.slot, None);
     }
-    let answer = node.answer(&op, Reply::Fences(vec![7]), 0);
+    let answer = node.answer(&op, Reply::List(vec![3, 1]), 0);
     assert!(matches!(answer.vote, Vote::Error(_)), "{answer:?}");
 }

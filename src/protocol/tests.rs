@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{acquire, extend, release};
+use super::{acquire, extend, fence, release};
 use crate::core::Core;
 use crate::error::Error;
-use crate::lease::Shared;
 use crate::node::memory::{self, Memory, Mode};
 use crate::request::Request;
 use crate::settings::{Quarantine, Settings};
+use crate::shared::Shared;
 
 const TIMEOUT: Duration = Duration::from_millis(50);
 const TTL: Duration = Duration::from_secs(10);
@@ -128,7 +128,7 @@ async fn extend_moves_the_validity_and_release_removes_every_key() {
         .await
         .map_err(|f| f.error)
         .expect("granted");
-    let shared = Shared::new(granted.valid_until, TTL, Arc::clone(&granted.fences));
+    let shared = Shared::new(granted.valid_until, TTL);
     let longer = request.retimed(2 * TTL, &core.settings).expect("valid");
     let before = shared.valid_until();
     extend(&core, &longer, &granted.token, &shared)
@@ -147,48 +147,80 @@ async fn extend_moves_the_validity_and_release_removes_every_key() {
     assert!(shared.lost_reason().is_some());
 }
 
+/// Acquires `request` and makes its fencing tokens.
+async fn fenced(core: &Core, request: &Request) -> (super::Granted, Arc<[u64]>) {
+    let granted = acquire(core, request, 0)
+        .await
+        .map_err(|f| f.error)
+        .expect("granted");
+    let shared = Shared::new(granted.valid_until, TTL);
+    let fences = fence(core, request, &granted.token, &shared)
+        .await
+        .expect("fenced");
+    (granted, fences)
+}
+
 #[tokio::test]
 async fn fencing_tokens_increase_from_holder_to_holder_and_lagging_nodes_catch_up() {
     let (core, memories) = cluster(3);
     let request = request(&core, "a");
-    let first = acquire(&core, &request, 0)
+    let counter = &*request.fence_keys[0];
+    // A lock nobody asks a token of leaves no counter.
+    let plain = acquire(&core, &request, 0)
         .await
         .map_err(|f| f.error)
         .expect("granted");
+    release(&core, &request, &plain.token, true)
+        .await
+        .expect("released");
+    assert!(memories.iter().all(|m| m.counter(counter).is_none()));
+    let (first, first_fences) = fenced(&core, &request).await;
     release(&core, &request, &first.token, true)
         .await
         .expect("released");
-    let second = acquire(&core, &request, 0)
-        .await
-        .map_err(|f| f.error)
-        .expect("granted");
-    assert!(second.fences[0] > first.fences[0]);
+    let (second, second_fences) = fenced(&core, &request).await;
+    assert!(second_fences[0] > first_fences[0]);
+    // Node 0's counter is far ahead (it saw a holder the others missed): the next
+    // holder's token is its counter plus one, written back to the others before it is
+    // handed out.
     release(&core, &request, &second.token, true)
         .await
         .expect("released");
-    // Node 0's counter is far ahead (it saw acquisitions the others missed): the next
-    // token is its counter plus one, written back to the others before it is handed
-    // out.
-    let ahead = second.fences[0] + 1_000_000;
+    let ahead = second_fences[0] + 1_000_000;
     let token = Arc::from("elsewhere");
-    let op = crate::scripts::Op::acquire(&request, &token, ahead, None, Duration::from_secs(60), 0);
+    let ops = [
+        crate::scripts::Op::acquire(&request, &token, None, 0),
+        crate::scripts::Op::catch_up(&request, &token, &Arc::from([ahead]), TTL, TTL),
+        crate::scripts::Op::release_keys(&request.keys, &token),
+    ];
     memories[0]
-        .run(&[Arc::new(op)], Instant::now() + TIMEOUT)
+        .run(&ops.map(Arc::new), Instant::now() + TIMEOUT)
         .await;
-    let keys = request.keys.clone();
-    let op = crate::scripts::Op::release_keys(&keys, &token);
-    memories[0]
-        .run(&[Arc::new(op)], Instant::now() + TIMEOUT)
-        .await;
-    let third = acquire(&core, &request, 0)
-        .await
-        .map_err(|f| f.error)
-        .expect("granted");
-    assert_eq!(third.fences[0], ahead + 1);
-    let counter = &*request.fence_keys[0];
+    assert_eq!(memories[0].counter(counter), Some(ahead));
+    let (_, third_fences) = fenced(&core, &request).await;
+    assert_eq!(third_fences[0], ahead + 1);
     assert!(
         memories
             .iter()
             .all(|m| m.counter(counter) == Some(ahead + 1))
     );
+}
+
+#[tokio::test]
+async fn a_fencing_round_hands_out_no_token_once_the_keys_are_not_ours() {
+    let (core, _memories) = cluster(3);
+    let request = request(&core, "a");
+    let granted = acquire(&core, &request, 0)
+        .await
+        .map_err(|f| f.error)
+        .expect("granted");
+    let shared = Shared::new(granted.valid_until, TTL);
+    release(&core, &request, &granted.token, true)
+        .await
+        .expect("released");
+    let err = fence(&core, &request, &granted.token, &shared)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    assert!(shared.lost_reason().is_some());
 }

@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_millis(200);
 
 fn op(token: &str) -> Op {
     let request = Request::one("r", Duration::from_secs(10), &Settings::default()).expect("valid");
-    Op::acquire(&request, &Arc::from(token), 1, None, Duration::ZERO, 0)
+    Op::acquire(&request, &Arc::from(token), None, 0)
 }
 
 #[tokio::test]

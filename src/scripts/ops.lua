@@ -63,9 +63,6 @@ local function refuse_if_quarantined()
     end
 end
 
--- 2^53 - 1: the largest integer a double holds with its successor.
-local MAX_COUNTER = 9007199254740991
-
 -- The node's clock in milliseconds, read once per batch: the expiry of a reader or of
 -- a writer's claim is a score on this clock (Redis freezes its own clock for a script
 -- too, so every operation of a batch sees one instant).
@@ -76,29 +73,6 @@ local function now()
         now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
     return now_ms
-end
-
--- Raises a fencing counter to max(counter + 1, floor) with a life of `keep` ms.
--- Returns the token, or nil and the error; a counter that is exhausted, not a number
--- or of another type is read only, never written: the caller undoes what it set and
--- raises the error.
-local function raise(counter, floor, keep)
-    local old = redis.pcall("GET", counter)
-    if type(old) == "table" and old.err then
-        return nil, old
-    end
-    local current = tonumber(old or "0")
-    if not current or current >= MAX_COUNTER then
-        return nil, {err = current and "FENCE_EXHAUSTED 1" or "ERR fredlock: fencing counter 1 is not a number"}
-    end
-    local low = tonumber(floor)
-    if current < low then
-        -- The usual case (the floor is the client's clock): the argument goes as is.
-        redis.call("SET", counter, floor, "PX", keep)
-        return low
-    end
-    redis.call("SET", counter, string.format("%d", current + 1), "PX", keep)
-    return current + 1
 end
 
 -- A read-locked resource's key is a sorted set of its readers' tokens, each scored by
@@ -153,11 +127,10 @@ local function claim_key(key, claim)
     end
 end
 
--- One key, the healthy path in three calls: SET NX is the check and the write of the
--- lock, and the counter is read and raised (GET, SET). A counter that cannot be raised
--- fails the operation and the lock key is deleted again: nothing of the lock stays.
--- Refused by live readers, a writer that will try again claims the key (returns 2).
-local function acquire_one(key, counter, token, ttl, floor, keep, claim)
+-- One key, the healthy path in one call: SET NX is the check and the write of the
+-- lock. Refused by live readers, a writer that will try again claims the key
+-- (returns 2).
+local function acquire_one(key, token, ttl, claim)
     if not redis.call("SET", key, token, "NX", "PX", ttl) then
         local found = writer_finds(key)
         if found == "readers" and tonumber(claim) > 0 then
@@ -169,46 +142,24 @@ local function acquire_one(key, counter, token, ttl, floor, keep, claim)
         -- A set of expired readers or a claim: replaced by the writer's key.
         redis.call("SET", key, token, "PX", ttl)
     end
-    local fence, err = raise(counter, floor, keep)
-    if not fence then
-        redis.call("DEL", key)
-        error(err)
-    end
-    return {fence}
+    return 1
 end
 
--- lock: all-or-nothing SET NX PX of the n lock keys, raising each resource's fencing
--- counter in the same step.
--- keys = the n lock keys, then their n counters. args = token, TTL ms, fencing floor,
--- counter life ms (TTL plus retention), and how long to claim a key that readers hold
--- (0: no claim).
--- Returns the n raised counters, 2 if a lock key is taken and keys that readers hold
--- were claimed (nothing else set), or 0 if a lock key is taken (nothing set).
+-- lock: all-or-nothing SET NX PX of the n lock keys. No fencing counter is touched:
+-- a holder that asks for a fencing token raises them afterwards (fence).
+-- keys = the n lock keys. args = token, TTL ms, and how long to claim a key that
+-- readers hold (0: no claim).
+-- Returns 1 if set, 2 if a lock key is taken and keys that readers hold were claimed
+-- (nothing else set), or 0 if a lock key is taken (nothing set).
 local function lock(k, nk, a)
     refuse_if_quarantined()
-    local n = nk / 2
-    -- Each counter moves to max(counter + 1, floor), the floor the client proposes (its
-    -- clock in microseconds): nodes that saw the same acquisitions return the same
-    -- value, and a counter that was lost or expired comes back at the floor
-    -- (docs/fencing.md).
-    local token, ttl, floor, keep = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-    if n == 1 then
-        return acquire_one(KEYS[k + 1], KEYS[k + 2], token, ttl, floor, keep, ARGV[a + 5])
+    local token, ttl, claim = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    if nk == 1 then
+        return acquire_one(KEYS[k + 1], token, ttl, claim)
     end
-    -- Several keys: every counter read and checked, then every key checked, before
-    -- anything is written.
-    local fences = {}
-    for i = 1, n do
-        local current = tonumber(redis.call("GET", KEYS[k + n + i]) or "0")
-        if not current then
-            error({err = string.format("ERR fredlock: fencing counter %d is not a number", i)})
-        elseif current >= MAX_COUNTER then
-            error({err = string.format("FENCE_EXHAUSTED %d", i)})
-        end
-        fences[i] = math.max(current + 1, tonumber(floor))
-    end
+    -- Several keys: every key checked before anything is written.
     local blocked, readers = false, {}
-    for i = 1, n do
+    for i = 1, nk do
         if redis.call("EXISTS", KEYS[k + i]) == 1 then
             local found = writer_finds(KEYS[k + i])
             blocked = blocked or found ~= "free"
@@ -218,39 +169,26 @@ local function lock(k, nk, a)
         end
     end
     if blocked then
-        if #readers == 0 or tonumber(ARGV[a + 5]) == 0 then
+        if #readers == 0 or tonumber(claim) == 0 then
             return 0
         end
         for _, key in ipairs(readers) do
-            claim_key(key, ARGV[a + 5])
+            claim_key(key, claim)
         end
         return 2
     end
-    for i = 1, n do
+    for i = 1, nk do
         redis.call("SET", KEYS[k + i], token, "PX", ttl)
-        -- The counter outlives this lock by the retention. An earlier lock of the
-        -- resource has ended (its key was free), so from now is long enough for it.
-        redis.call("SET", KEYS[k + n + i], string.format("%d", fences[i]), "PX", keep)
     end
-    return fences
-end
-
--- The life of a counter that holders share (readers, permits): TTL plus retention, or
--- what it has left if longer, so that a grant with a short TTL does not cut the counter
--- of an earlier holder that is still there. (One lock holds at a time: its grant needs
--- no such care.)
-local function longer_life(counter, keep)
-    return math.max(tonumber(keep), redis.call("PTTL", counter))
+    return 1
 end
 
 -- read: the token joins the key's readers unless a writer holds the key or has
--- claimed it, raising the resource's fencing counter. keys = the lock key, its counter.
--- args = token, TTL ms, fencing floor, counter life ms (TTL plus retention). Returns
--- {token}, or 0 if a writer holds or claims the key, or the key is not fredlock's
--- (nothing set).
+-- claimed it. keys = the lock key. args = token, TTL ms. Returns 1, or 0 if a writer
+-- holds or claims the key, or the key is not fredlock's (nothing set).
 local function read(k, nk, a)
     refuse_if_quarantined()
-    local key, counter = KEYS[k + 1], KEYS[k + 2]
+    local key = KEYS[k + 1]
     local kind = redis.call("TYPE", key).ok
     if kind == "zset" and own_set(key) then
         -- Expired readers and an expired claim leave; OWN (at -inf) stays.
@@ -262,43 +200,33 @@ local function read(k, nk, a)
         -- A writer's key, or one fredlock did not write.
         return 0
     end
-    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-    local fence, err = raise(counter, floor, longer_life(counter, ARGV[a + 4]))
-    if not fence then
-        error(err)
-    end
+    local token, ttl = ARGV[a + 1], ARGV[a + 2]
     redis.call("ZADD", key, "-inf", OWN, now() + tonumber(ttl), token)
     settle(key)
-    return {fence}
+    return 1
 end
 
 -- permit: the first free slot of a semaphore, in the order given, is set to the token,
 -- as a lock key; the semaphore's record holds its number of permits and lives at least
 -- as long as every slot, so that a client configured with another number is refused
--- while a permit may be held. keys = the m slot keys, the counter, the record. args =
--- token, TTL ms, fencing floor, counter life ms, the number of permits.
--- Returns {token, the slot's position from 1}, or 0 if every slot is taken.
+-- while a permit may be held. keys = the m slot keys, the record. args = token, TTL
+-- ms, the number of permits.
+-- Returns {the slot's position from 1}, or 0 if every slot is taken.
 local function permit(k, nk, a)
     refuse_if_quarantined()
-    local m = nk - 2
-    local counter, record, permits = KEYS[k + m + 1], KEYS[k + m + 2], ARGV[a + 5]
+    local m = nk - 1
+    local record, permits = KEYS[k + m + 1], ARGV[a + 3]
     local held = redis.call("GET", record)
     if held and held ~= permits then
         error({err = "PERMITS " .. held})
     end
-    local token, ttl, floor = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    local token, ttl = ARGV[a + 1], ARGV[a + 2]
     for i = 1, m do
-        local slot = KEYS[k + i]
-        if redis.call("SET", slot, token, "NX", "PX", ttl) then
-            local fence, err = raise(counter, floor, longer_life(counter, ARGV[a + 4]))
-            if not fence then
-                redis.call("DEL", slot)
-                error(err)
-            end
+        if redis.call("SET", KEYS[k + i], token, "NX", "PX", ttl) then
             if redis.call("PTTL", record) < tonumber(ttl) then
                 redis.call("SET", record, permits, "PX", ttl)
             end
-            return {fence, i}
+            return {i}
         end
     end
     return 0
@@ -334,33 +262,65 @@ local function ours(k, n, token)
     return kinds
 end
 
--- extend: compare-and-pexpire. keys = the n lock keys, their n counters, then for a
--- permit the semaphore's record. args = token, TTL ms, counter life ms (TTL plus
--- retention), "permit" for a permit (the last key is then the record) or "". Returns 1
--- if renewed, 0 if not ours (nothing changed).
+-- Fencing counters, one per resource, touched only for a holder that asks for its
+-- fencing token. 2^53 - 1 is the largest integer a double holds with its successor.
+local MAX_COUNTER = 9007199254740991
+
+-- A counter's life: TTL plus retention, or what it has left if longer, so that a
+-- holder with a short TTL does not cut the counter of another that shares it (readers,
+-- permits) or of an earlier holder's longer retention.
+local function longer_life(counter, keep)
+    return math.max(tonumber(keep), redis.call("PTTL", counter))
+end
+
+-- The counters' values, each read and checked (a number below MAX_COUNTER, or none);
+-- raises the error of the first that is not, so that nothing is written.
+local function counters(k, n)
+    local values = {}
+    for i = 1, n do
+        local value = redis.pcall("GET", KEYS[k + i])
+        if type(value) == "table" then
+            error(value)
+        end
+        local current = tonumber(value or "0")
+        if not current then
+            error({err = string.format("ERR fredlock: fencing counter %d is not a number", i)})
+        elseif current >= MAX_COUNTER then
+            error({err = string.format("FENCE_EXHAUSTED %d", i)})
+        end
+        values[i] = current
+    end
+    return values
+end
+
+-- extend: compare-and-pexpire. keys = the n lock keys, their n fencing counters when
+-- the lock has fencing tokens, then for a permit the semaphore's record. args = token,
+-- TTL ms, the counters' life ms (TTL plus retention; "" without counters), "permit"
+-- for a permit (the last key is then the record) or "". Returns 1 if renewed, 0 if
+-- not ours (nothing changed).
 local function extend(k, nk, a)
     local token, ttl, keep = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
     local record = ARGV[a + 4] == "permit" and KEYS[k + nk]
-    local n = (record and nk - 1 or nk) / 2
+    local n = record and nk - 1 or nk
+    if keep ~= "" then
+        n = n / 2
+    end
     local kinds = ours(k, n, token)
     if not kinds then
         return 0
     end
     for i = 1, n do
-        local key, counter = KEYS[k + i], KEYS[k + n + i]
-        local reader = kinds[i] == "zset"
-        if reader then
+        local key = KEYS[k + i]
+        if kinds[i] == "zset" then
             redis.call("ZADD", key, "XX", now() + tonumber(ttl), token)
             settle(key)
         else
             redis.call("PEXPIRE", key, ttl)
         end
-        -- A counter lost meanwhile stays lost: PEXPIRE does not create it. One that
-        -- other holders share (readers, permits) keeps a longer life they gave it.
-        if reader or record then
+        -- A counter lost meanwhile stays lost: PEXPIRE does not create it.
+        if keep ~= "" then
+            local counter = KEYS[k + n + i]
             redis.call("PEXPIRE", counter, longer_life(counter, keep))
-        else
-            redis.call("PEXPIRE", counter, keep)
         end
     end
     if record and redis.call("PTTL", record) < tonumber(ttl) then
@@ -369,19 +329,48 @@ local function extend(k, nk, a)
     return 1
 end
 
--- fence: the write-back; while the lock keys hold the token, raise each counter to at
--- least the token handed out. keys = the n lock keys, then their n counters. args =
+-- fence: while the n lock keys hold the token, raise each counter to
+-- max(counter + 1, floor), the floor the client proposes (its clock in microseconds):
+-- nodes that saw the same holders return the same value, and a counter that was lost
+-- or expired comes back at the floor (docs/fencing.md). keys = the n lock keys, then
+-- their n counters. args = token, fencing floor, counter life ms (TTL plus retention).
+-- Returns the n raised counters, or 0 if a key is not ours (nothing changed).
+local function fence(k, nk, a)
+    local n = nk / 2
+    local token, floor, keep = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    if not ours(k, n, token) then
+        return 0
+    end
+    local values = counters(k + n, n)
+    local low = tonumber(floor)
+    for i = 1, n do
+        local counter = KEYS[k + n + i]
+        local life = longer_life(counter, keep)
+        if values[i] < low then
+            -- The usual case (the floor is the client's clock): the argument goes as is.
+            values[i] = low
+            redis.call("SET", counter, floor, "PX", life)
+        else
+            values[i] = values[i] + 1
+            redis.call("SET", counter, string.format("%d", values[i]), "PX", life)
+        end
+    end
+    return values
+end
+
+-- catch_up: the write-back; while the lock keys hold the token, raise each counter to
+-- at least the token handed out. keys = the n lock keys, then their n counters. args =
 -- token, counter life ms (TTL + retention), then the n fencing tokens. Returns 1 if
 -- the keys are ours (counters raised), 0 otherwise (nothing changed).
-local function fence(k, nk, a)
+local function catch_up(k, nk, a)
     local n = nk / 2
     if not ours(k, n, ARGV[a + 1]) then
         return 0
     end
+    local values = counters(k + n, n)
     for i = 1, n do
         local counter, token = KEYS[k + n + i], ARGV[a + 2 + i]
-        local current = tonumber(redis.call("GET", counter) or "0")
-        if current < tonumber(token) then
+        if values[i] < tonumber(token) then
             redis.call("SET", counter, token, "PX", longer_life(counter, ARGV[a + 2]))
         end
     end
@@ -452,7 +441,7 @@ end
 
 local operations = {
     lock = lock, read = read, permit = permit, extend = extend, fence = fence,
-    release = release, remove = remove,
+    catch_up = catch_up, release = release, remove = remove,
 }
 
 local m = tonumber(ARGV[1])

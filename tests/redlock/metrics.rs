@@ -30,7 +30,8 @@ fn address(nodes: &Nodes, i: usize) -> String {
         .to_string()
 }
 
-/// One run through every outcome but `fencing_failed`: acquired, taken (once, and
+/// One run through every acquisition outcome and the fencing round: acquired (and
+/// fenced), taken (once, and
 /// after 3 attempts), cancelled, too late, no quorum (a node dead, another taken), a
 /// kept-alive lock renewed, a lock whose key every node lost (extend says expired),
 /// and one released after its validity ran out. On a current-thread runtime every
@@ -59,6 +60,8 @@ async fn metrics_count_every_acquisition_vote_renewal_and_loss() -> TestResult {
     let ttl = Duration::from_secs(30);
 
     let held = redlock.try_lock(&resource("m-held"), ttl).await?;
+    let token = held.fencing_token().await?;
+    assert_eq!(held.fencing_token().await?, token);
 
     let taken = resource("m-taken");
     for i in 0..3 {
@@ -174,14 +177,16 @@ async fn metrics_count_every_acquisition_vote_renewal_and_loss() -> TestResult {
     );
 
     // Every node's vote in every decided round: 11 acquisition rounds (the dropped
-    // one was not decided), 5 releases, the manual extend and the renewals.
+    // one was not decided), 5 releases, one fencing round (a second request reuses
+    // its tokens), the manual extend and the renewals.
     let renewed = captured.counter(RENEWALS, &[("outcome", "ok")]);
     assert_eq!(captured.counter(RENEWALS, &[("outcome", "failed")]), 0);
     assert_eq!(captured.sum(VOTES, &[("op", "acquire")]), 3 * 11);
     assert_eq!(captured.sum(VOTES, &[("op", "release")]), 3 * 5);
     assert_eq!(captured.sum(VOTES, &[("op", "extend")]), 3 * (renewed + 1));
+    assert_eq!(captured.sum(VOTES, &[("op", "fence")]), 3);
     let addresses: Vec<String> = (0..3).map(|i| address(&nodes, i)).collect();
-    let ops = ["acquire", "extend", "release"];
+    let ops = ["acquire", "extend", "fence", "release"];
     let kinds = ["yes", "taken", "error", "timeout", "pending"];
     for (labels, _) in captured.counters(VOTES) {
         let names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();

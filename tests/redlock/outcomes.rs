@@ -308,19 +308,19 @@ async fn after_the_validity_ran_out_extend_sends_nothing_and_release_still_remov
     Ok(())
 }
 
-/// A quorum grants the lock, but the fencing write-back (needed: the nodes' counters
-/// disagree) finds our key gone from two of three nodes (deleted between the two
-/// rounds): `FencingFailed` with the write-back's votes, no lock, and our key removed
-/// from the node that still held it.
+/// A held lock asks for its fencing token; the nodes' counters disagree, so the
+/// write-back is needed, and it finds our key gone from two of three nodes (deleted
+/// between the two rounds): `FencingFailed` with the write-back's votes, no token, and
+/// the next request, which finds the keys gone, is `Expired` and loses the lock.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_removes_the_keys() -> TestResult
-{
+async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_hands_out_no_token()
+-> TestResult {
     let nodes = Nodes::start_with_proxies(3).await?;
     // Large against the 600 ms round trip below: every node answers in time.
     let redlock = nodes.redlock(Duration::from_secs(3)).await;
     let res = resource("fencing-failed");
     // Distinct counters above any clock floor: any two yes votes disagree, so every
-    // grant needs a write-back.
+    // fencing round needs a write-back.
     let counter = fence_key("", &res);
     let high = 1u64 << 52;
     for (i, step) in ALL.iter().zip([0u64, 10, 20]) {
@@ -328,40 +328,40 @@ async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_removes_the
             .set(*i, &counter, &(high + step).to_string(), 600_000)
             .await;
     }
+    let lock = redlock.try_lock(&res, Duration::from_secs(30)).await?;
 
-    // Each node sets the key 300 ms into the round; the write-back reaches it no
-    // sooner than 900 ms into the round (after two answers came back). The key is
-    // deleted from nodes 1 and 2 in between, as if it had expired there.
+    // Each node raises its counter 300 ms into the fencing round; the write-back
+    // reaches it no sooner than 900 ms into the round (after two answers came back).
+    // The key is deleted from nodes 1 and 2 in between, as if it had expired there.
     set_latency(&nodes, Duration::from_millis(300));
-    let attempt = tokio::spawn({
-        let (redlock, res) = (redlock.clone(), res.clone());
-        async move { redlock.try_lock(&res, Duration::from_secs(30)).await }
+    let fencing = tokio::spawn(async move {
+        let token = lock.fencing_token().await;
+        (lock, token)
     });
     let start = Instant::now();
     let mut deleted = Vec::new();
     while deleted.len() < 2 {
-        for i in [1, 2] {
+        for (i, step) in [(1, 10u64), (2, 20)] {
             if deleted.contains(&i) {
                 continue;
             }
-            let reply = nodes.cmd(i, "GETDEL", vec![res.as_str().into()]).await?;
-            if !matches!(reply, Value::Null) {
+            let reply = nodes.cmd(i, "GET", vec![counter.as_str().into()]).await?;
+            if reply.as_string() != Some((high + step).to_string()) {
+                nodes.cmd(i, "DEL", vec![res.as_str().into()]).await?;
                 deleted.push(i);
             }
         }
-        // Bounded, not hung: the acquisition reaches the nodes after the 300 ms latency.
+        // Bounded, not hung: the fencing round reaches the nodes after the 300 ms latency.
         assert!(
             start.elapsed() < Duration::from_secs(5),
-            "the acquisition never reached nodes 1 and 2"
+            "the fencing round never reached nodes 1 and 2"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
-    let err = match attempt.await? {
-        Ok(lock) => panic!(
-            "a lock was handed out (token {}) without the write-back",
-            lock.fencing_token()
-        ),
+    let (lock, token) = fencing.await?;
+    let err = match token {
+        Ok(token) => panic!("a fencing token ({token}) was handed out without the write-back"),
         Err(err) => err,
     };
     let Error::FencingFailed { votes, .. } = &err else {
@@ -373,10 +373,11 @@ async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_removes_the
         assert_eq!(*vote, Vote::Taken, "node {i}: {votes}");
     }
     assert!(err.is_retryable(), "{err}");
-    // Node 0 still held our key with 30 s to live; only the attempt's removal takes
-    // it away within 3 s.
-    let left = nodes.wait_absent(&ALL, &res, Duration::from_secs(3)).await;
-    assert!(left.is_empty(), "our key is still on nodes {left:?}");
+    // Asking again makes a new round, which finds our key gone from a quorum.
+    set_latency(&nodes, Duration::ZERO);
+    let again = lock.fencing_token().await.unwrap_err();
+    assert!(matches!(again, Error::Expired { .. }), "{again}");
+    assert!(!lock.is_valid());
     Ok(())
 }
 

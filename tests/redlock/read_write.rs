@@ -48,7 +48,9 @@ async fn readers_share_the_resource_and_exclude_the_writer() -> TestResult {
     let first = redlock.try_read_lock(&res, TTL).await?;
     let second = redlock.try_read_lock(&res, TTL).await?;
     assert_ne!(first.token(), second.token());
-    assert!(second.fencing_token() > first.fencing_token());
+    // Readers at once get tokens in the order they ask.
+    let first_token = first.fencing_token().await?;
+    assert!(second.fencing_token().await? > first_token);
     let err = redlock
         .try_lock(&res, TTL)
         .await
@@ -75,14 +77,14 @@ async fn readers_share_the_resource_and_exclude_the_writer() -> TestResult {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let last_reader = second.fencing_token();
+    let last_reader = second.fencing_token().await?;
     first.release().await?;
     second.release().await?;
     // Released, not expired: within half the readers' TTL.
     assert_gone(&nodes, &res, TTL / 2).await;
 
     let writer = redlock.try_lock(&res, TTL).await?;
-    assert!(writer.fencing_token() > last_reader);
+    assert!(writer.fencing_token().await? > last_reader);
     let err = redlock
         .try_read_lock(&res, TTL)
         .await
@@ -186,7 +188,7 @@ async fn readers_expire_unless_kept_alive() -> TestResult {
     Ok(())
 }
 
-/// Readers overlap, so a reader's grant or extension must not cut the fencing
+/// Readers overlap, so a reader's fencing round or extension must not cut the fencing
 /// counter's life below what an earlier reader still there gave it (its TTL plus the
 /// retention).
 #[tokio::test]
@@ -196,9 +198,11 @@ async fn a_short_reader_keeps_the_counters_longer_life() -> TestResult {
     let res = resource("counter-life");
     let long = redlock.try_read_lock(&res, Duration::from_secs(50)).await?;
     let short = redlock.try_read_lock(&res, Duration::from_secs(1)).await?;
+    long.fencing_token().await?;
+    short.fencing_token().await?;
     let counter = crate::support::fence_key("", &res);
-    // The long reader's grant gave the default retention plus 50 s; the short one's
-    // would give the retention plus 1 s.
+    // The long reader's fencing round gave the default retention plus 50 s; the short
+    // one's would give the retention plus 1 s.
     let retention = i64::try_from(fredlock::DEFAULT_FENCING_RETENTION.as_millis())?;
     let floor = retention + 45_000;
     nodes.assert_pttl_above(&[0, 1, 2], &counter, floor).await;

@@ -24,13 +24,16 @@ async fn at_most_n_permits_and_a_released_one_is_granted_again() -> TestResult {
     let first = semaphore.try_acquire(TTL).await?;
     let second = semaphore.try_acquire(TTL).await?;
     assert_ne!(first.key(), second.key(), "two permits on one slot");
-    assert!(second.fencing_token() > first.fencing_token());
+    // Permits held at once get tokens in the order they ask.
+    let first_token = first.fencing_token().await?;
+    let second_token = second.fencing_token().await?;
+    assert!(second_token > first_token);
     // A permit's token carries its slot's number (docs/fencing.md), so permits held
     // at once never share one.
     for permit in [&first, &second] {
         let slot = (0..2).find(|&i| permit.key() == slot(i, &name));
         assert_eq!(
-            Some(permit.fencing_token() % u64::from(MAX_PERMITS)),
+            Some(permit.fencing_token().await? % u64::from(MAX_PERMITS)),
             slot.map(u64::from),
             "{}",
             permit.key()
@@ -57,7 +60,7 @@ async fn at_most_n_permits_and_a_released_one_is_granted_again() -> TestResult {
     nodes.assert_released(&[0, 1, 2], &freed).await;
     let third = semaphore.try_acquire(TTL).await?;
     assert_eq!(third.key(), freed, "the only free slot");
-    assert!(third.fencing_token() > second.fencing_token());
+    assert!(third.fencing_token().await? > second_token);
     third.release().await?;
     second.release().await?;
     Ok(())

@@ -117,8 +117,9 @@ fn address(nodes: &Nodes, i: usize) -> String {
         .to_string()
 }
 
-/// The `fredlock.extend` and `fredlock.release` spans carry the resource, the outcome
-/// (`expired` when our token is gone, `extended`, `released`), the votes naming each
+/// The `fredlock.extend`, `fredlock.fence` and `fredlock.release` spans carry the
+/// resource, the outcome (`expired` when our token is gone, `extended`, `fenced`,
+/// `released`), the votes naming each
 /// node (a dead one with its error) and the elapsed time; an extend that reached its
 /// quorum also carries the new validity.
 #[tokio::test(flavor = "current_thread")]
@@ -156,6 +157,7 @@ async fn extend_and_release_spans_carry_outcome_votes_and_elapsed_time() -> Test
     let mut lock = redlock.lock(&held, Duration::from_secs(30)).await?;
     nodes.cluster.kill(2).await?;
     lock.extend(Duration::from_secs(20)).await?;
+    lock.fencing_token().await?;
     lock.release().await?;
     drop(guard);
 
@@ -165,6 +167,7 @@ async fn extend_and_release_spans_carry_outcome_votes_and_elapsed_time() -> Test
         ("fredlock.extend", "expired", &lost, "taken"),
         ("fredlock.release", "expired", &lost, "taken"),
         ("fredlock.extend", "extended", &held, "yes"),
+        ("fredlock.fence", "fenced", &held, "yes"),
         ("fredlock.release", "released", &held, "yes"),
     ] {
         let line = closed(&text, span, outcome);
@@ -188,12 +191,11 @@ async fn extend_and_release_spans_carry_outcome_votes_and_elapsed_time() -> Test
         }
         assert!(line.contains("elapsed_us="), "{line}");
     }
-    for span in ["fredlock.extend", "fredlock.release"] {
-        let outcome = if span == "fredlock.extend" {
-            "extended"
-        } else {
-            "released"
-        };
+    for (span, outcome) in [
+        ("fredlock.extend", "extended"),
+        ("fredlock.fence", "fenced"),
+        ("fredlock.release", "released"),
+    ] {
         let line = closed(&text, span, outcome);
         assert!(
             line.contains(&format!("{dead} error")),

@@ -283,9 +283,16 @@ async fn check(config: Config, holders: Holders) -> TestResult {
                 };
                 let from = now();
                 let mut until = from + lock.remaining().as_micros();
-                let first = lock
-                    .is_valid()
-                    .then(|| Fenced::write(&store, lock.fencing_token()));
+                // Every holder asks for its token: the store checks their order.
+                let token = match lock.fencing_token().await {
+                    Ok(token) => token,
+                    Err(e) if e.is_retryable() || matches!(e, Error::Expired { .. }) => {
+                        release(lock, &outcomes).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let first = lock.is_valid().then(|| Fenced::write(&store, token));
                 if overran {
                     work_past_the_end(&lock, &mut rng, Duration::from_millis(150)).await;
                 } else if to_the_end {
@@ -302,15 +309,14 @@ async fn check(config: Config, holders: Holders) -> TestResult {
                         }
                     }
                 }
-                let last = (overran || lock.is_valid())
-                    .then(|| Fenced::write(&store, lock.fencing_token()));
+                let last = (overran || lock.is_valid()).then(|| Fenced::write(&store, token));
                 // An honest holder stops trusting the lock when its validity ends.
                 let end = if overran { now() } else { now().min(until) };
                 windows.lock().expect("poisoned").push(Window {
                     client: id,
                     from,
                     until: end,
-                    token: lock.fencing_token(),
+                    token,
                     overran,
                     to_the_end,
                     first,

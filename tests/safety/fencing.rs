@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use fredlock::{DEFAULT_FENCING_RETENTION, Vote};
+use fredlock::{DEFAULT_FENCING_RETENTION, Error, Vote};
 
 use crate::support::{Nodes, ROOMY, TestResult, count_keys, fence_key, resource};
 
@@ -20,13 +20,12 @@ async fn tokens_strictly_increase_across_holders() -> TestResult {
     for round in 0..20 {
         let client = if round % 2 == 0 { &a } else { &b };
         let lock = client.lock(&res, TTL).await?;
-        assert!(
-            lock.fencing_token() > last,
-            "{} after {last}",
-            lock.fencing_token()
-        );
-        assert_eq!(lock.lease().fencing_token(), lock.fencing_token());
-        last = lock.fencing_token();
+        let token = lock.fencing_token().await?;
+        assert!(token > last, "{token} after {last}");
+        // Made once: the lease and a second request get the same token.
+        assert_eq!(lock.lease().fencing_token().await?, token);
+        assert_eq!(lock.fencing_token().await?, token);
+        last = token;
         lock.release().await?;
     }
     // Every node keeps its counter for the retention after the last lock, and a quorum
@@ -69,7 +68,7 @@ async fn lagging_counters_are_written_back_before_the_token_is_handed_out() -> T
     nodes.cluster.kill(2).await?;
     // The quorum is now 0, 3, 4: node 0 says high + 1, nodes 3 and 4 the clock floor.
     let lock = redlock.try_lock(&res, TTL).await?;
-    assert_eq!(lock.fencing_token(), high + 1);
+    assert_eq!(lock.fencing_token().await?, high + 1);
     for i in [0, 3, 4] {
         let stored: u64 = nodes.get(i, &counter).await.expect("counter").parse()?;
         assert_eq!(stored, high + 1, "node {i} was not raised");
@@ -78,26 +77,32 @@ async fn lagging_counters_are_written_back_before_the_token_is_handed_out() -> T
     Ok(())
 }
 
-/// A counter key holding another type is a failed vote with the node's message, and
-/// that node sets nothing.
+/// A counter key holding another type does not stop the lock, which never reads it,
+/// but is a failed vote in the fencing round, with the node's message, and that node's
+/// counter is left as it was; with three such nodes of five no token is made and the
+/// lock stays held.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_counter_of_another_type_is_a_failed_vote() -> TestResult {
+async fn a_counter_of_another_type_is_a_failed_fencing_vote() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let redlock = nodes.redlock(ROOMY).await;
     let res = resource("bad-counter");
-    nodes.make_list(0, &fence_key("", &res)).await?;
+    let counter = fence_key("", &res);
+    nodes.make_list(0, &counter).await?;
     let lock = redlock.try_lock(&res, TTL).await?;
-    assert_eq!(nodes.get(0, &res).await, None, "node 0 set the lock key");
-    nodes.assert_held(&[1, 2, 3, 4], &res, lock.token()).await;
+    nodes
+        .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
+        .await;
+    lock.fencing_token().await?;
+    let kind = nodes.cmd(0, "TYPE", vec![counter.as_str().into()]).await?;
+    assert_eq!(kind.as_string().as_deref(), Some("list"));
     lock.release().await?;
 
     for i in 1..4 {
-        nodes.make_list(i, &fence_key("", &res)).await?;
+        nodes.make_list(i, &counter).await?;
     }
-    let err = redlock
-        .try_lock(&res, TTL)
-        .await
-        .expect_err("4 of 5 refuse");
+    let lock = redlock.try_lock(&res, TTL).await?;
+    let err = lock.fencing_token().await.expect_err("4 of 5 refuse");
+    assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
     let votes = err.votes().expect("votes");
     let wrongtype = votes
         .iter()
@@ -105,12 +110,18 @@ async fn a_counter_of_another_type_is_a_failed_vote() -> TestResult {
         .count();
     // The round is decided by the third refusal; a fourth may still be pending.
     assert!(wrongtype >= 3, "{votes}");
+    assert!(
+        lock.is_valid(),
+        "a failed fencing round does not lose the lock"
+    );
+    lock.release().await?;
     Ok(())
 }
 
-/// 300 one-off resources (a lock per job id) leave no key behind: each counter expires
-/// within the TTL plus the fencing retention after its lock, and a resource locked
-/// again after its counter expired still gets a larger token (the clock floor).
+/// 300 one-off resources (a lock per job id), each asked for its fencing token, leave
+/// no key behind: each counter expires within the TTL plus the fencing retention after
+/// its lock, and a resource locked again after its counter expired still gets a
+/// larger token (the clock floor).
 #[tokio::test(flavor = "multi_thread")]
 async fn counters_of_one_off_resources_expire() -> TestResult {
     let nodes = Nodes::start(5).await?;
@@ -126,8 +137,9 @@ async fn counters_of_one_off_resources_expire() -> TestResult {
     let mut first_token = 0;
     for job in 0..300 {
         let lock = redlock.lock(&format!("job-{job}"), ttl).await?;
+        let token = lock.fencing_token().await?;
         if job == 0 {
-            first_token = lock.fencing_token();
+            first_token = token;
         }
         lock.release().await?;
     }
@@ -147,38 +159,47 @@ async fn counters_of_one_off_resources_expire() -> TestResult {
         }
     }
     let again = redlock.lock("job-0", ttl).await?;
-    assert!(
-        again.fencing_token() > first_token,
-        "{} after {first_token}",
-        again.fencing_token()
-    );
+    let token = again.fencing_token().await?;
+    assert!(token > first_token, "{token} after {first_token}");
     again.release().await?;
     Ok(())
 }
 
-/// With the default settings, a lock per job id leaves one key per node (its fencing
-/// counter) once released, and that key expires at most its TTL plus 60 s later.
+/// With the default settings, a lock per job id that never asks for a fencing token
+/// leaves no key once released; one that asks leaves one key per node (its fencing
+/// counter), which expires at most its TTL plus 60 s later.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_one_off_lock_leaves_one_key_per_node_for_at_most_its_ttl_plus_60_s() -> TestResult {
+async fn a_one_off_lock_leaves_no_key_or_only_its_counter_for_its_ttl_plus_60_s() -> TestResult {
     let nodes = Nodes::start(5).await?;
     let redlock = nodes.builder().build().await?;
-    let job = resource("job-7f3a");
     let ttl = Duration::from_secs(10);
-    redlock.lock(&job, ttl).await?.release().await?;
+    let plain = resource("job-7f3a");
+    let fenced = resource("job-8e4b");
+    redlock.lock(&plain, ttl).await?.release().await?;
+    let lock = redlock.lock(&fenced, ttl).await?;
+    lock.fencing_token().await?;
+    lock.release().await?;
     // The release returned at its quorum; the other nodes' removals follow (seconds of
     // room for a busy machine, against a key that lives 10 s).
-    let left = nodes
-        .wait_absent(&[0, 1, 2, 3, 4], &job, Duration::from_secs(5))
-        .await;
-    assert!(left.is_empty(), "the lock key is still on nodes {left:?}");
+    for job in [&plain, &fenced] {
+        let left = nodes
+            .wait_absent(&[0, 1, 2, 3, 4], job, Duration::from_secs(5))
+            .await;
+        assert!(left.is_empty(), "the lock key is still on nodes {left:?}");
+    }
     let most = i64::try_from((ttl + Duration::from_secs(60)).as_millis())?;
     for i in 0..5 {
         assert_eq!(
-            count_keys(&nodes, i, &format!("*{job}*")).await,
+            count_keys(&nodes, i, &format!("*{plain}*")).await,
+            0,
+            "node {i}"
+        );
+        assert_eq!(
+            count_keys(&nodes, i, &format!("*{fenced}*")).await,
             1,
             "node {i}"
         );
-        let pttl = nodes.pttl(i, &fence_key("", &job)).await;
+        let pttl = nodes.pttl(i, &fence_key("", &fenced)).await;
         assert!(
             pttl > 0 && pttl <= most,
             "node {i}: the counter lives {pttl} ms"
@@ -202,13 +223,12 @@ async fn a_counter_at_the_limit_of_exact_numbers_refuses_rather_than_repeats() -
     let mut tokens = Vec::new();
     let mut refusals = Vec::new();
     for _ in 0..3 {
-        match redlock.try_lock(&res, TTL).await {
-            Ok(lock) => {
-                tokens.push(lock.fencing_token());
-                lock.release().await?;
-            }
+        let lock = redlock.try_lock(&res, TTL).await?;
+        match lock.fencing_token().await {
+            Ok(token) => tokens.push(token),
             Err(e) => refusals.push(e.to_string()),
         }
+        lock.release().await?;
     }
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),

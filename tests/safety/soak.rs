@@ -294,7 +294,15 @@ async fn hold_repeatedly(
         };
         let from = shared.now();
         let mut until = from + lock.remaining().as_micros();
-        let token = lock.fencing_token();
+        // Every holder asks for its token: the history checks their order.
+        let token = match lock.fencing_token().await {
+            Ok(token) => token,
+            Err(e) if e.is_retryable() || matches!(e, Error::Expired { .. }) => {
+                let _ = lock.release().await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut writes = Vec::new();
         // The holder's first act is to write with its token: from then on the resource
         // refuses every earlier holder.

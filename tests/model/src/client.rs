@@ -1,6 +1,6 @@
-//! A client of the model: the phases of `protocol.rs` (acquire, write-back, hold,
-//! extend, release) and its decisions, made with the crate's `Tally`, `Ttl` and
-//! `fencing::tokens`.
+//! A client of the model: the phases of `protocol.rs` (acquire, hold, fence and its
+//! write-back, extend, release) and its decisions, made with the crate's `Tally`,
+//! `Ttl` and `fencing::tokens`.
 
 use std::time::Duration;
 
@@ -9,7 +9,8 @@ use super::{DRIFT_FACTOR, Redlock, State, Tick, client_clock};
 use crate::fencing;
 use crate::quorum::{Decision, Tally, Vote, quorum};
 
-/// Where a client is. Validity ends are readings of the client's own clock (µs).
+/// Where a client is. Validity ends are readings of the client's own clock (µs); a
+/// held lock's `fence` is the fencing token it handed out, once asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
     Idle,
@@ -17,12 +18,16 @@ pub enum Phase {
     Acquiring {
         start: Tick,
     },
-    /// The write-back round of an acquisition begun at `start`.
-    Fencing {
-        start: Tick,
-        fence: u64,
-    },
     Holding {
+        valid_until: u64,
+        fence: Option<u64>,
+    },
+    /// The fencing round of a held lock (it holds meanwhile).
+    Fencing {
+        valid_until: u64,
+    },
+    /// The write-back of `fence`, after a fencing round whose counters disagreed.
+    CatchingUp {
         valid_until: u64,
         fence: u64,
     },
@@ -30,7 +35,7 @@ pub enum Phase {
     Extending {
         start: Tick,
         valid_until: u64,
-        fence: u64,
+        fence: Option<u64>,
     },
 }
 
@@ -50,6 +55,8 @@ pub struct Client {
     /// Attempts begun; the current one is number `attempts`.
     pub attempts: u8,
     pub extends: u8,
+    /// Fencing rounds begun.
+    pub fences: u8,
     /// The current round (answers of earlier rounds are ignored); 0 is for removals.
     round: u8,
     /// The current round's votes, one per node; empty between rounds.
@@ -62,6 +69,7 @@ impl Client {
             phase: Phase::Idle,
             attempts: 0,
             extends: 0,
+            fences: 0,
             round: 0,
             votes: Vec::new(),
         }
@@ -82,9 +90,10 @@ impl Client {
     /// Whether the client holds a lock with validity left at `now` on its clock.
     pub fn holds_at(&self, now: u64) -> bool {
         match self.phase {
-            Phase::Holding { valid_until, .. } | Phase::Extending { valid_until, .. } => {
-                valid_until > now
-            }
+            Phase::Holding { valid_until, .. }
+            | Phase::Fencing { valid_until }
+            | Phase::CatchingUp { valid_until, .. }
+            | Phase::Extending { valid_until, .. } => valid_until > now,
             _ => false,
         }
     }
@@ -169,8 +178,7 @@ impl Redlock {
         let client = &mut s.clients[c];
         client.attempts += 1;
         client.phase = Phase::Acquiring { start: s.now };
-        let floor = client_clock(s.now);
-        self.send(s, c, Op::Acquire { floor });
+        self.send(s, c, Op::Acquire);
     }
 
     pub fn extend(&self, s: &mut State, c: usize) {
@@ -182,7 +190,24 @@ impl Redlock {
                 valid_until,
                 fence,
             };
-            self.send(s, c, Op::Extend);
+            let counter = fence.is_some();
+            self.send(s, c, Op::Extend { counter });
+        }
+    }
+
+    /// The holder asks for its fencing token: the counters are raised from the
+    /// client's clock.
+    pub fn fence(&self, s: &mut State, c: usize) {
+        let client = &mut s.clients[c];
+        if let Phase::Holding {
+            valid_until,
+            fence: None,
+        } = client.phase
+        {
+            client.fences += 1;
+            client.phase = Phase::Fencing { valid_until };
+            let floor = client_clock(s.now);
+            self.send(s, c, Op::Raise { floor });
         }
     }
 
@@ -201,22 +226,34 @@ impl Redlock {
         };
         let quorum_said_yes = decision == Decision::Quorum;
         match client.phase {
-            Phase::Acquiring { start } => {
+            Phase::Acquiring { start } => match self.valid(start, now) {
+                Some(valid_until) if quorum_said_yes => {
+                    s.grants = s.grants.saturating_add(1);
+                    s.clients[c].settle(Phase::Holding {
+                        valid_until,
+                        fence: None,
+                    });
+                }
+                _ => self.give_up(s, c),
+            },
+            Phase::Fencing { valid_until } => {
                 let counters = client.counters();
                 let yes: Vec<&[u64]> = counters.iter().map(|f| f.as_slice()).collect();
                 let tokens = fencing::tokens(&yes, quorum(self.config.nodes));
-                match tokens.filter(|_| quorum_said_yes && self.valid(start, now).is_some()) {
+                match tokens.filter(|_| quorum_said_yes) {
                     Some((fences, true)) if self.config.write_back => {
                         let fence = fences[0];
-                        s.clients[c].phase = Phase::Fencing { start, fence };
-                        self.send(s, c, Op::Fence { fence });
+                        s.clients[c].phase = Phase::CatchingUp { valid_until, fence };
+                        self.send(s, c, Op::CatchUp { fence });
                     }
-                    Some((fences, _)) => self.grant(s, c, start, fences[0]),
-                    None => self.give_up(s, c),
+                    Some((fences, _)) => self.hand_out(s, c, valid_until, fences[0]),
+                    None => self.no_token(s, c, valid_until),
                 }
             }
-            Phase::Fencing { start, fence } if quorum_said_yes => self.grant(s, c, start, fence),
-            Phase::Fencing { .. } => self.give_up(s, c),
+            Phase::CatchingUp { valid_until, fence } if quorum_said_yes => {
+                self.hand_out(s, c, valid_until, fence);
+            }
+            Phase::CatchingUp { valid_until, .. } => self.no_token(s, c, valid_until),
             Phase::Extending {
                 start,
                 valid_until,
@@ -261,16 +298,28 @@ impl Redlock {
         client_clock(start) + u64::try_from(life.as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn grant(&self, s: &mut State, c: usize, start: Tick, fence: u64) {
-        let Some(valid_until) = self.valid(start, s.now) else {
-            return self.give_up(s, c);
-        };
+    /// The fencing token is handed out only if the rounds ended while the lock was
+    /// valid; otherwise the lock holds on without one.
+    fn hand_out(&self, s: &mut State, c: usize, valid_until: u64, fence: u64) {
+        if client_clock(s.now) >= valid_until {
+            return self.no_token(s, c, valid_until);
+        }
         if s.max_fence.is_some_and(|max| fence <= max) {
             s.fence_violation = true;
         }
         s.max_fence = Some(s.max_fence.map_or(fence, |max| max.max(fence)));
-        s.grants = s.grants.saturating_add(1);
-        s.clients[c].settle(Phase::Holding { valid_until, fence });
+        s.tokens = s.tokens.saturating_add(1);
+        s.clients[c].settle(Phase::Holding {
+            valid_until,
+            fence: Some(fence),
+        });
+    }
+
+    fn no_token(&self, s: &mut State, c: usize, valid_until: u64) {
+        s.clients[c].settle(Phase::Holding {
+            valid_until,
+            fence: None,
+        });
     }
 
     /// A failed attempt: it ends, and (unless switched off) removes its token.

@@ -1,5 +1,5 @@
 //! A model of fredlock's protocol for the `stateright` model checker: acquisition with
-//! cleanup, fencing write-back, extension and release by 2 clients over 3 nodes that
+//! cleanup, fencing tokens with their write-back, extension and release by 2 clients over 3 nodes that
 //! crash, restart with or without their data, lose messages, and (in one
 //! configuration) jump their clocks. The checker explores every interleaving within the
 //! bounds of a [`Config`] (docs/safety.md, "Model checking").
@@ -80,6 +80,8 @@ pub struct Config {
     pub attempts: u8,
     /// Extensions per client.
     pub extends: u8,
+    /// Requests for a fencing token per client (each held lock asks at most once).
+    pub fences: u8,
     /// The last tick.
     pub horizon: Tick,
     /// Node crashes (each followed by a restart of any kind, at any later time).
@@ -108,6 +110,7 @@ impl Config {
             clients: 2,
             attempts: 1,
             extends: 0,
+            fences: 1,
             horizon: 2,
             crashes: 1,
             losses: 0,
@@ -145,6 +148,8 @@ pub struct State {
     /// A token was handed out that was not above every earlier one.
     pub fence_violation: bool,
     pub grants: u8,
+    /// Fencing tokens handed out.
+    pub tokens: u8,
     /// A node refused an acquisition while quarantined.
     pub refused: bool,
 }
@@ -157,6 +162,8 @@ pub enum Action {
     Tick,
     Start(u8),
     Extend(u8),
+    /// The holder asks for its fencing token.
+    Fence(u8),
     Release(u8),
     /// The node runs the first request on the wire from this client; its answer arrives.
     Deliver(u8, u8),
@@ -204,6 +211,7 @@ impl Model for Redlock {
             max_fence: None,
             fence_violation: false,
             grants: 0,
+            tokens: 0,
             refused: false,
         }]
     }
@@ -217,10 +225,14 @@ impl Model for Redlock {
             let i = i as u8;
             match client.phase {
                 Phase::Idle if client.attempts < c.attempts => actions.push(Action::Start(i)),
-                Phase::Holding { valid_until, .. } => {
+                Phase::Holding { valid_until, fence } => {
                     actions.push(Action::Release(i));
-                    if client.extends < c.extends && valid_until > client_clock(s.now) {
+                    let valid = valid_until > client_clock(s.now);
+                    if client.extends < c.extends && valid {
                         actions.push(Action::Extend(i));
+                    }
+                    if client.fences < c.fences && valid && fence.is_none() {
+                        actions.push(Action::Fence(i));
                     }
                 }
                 _ => {}
@@ -258,6 +270,7 @@ impl Model for Redlock {
             Action::Tick => self.tick(&mut s),
             Action::Start(c) => self.start(&mut s, usize::from(c)),
             Action::Extend(c) => self.extend(&mut s, usize::from(c)),
+            Action::Fence(c) => self.fence(&mut s, usize::from(c)),
             Action::Release(c) => self.release(&mut s, usize::from(c)),
             Action::Deliver(c, n) => self.deliver(&mut s, usize::from(c), usize::from(n), true),
             Action::LoseAnswer(c, n) => {
@@ -295,6 +308,9 @@ impl Model for Redlock {
                 s.grants >= 2
             }),
             Property::sometimes("a quarantined node refuses", |_, s: &State| s.refused),
+            Property::sometimes("two fencing tokens handed out", |_, s: &State| {
+                s.tokens >= 2
+            }),
         ]
     }
 }

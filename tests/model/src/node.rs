@@ -15,13 +15,15 @@ pub struct Token {
 /// An operation of `ops.lua`, as a client sends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// `acquire`: the quarantine check, then SET NX PX and the fencing counter raised
-    /// to `max(counter + 1, floor)`.
-    Acquire { floor: u64 },
-    /// `extend`: compare-and-pexpire of the key and its counter.
-    Extend,
-    /// `fence`: the write-back, raising the counter while the key is ours.
-    Fence { fence: u64 },
+    /// `lock`: the quarantine check, then SET NX PX (the counter is not touched).
+    Acquire,
+    /// `extend`: compare-and-pexpire of the key and, for a lock that has handed out a
+    /// fencing token, of its counter.
+    Extend { counter: bool },
+    /// `fence`: while the key is ours, the counter raised to `max(counter + 1, floor)`.
+    Raise { floor: u64 },
+    /// `catch_up`: the write-back, raising the counter to `fence` while the key is ours.
+    CatchUp { fence: u64 },
     /// `delete`: compare-and-delete (a release, or the removal of a failed attempt).
     Delete,
 }
@@ -29,7 +31,7 @@ pub enum Op {
 /// What a node answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Answer {
-    /// Done: for an acquisition, the counter it returned.
+    /// Done: for a fence, the counter it returned.
     Yes(u64),
     /// The key is not ours (another token holds it, or ours is gone).
     Taken,
@@ -81,9 +83,12 @@ impl Node {
     /// Runs one operation at `now`; `quarantine` is whether the client sends a period.
     pub fn apply(&mut self, token: Token, op: Op, now: Tick, quarantine: bool) -> Answer {
         let ours = matches!(self.key, Some((t, _)) if t == token);
-        let counter_until = now + TTL + RETENTION;
+        // A counter's life: TTL + RETENTION from now, or what it has left if longer.
+        let counter_until = |counter: Option<(u64, Tick)>| {
+            (now + TTL + RETENTION).max(counter.map_or(0, |(_, until)| until))
+        };
         match op {
-            Op::Acquire { floor } => {
+            Op::Acquire => {
                 if quarantine && self.quarantined(now) {
                     return Answer::Quarantined;
                 }
@@ -91,23 +96,26 @@ impl Node {
                     return Answer::Taken;
                 }
                 self.key = Some((token, now + TTL));
-                let current = self.counter.map_or(0, |(value, _)| value);
-                let fence = (current + 1).max(floor);
-                self.counter = Some((fence, counter_until));
-                Answer::Yes(fence)
+                Answer::Yes(0)
             }
             _ if !ours => Answer::Taken,
-            Op::Extend => {
+            Op::Extend { counter } => {
                 self.key = Some((token, now + TTL));
                 // PEXPIRE does not bring back a counter that is gone.
-                if let Some((value, _)) = self.counter {
-                    self.counter = Some((value, counter_until));
+                if let Some((value, _)) = self.counter.filter(|_| counter) {
+                    self.counter = Some((value, counter_until(self.counter)));
                 }
                 Answer::Yes(0)
             }
-            Op::Fence { fence } => {
+            Op::Raise { floor } => {
+                let current = self.counter.map_or(0, |(value, _)| value);
+                let fence = (current + 1).max(floor);
+                self.counter = Some((fence, counter_until(self.counter)));
+                Answer::Yes(fence)
+            }
+            Op::CatchUp { fence } => {
                 if self.counter.is_none_or(|(value, _)| value < fence) {
-                    self.counter = Some((fence, counter_until));
+                    self.counter = Some((fence, counter_until(self.counter)));
                 }
                 Answer::Yes(0)
             }
