@@ -34,9 +34,15 @@ measure() {
 
 ops=$(cli script load "$(cat src/scripts/ops.lua)")
 q="fredlock:incarnation fredlock:quarantine"
-# The counter lives the TTL (10 s) plus the default retention (60 s).
-acquire_off() { echo "EVALSHA $ops 2 k$1 fredlock:fence:k$1 1 -1 lock 2 5 tok 10000 100 70000 0"; }
-acquire_on() { echo "EVALSHA $ops 4 $q k$1 fredlock:fence:k$1 1 60000 lock 2 5 tok 10000 100 70000 0"; }
+acquire_off() { echo "EVALSHA $ops 1 k$1 1 -1 lock 1 3 tok 10000 0"; }
+acquire_on() { echo "EVALSHA $ops 3 $q k$1 1 60000 lock 1 3 tok 10000 0"; }
+# A held lock's first fencing_token(): the counter lives the TTL (10 s) plus the
+# default retention (60 s).
+fence() { echo "EVALSHA $ops 2 k$1 fredlock:fence:k$1 1 -1 fence 2 3 tok 100 70000"; }
+acquire_fence() {
+    acquire_on "$1"
+    fence "$1"
+}
 release() { echo "EVALSHA $ops 1 k$1 1 -1 release 1 3 tok fredlock:released: \"\""; }
 acquire_release() {
     acquire_on "$1"
@@ -45,10 +51,9 @@ acquire_release() {
 batch() {
     local keys="" heads="" args=""
     for j in $(seq 10); do
-        keys="$keys k$1-$j fredlock:fence:k$1-$j"; heads="$heads lock 2 5"
-        args="$args tok 10000 100 70000 0"
+        keys="$keys k$1-$j"; heads="$heads lock 1 3"; args="$args tok 10000 0"
     done
-    echo "EVALSHA $ops 22 $q $keys 10 60000 $heads $args"
+    echo "EVALSHA $ops 12 $q $keys 10 60000 $heads $args"
 }
 release_batch() {
     local keys="" heads="" args=""
@@ -65,6 +70,7 @@ printf '%-62s %10s\n' "ops.lua: one acquisition, quarantine off" "$(measure eval
 printf '%-62s %10s\n' "ops.lua: one acquisition, quarantine on" "$(measure evalsha acquire_on)"
 printf '%-62s %10s\n' "ops.lua: acquisition then release, one call each (mean)" "$(measure evalsha acquire_release)"
 printf '%-62s %10s\n' "ops.lua: 10 acquisitions in one call, quarantine on" "$(measure evalsha batch)"
+printf '%-62s %10s\n' "ops.lua: acquisition then its fence, one call each (mean)" "$(measure evalsha acquire_fence)"
 printf '%-62s %10s\n' "ops.lua: one release (key absent)" "$(measure evalsha release)"
 printf '%-62s %10s\n' "ops.lua: 10 releases in one call (keys absent)" "$(measure evalsha release_batch)"
 printf '%-62s %10s\n' "floor: SET NX PX" "$(measure set set_nx)"
