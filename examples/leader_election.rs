@@ -83,9 +83,18 @@ async fn candidate(
             Err(e) if e.is_retryable() => continue,
             Err(e) => return Err(e),
         };
+        // No token, no leadership: a leader that cannot fence its actions steps down
+        // (the lock lost, or too few nodes answer) and campaigns again.
+        let token = match lock.fencing_token().await {
+            Ok(token) => token,
+            Err(e) if e.is_retryable() || matches!(e, fredlock::Error::Expired { .. }) => {
+                let _ = lock.release().await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         lock.keep_alive();
         let lease = lock.lease();
-        let token = lock.fencing_token().await?;
         let _ = events.send((Instant::now(), Event::Leads { who, token }));
 
         let mut tick = tokio::time::interval(ACTION_EVERY);

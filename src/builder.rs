@@ -178,12 +178,13 @@ impl Builder {
         self
     }
 
-    /// How long a resource's fencing counter outlives its lock on each node: every
-    /// acquisition and extension keeps it for the TTL plus this, so a resource used
-    /// once leaves no key behind after that. A counter that expired comes back at the
-    /// acquiring client's clock (docs/fencing.md): tokens keep increasing as long as no
-    /// two clients' clocks differ by more than this. Default: 60 s; at most
-    /// [`MAX_TTL`](crate::MAX_TTL).
+    /// How long a resource's fencing counter outlives its lock on each node. Counters
+    /// exist only for locks that asked for a fencing token: the fencing round gives a
+    /// counter this beyond its lock key's life on the node, and each later extension of
+    /// that lock the new TTL plus this, so a resource used once leaves no key behind
+    /// after that. A counter that expired comes back at the asking client's clock
+    /// (docs/fencing.md): tokens keep increasing as long as no two clients' clocks
+    /// differ by more than this. Default: 60 s; at most [`MAX_TTL`](crate::MAX_TTL).
     pub fn fencing_retention(mut self, retention: Duration) -> Self {
         self.settings.fencing_retention = retention;
         self

@@ -60,9 +60,10 @@ pub enum Error {
     },
 
     /// A held lock's fencing counters disagreed among the nodes that raised them, and
-    /// the largest could not be written back to a quorum of nodes that still hold the
-    /// lock (it was lost in between, or nodes failed). No token is handed out; the
-    /// lock is still held, and asking again makes a new attempt.
+    /// too many nodes failed or did not answer the write-back of the largest to a
+    /// quorum. No token is handed out; the lock is still held, and asking again makes a
+    /// new attempt. (Nodes that answer that the lock is no longer ours make it
+    /// [`Error::Expired`] instead.)
     #[error(
         "the fencing token of the lock on `{resource}` could not be recorded on a quorum: \
          {votes}"

@@ -97,7 +97,9 @@ impl Lease {
 
 /// The held lock's fencing tokens: made by one fencing round at the first request
 /// (concurrent requests wait for it), then the same for every later one. A round that
-/// failed makes none: the next request tries again.
+/// failed makes none: the next request tries again. The round does not wait for an
+/// extension in flight, nor an extension for it: the keep-alive's renewals keep their
+/// schedule.
 pub(crate) async fn fencing_tokens(
     core: &Core,
     request: &Request,
@@ -106,10 +108,7 @@ pub(crate) async fn fencing_tokens(
 ) -> Result<Arc<[u64]>, Error> {
     let fences = shared
         .fences
-        .get_or_try_init(|| async {
-            let _serial = shared.serial.lock().await;
-            protocol::fence(core, request, token, shared).await
-        })
+        .get_or_try_init(|| protocol::fence(core, request, token, shared))
         .await?;
     Ok(Arc::clone(fences))
 }

@@ -39,7 +39,10 @@
 //! * [`Error::Taken`]: nodes answered that another owner holds the resource.
 //! * [`Error::NoQuorum`]: too many nodes were unreachable, failed or timed out.
 //! * [`Error::TooLate`]: a quorum agreed but too little validity was left.
-//! * [`Error::Expired`]: at extend or release, the lock is no longer ours.
+//! * [`Error::Expired`]: at extend, release or a fencing token's making, the lock is
+//!   no longer ours.
+//! * [`Error::FencingFailed`]: a fencing token's write-back failed on too many nodes;
+//!   the lock is still held.
 //! * [`Error::Lost`]: the lock was lost while [`Redlock::with_lock`] ran the work.
 //! * [`Error::Denied`]: at `build()`, a node's ACL refuses a command fredlock needs.
 //! * [`Error::PermitsMismatch`]: a semaphore asked for with another number of permits
@@ -51,9 +54,9 @@
 //! operation is sent at once (`docs/design.md`, 1.9).
 //!
 //! Every round error carries each node's [`Vote`], and so does a granted lock
-//! ([`Lock::votes`]). Acquire, extend and release run in `tracing` spans
-//! (`fredlock.acquire`, `fredlock.extend`, `fredlock.release`, at DEBUG level) that
-//! record the resource, the votes, the elapsed time and the outcome.
+//! ([`Lock::votes`]). Acquire, extend, fence and release run in `tracing` spans
+//! (`fredlock.acquire`, `fredlock.extend`, `fredlock.fence`, `fredlock.release`, at
+//! DEBUG level) that record the resource, the votes, the elapsed time and the outcome.
 //!
 //! # Features
 //! * `metrics`: records acquisition latency, attempts and outcomes, every node's
@@ -75,8 +78,9 @@
 //! * [`Redlock::read_lock`]: a lock shared by readers and excluding the writer
 //!   ([`Redlock::lock`] on the same resource); a waiting writer keeps new readers out.
 //! * [`Redlock::semaphore`]: at most N holders of a [`Permit`] at once.
-//! * [`Lock::fencing_token`]: strictly increasing from one holder to the next, for
-//!   resources that refuse stale writers.
+//! * [`Lock::fencing_token`]: strictly increasing from one holder that asks for it to
+//!   the next, for resources that refuse stale writers; made on request, so a lock
+//!   that does not ask pays nothing for it.
 //! * [`Quarantine`]: nodes that lost or changed their data sit out acquisitions, for
 //!   every client, until every lock they granted has expired; a fresh deployment lifts
 //!   it once with [`Redlock::lift_restart_quarantine`].

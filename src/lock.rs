@@ -138,9 +138,10 @@ impl Lock {
     /// it was signalled lost, or the nodes answered that the keys are no longer ours
     /// (the lock is then lost); [`Error::NoQuorum`] if too many nodes were unreachable
     /// or failed (a counter that is not a number or reached 2^53 - 1 fails its node's
-    /// vote); [`Error::FencingFailed`] if the counters disagreed and the largest could
-    /// not be written back to a quorum. No token is handed out then, and the next call
-    /// tries again.
+    /// vote); [`Error::FencingFailed`] if the counters disagreed and too many nodes
+    /// failed the write-back of the largest. No token is handed out then, and the next
+    /// call tries again. Once made, the tokens are returned by every later call, even
+    /// after the lock ended: they stay the tokens of that holding.
     pub async fn fencing_token(&self) -> Result<u64, Error> {
         let tokens = self.fencing_tokens().await?;
         Ok(tokens.first().copied().unwrap_or(0))

@@ -84,7 +84,8 @@ pub(crate) struct Op {
     pub(crate) token: Arc<str>,
     /// The lock TTL (acquire, extend).
     pub(crate) ttl_ms: u64,
-    /// A counter's life from now: the lock's TTL plus the retention.
+    /// How long a counter outlives the lock: extend, the TTL plus the retention from
+    /// now; fence and catch-up, the retention beyond the key's own life on the node.
     pub(crate) keep_ms: u64,
     /// The fencing floor (fence).
     pub(crate) floor: u64,
@@ -174,35 +175,38 @@ impl Op {
         }
     }
 
-    /// Raises the counters from `floor`, each to live `ttl` plus `retention`.
+    /// Raises the counters from `floor`, each to outlive its lock key by `retention`.
     pub(crate) fn fence(
         request: &Request,
         token: &Arc<str>,
         floor: u64,
-        ttl: Duration,
         retention: Duration,
     ) -> Self {
         Op {
-            fence_keys: Arc::clone(&request.fence_keys),
-            keep_ms: ttl::ms(ttl).saturating_add(ttl::ms(retention)),
             floor,
-            ..Op::new(Kind::Fence, &request.keys, token)
+            ..Op::counters(Kind::Fence, request, token, retention)
         }
     }
 
-    /// Writes `fences` back to the counters, each to live `ttl` plus `retention`.
+    /// Writes `fences` back to the counters, each to outlive its lock key by
+    /// `retention`.
     pub(crate) fn catch_up(
         request: &Request,
         token: &Arc<str>,
         fences: &Arc<[u64]>,
-        ttl: Duration,
         retention: Duration,
     ) -> Self {
         Op {
-            fence_keys: Arc::clone(&request.fence_keys),
-            keep_ms: ttl::ms(ttl).saturating_add(ttl::ms(retention)),
             fences: Arc::clone(fences),
-            ..Op::new(Kind::CatchUp, &request.keys, token)
+            ..Op::counters(Kind::CatchUp, request, token, retention)
+        }
+    }
+
+    fn counters(kind: Kind, request: &Request, token: &Arc<str>, retention: Duration) -> Self {
+        Op {
+            fence_keys: Arc::clone(&request.fence_keys),
+            keep_ms: ttl::ms(retention),
+            ..Op::new(kind, &request.keys, token)
         }
     }
 

@@ -25,7 +25,8 @@ pub const DEFAULT_KEEP_ALIVE_AT: f64 = 0.5;
 /// Default restart quarantine period, and so the longest TTL accepted by default.
 pub const DEFAULT_QUARANTINE_PERIOD: Duration = Duration::from_secs(60);
 /// Default time a resource's fencing counter outlives its last lock: a lock per job id
-/// leaves one key per node for at most its TTL plus this.
+/// that asks for a fencing token leaves one key per node for at most its TTL plus this
+/// (one that does not ask leaves none).
 pub const DEFAULT_FENCING_RETENTION: Duration = Duration::from_secs(60);
 
 /// The restart quarantine: how long a node that lost or changed its data stays out of

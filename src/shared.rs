@@ -14,10 +14,8 @@ use crate::metrics;
 pub(crate) struct Shared {
     /// The lock's fencing tokens, one per resource, made at the first request.
     pub(crate) fences: OnceCell<Arc<[u64]>>,
-    /// Serialises the rounds that renew or fence the keys (extensions, manual and
-    /// keep-alive, and fencing): two extensions with different TTLs must not race on
-    /// the nodes, and an extension that begins while the counters are being raised
-    /// must renew them too.
+    /// Serialises extensions, manual and keep-alive: two rounds with different TTLs
+    /// must not race on the nodes.
     pub(crate) serial: tokio::sync::Mutex<()>,
     valid_until: Mutex<Instant>,
     /// The TTL of the last successful acquire or extend, which the keep-alive renews.
@@ -38,7 +36,7 @@ impl Shared {
         })
     }
 
-    /// Whether fencing tokens were handed out: the counters must then be renewed with
+    /// Whether fencing tokens were handed out: extensions then renew the counters with
     /// the keys.
     pub(crate) fn fenced(&self) -> bool {
         self.fences.initialized()

@@ -231,26 +231,29 @@ impl State {
                 }
                 Reply::Int(1)
             }
-            Kind::Fence => {
+            // A raised counter outlives its key by the retention (`keep_ms`).
+            Kind::Fence | Kind::CatchUp => {
                 let mut fences = Vec::new();
-                for counter in op.fence_keys.iter() {
-                    let current = self.counters.get(&**counter).map_or(0, |(c, _)| *c);
-                    let until = self.counters.get(&**counter).map_or(now, |(_, u)| *u);
-                    let fence = (current + 1).max(op.floor);
-                    self.counters
-                        .insert(counter.to_string(), (fence, until.max(at(op.keep_ms))));
+                let pairs = op.keys.iter().zip(op.fence_keys.iter());
+                for (i, (key, counter)) in pairs.enumerate() {
+                    let key_until = self.keys.get(&**key).map_or(now, |(_, u)| *u);
+                    let life = key_until + Duration::from_millis(op.keep_ms);
+                    let (current, until) =
+                        self.counters.get(&**counter).copied().unwrap_or((0, now));
+                    let fence = match op.kind {
+                        Kind::Fence => (current + 1).max(op.floor),
+                        _ => current.max(op.fences.get(i).copied().unwrap_or(0)),
+                    };
+                    if fence != current {
+                        self.counters
+                            .insert(counter.to_string(), (fence, until.max(life)));
+                    }
                     fences.push(fence);
                 }
-                Reply::List(fences)
-            }
-            Kind::CatchUp => {
-                for (counter, fence) in op.fence_keys.iter().zip(op.fences.iter()) {
-                    let entry = self.counters.entry(counter.to_string()).or_insert((0, now));
-                    if entry.0 < *fence {
-                        *entry = (*fence, entry.1.max(at(op.keep_ms)));
-                    }
+                match op.kind {
+                    Kind::Fence => Reply::List(fences),
+                    _ => Reply::Int(1),
                 }
-                Reply::Int(1)
             }
             Kind::Release | Kind::Remove => {
                 let mut all = 1;

@@ -53,8 +53,8 @@ async fn fence_in(
         return Err(expired(Votes::default()));
     }
     let start = Instant::now();
-    let (ttl, retention) = (shared.ttl(), core.settings.fencing_retention);
-    let op = Op::fence(request, token, fencing::floor(), ttl, retention);
+    let retention = core.settings.fencing_retention;
+    let op = Op::fence(request, token, fencing::floor(), retention);
     let mut round = Round::new(&core.nodes, op);
     let decision = round.decide().await;
     round.count_votes(RoundKind::Fence);
@@ -77,15 +77,22 @@ async fn fence_in(
     };
     let counters: Arc<[u64]> = counters.into();
     if write_back {
-        let op = Op::catch_up(request, token, &counters, ttl, retention);
+        let op = Op::catch_up(request, token, &counters, retention);
         let mut catch_up = Round::new(&core.nodes, op);
         // The first round's calls still running are polled meanwhile: a node's next
         // operation may wait for its call in flight to end (1.9).
         if round.listen_during(catch_up.decide()).await == Decision::NoQuorum {
-            return Err(Error::FencingFailed {
-                resource: resource(),
-                votes: catch_up.votes(),
-            });
+            // Nodes that say the keys are not ours rule out the lock as they do in the
+            // first round; failed nodes leave it held without a token.
+            let taken = |resource, votes| Error::Expired { resource, votes };
+            let error = match verdict(request, catch_up.tally(), catch_up.votes(), taken) {
+                Error::NoQuorum { resource, votes } => Error::FencingFailed { resource, votes },
+                expired => {
+                    shared.mark_lost(LostReason::ExtendFailed(Arc::new(expired.clone())));
+                    expired
+                }
+            };
+            return Err(error);
         }
     }
     // Only a holder may hand out a token: the rounds must end within the validity.

@@ -190,7 +190,7 @@ async fn fencing_tokens_increase_from_holder_to_holder_and_lagging_nodes_catch_u
     let token = Arc::from("elsewhere");
     let ops = [
         crate::scripts::Op::acquire(&request, &token, None, 0),
-        crate::scripts::Op::catch_up(&request, &token, &Arc::from([ahead]), TTL, TTL),
+        crate::scripts::Op::catch_up(&request, &token, &Arc::from([ahead]), TTL),
         crate::scripts::Op::release_keys(&request.keys, &token),
     ];
     memories[0]

@@ -266,11 +266,17 @@ end
 -- fencing token. 2^53 - 1 is the largest integer a double holds with its successor.
 local MAX_COUNTER = 9007199254740991
 
--- A counter's life: TTL plus retention, or what it has left if longer, so that a
--- holder with a short TTL does not cut the counter of another that shares it (readers,
--- permits) or of an earlier holder's longer retention.
+-- A counter's life: `keep` ms (an extension's TTL plus retention), or what it has left
+-- if longer, so that a holder with a short TTL does not cut the counter of another that
+-- shares it (readers, permits) or of an earlier holder's longer retention.
 local function longer_life(counter, keep)
     return math.max(tonumber(keep), redis.call("PTTL", counter))
+end
+
+-- A counter's life when it is raised: `retention` ms beyond its lock key's own life on
+-- this node (whatever TTL set it), or what it has left if longer.
+local function beyond_key(key, counter, retention)
+    return longer_life(counter, redis.call("PTTL", key) + tonumber(retention))
 end
 
 -- The counters' values, each read and checked (a number below MAX_COUNTER, or none);
@@ -333,8 +339,9 @@ end
 -- max(counter + 1, floor), the floor the client proposes (its clock in microseconds):
 -- nodes that saw the same holders return the same value, and a counter that was lost
 -- or expired comes back at the floor (docs/fencing.md). keys = the n lock keys, then
--- their n counters. args = token, fencing floor, counter life ms (TTL plus retention).
--- Returns the n raised counters, or 0 if a key is not ours (nothing changed).
+-- their n counters. args = token, fencing floor, retention ms (how long a counter
+-- outlives its key). Returns the n raised counters, or 0 if a key is not ours (nothing
+-- changed).
 local function fence(k, nk, a)
     local n = nk / 2
     local token, floor, keep = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
@@ -345,7 +352,7 @@ local function fence(k, nk, a)
     local low = tonumber(floor)
     for i = 1, n do
         local counter = KEYS[k + n + i]
-        local life = longer_life(counter, keep)
+        local life = beyond_key(KEYS[k + i], counter, keep)
         if values[i] < low then
             -- The usual case (the floor is the client's clock): the argument goes as is.
             values[i] = low
@@ -360,8 +367,8 @@ end
 
 -- catch_up: the write-back; while the lock keys hold the token, raise each counter to
 -- at least the token handed out. keys = the n lock keys, then their n counters. args =
--- token, counter life ms (TTL + retention), then the n fencing tokens. Returns 1 if
--- the keys are ours (counters raised), 0 otherwise (nothing changed).
+-- token, retention ms, then the n fencing tokens. Returns 1 if the keys are ours
+-- (counters raised), 0 otherwise (nothing changed).
 local function catch_up(k, nk, a)
     local n = nk / 2
     if not ours(k, n, ARGV[a + 1]) then
@@ -371,7 +378,7 @@ local function catch_up(k, nk, a)
     for i = 1, n do
         local counter, token = KEYS[k + n + i], ARGV[a + 2 + i]
         if values[i] < tonumber(token) then
-            redis.call("SET", counter, token, "PX", longer_life(counter, ARGV[a + 2]))
+            redis.call("SET", counter, token, "PX", beyond_key(KEYS[k + i], counter, ARGV[a + 2]))
         end
     end
     return 1

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use fred::prelude::Value;
-use fredlock::{Error, LostReason, Vote};
+use fredlock::{Error, Lock, LostReason, Vote};
 
 use crate::support::{Nodes, ROOMY, TestResult, fence_key, resource};
 
@@ -308,47 +308,59 @@ async fn after_the_validity_ran_out_extend_sends_nothing_and_release_still_remov
     Ok(())
 }
 
+/// What spoils the write-back on nodes 1 and 2 once their counters were raised.
+#[derive(Clone, Copy, PartialEq)]
+enum Spoil {
+    /// Our lock key is deleted, as if it had expired there.
+    DeleteKey,
+    /// The counter is overwritten with a value that is not a number: the node fails.
+    BreakCounter,
+}
+
 /// A held lock asks for its fencing token; the nodes' counters disagree, so the
-/// write-back is needed, and it finds our key gone from two of three nodes (deleted
-/// between the two rounds): `FencingFailed` with the write-back's votes, no token, and
-/// the next request, which finds the keys gone, is `Expired` and loses the lock.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_hands_out_no_token()
--> TestResult {
-    let nodes = Nodes::start_with_proxies(3).await?;
+/// write-back is needed, and `spoil` hits nodes 1 and 2 between the two rounds. Returns
+/// the lock and what `fencing_token()` returned.
+async fn fence_with_a_spoiled_write_back(
+    nodes: &Nodes,
+    res: &str,
+    spoil: Spoil,
+) -> Result<(Lock, Result<u64, Error>), Box<dyn std::error::Error + Send + Sync>> {
     // Large against the 600 ms round trip below: every node answers in time.
     let redlock = nodes.redlock(Duration::from_secs(3)).await;
-    let res = resource("fencing-failed");
     // Distinct counters above any clock floor: any two yes votes disagree, so every
     // fencing round needs a write-back.
-    let counter = fence_key("", &res);
+    let counter = fence_key("", res);
     let high = 1u64 << 52;
     for (i, step) in ALL.iter().zip([0u64, 10, 20]) {
         nodes
             .set(*i, &counter, &(high + step).to_string(), 600_000)
             .await;
     }
-    let lock = redlock.try_lock(&res, Duration::from_secs(30)).await?;
-
+    let lock = redlock.try_lock(res, Duration::from_secs(30)).await?;
     // Each node raises its counter 300 ms into the fencing round; the write-back
     // reaches it no sooner than 900 ms into the round (after two answers came back).
-    // The key is deleted from nodes 1 and 2 in between, as if it had expired there.
-    set_latency(&nodes, Duration::from_millis(300));
+    set_latency(nodes, Duration::from_millis(300));
     let fencing = tokio::spawn(async move {
         let token = lock.fencing_token().await;
         (lock, token)
     });
     let start = Instant::now();
-    let mut deleted = Vec::new();
-    while deleted.len() < 2 {
+    let mut spoiled = Vec::new();
+    while spoiled.len() < 2 {
         for (i, step) in [(1, 10u64), (2, 20)] {
-            if deleted.contains(&i) {
+            if spoiled.contains(&i) {
                 continue;
             }
             let reply = nodes.cmd(i, "GET", vec![counter.as_str().into()]).await?;
             if reply.as_string() != Some((high + step).to_string()) {
-                nodes.cmd(i, "DEL", vec![res.as_str().into()]).await?;
-                deleted.push(i);
+                match spoil {
+                    Spoil::DeleteKey => nodes.cmd(i, "DEL", vec![res.into()]).await?,
+                    Spoil::BreakCounter => {
+                        let args = vec![counter.as_str().into(), "not-a-number".into()];
+                        nodes.cmd(i, "SET", args).await?
+                    }
+                };
+                spoiled.push(i);
             }
         }
         // Bounded, not hung: the fencing round reaches the nodes after the 300 ms latency.
@@ -358,8 +370,42 @@ async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_hands_out_n
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let outcome = fencing.await?;
+    set_latency(nodes, Duration::ZERO);
+    Ok(outcome)
+}
 
-    let (lock, token) = fencing.await?;
+/// The write-back finds our key gone from two of three nodes: the lock is gone, as in
+/// a fencing round that finds it gone: `Expired` with the write-back's votes, no token,
+/// and the lock lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_back_that_finds_the_lock_gone_is_expired_and_hands_out_no_token() -> TestResult {
+    let nodes = Nodes::start_with_proxies(3).await?;
+    let res = resource("fencing-gone");
+    let (lock, token) = fence_with_a_spoiled_write_back(&nodes, &res, Spoil::DeleteKey).await?;
+    let err = match token {
+        Ok(token) => panic!("a fencing token ({token}) was handed out without the write-back"),
+        Err(err) => err,
+    };
+    let Error::Expired { votes, .. } = &err else {
+        panic!("expected Expired, got {err}");
+    };
+    for i in [1, 2] {
+        let vote = &votes.iter().nth(i).expect("a vote per node").vote;
+        assert_eq!(*vote, Vote::Taken, "node {i}: {votes}");
+    }
+    assert!(!lock.is_valid(), "the lock is lost");
+    Ok(())
+}
+
+/// The write-back fails on two of three nodes (their counters are no longer numbers):
+/// `FencingFailed` with the write-back's votes, no token, and the lock still held; a
+/// new request makes a new round, which those nodes fail too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_back_that_nodes_fail_is_fencing_failed_and_keeps_the_lock() -> TestResult {
+    let nodes = Nodes::start_with_proxies(3).await?;
+    let res = resource("fencing-failed");
+    let (lock, token) = fence_with_a_spoiled_write_back(&nodes, &res, Spoil::BreakCounter).await?;
     let err = match token {
         Ok(token) => panic!("a fencing token ({token}) was handed out without the write-back"),
         Err(err) => err,
@@ -367,22 +413,27 @@ async fn a_write_back_that_finds_the_lock_gone_is_fencing_failed_and_hands_out_n
     let Error::FencingFailed { votes, .. } = &err else {
         panic!("expected FencingFailed, got {err}");
     };
-    // The write-back's votes: nodes 1 and 2 no longer hold our key.
     for i in [1, 2] {
         let vote = &votes.iter().nth(i).expect("a vote per node").vote;
-        assert_eq!(*vote, Vote::Taken, "node {i}: {votes}");
+        assert!(
+            matches!(vote, Vote::Error(m) if m.contains("not a number")),
+            "node {i}: {votes}"
+        );
     }
     assert!(err.is_retryable(), "{err}");
-    // Asking again makes a new round, which finds our key gone from a quorum.
-    set_latency(&nodes, Duration::ZERO);
+    assert!(
+        lock.is_valid(),
+        "a failed write-back does not lose the lock"
+    );
     let again = lock.fencing_token().await.unwrap_err();
-    assert!(matches!(again, Error::Expired { .. }), "{again}");
-    assert!(!lock.is_valid());
+    assert!(matches!(again, Error::NoQuorum { .. }), "{again}");
+    assert!(lock.is_valid());
+    lock.release().await?;
     Ok(())
 }
 
 /// `is_retryable()` on errors from real operations: true for `Taken`, `NoQuorum` and
-/// `TooLate` (and `FencingFailed`, in the test above), false for `Expired`, `Lost`,
+/// `TooLate` (and `FencingFailed`, in the tests above), false for `Expired`, `Lost`,
 /// `Config`, `InvalidArgument`, `Connect` and `Denied`, as src/error.rs promises.
 #[tokio::test(flavor = "multi_thread")]
 async fn is_retryable_holds_for_exactly_the_errors_another_attempt_may_cure() -> TestResult {

@@ -29,10 +29,9 @@ async fn tokens_strictly_increase_across_holders() -> TestResult {
         lock.release().await?;
     }
     // Every node keeps its counter for the retention after the last lock, and a quorum
-    // holds at least the latest
-    // token: the invariant the next holder's token rests on. (A node can hold more: a
-    // failed attempt may have raised it, and it can hold less: it missed an
-    // acquisition because a release was still on its way to it.)
+    // holds at least the latest token: the invariant the next holder's token rests on.
+    // (A node can hold less: a holder's key had not reached it yet, because the
+    // previous release was still on its way there, so its fencing round passed it by.)
     let counter = fence_key("app:", &res);
     let mut at_least_latest = 0;
     for i in 0..5 {
@@ -49,9 +48,9 @@ async fn tokens_strictly_increase_across_holders() -> TestResult {
     Ok(())
 }
 
-/// A quorum whose counters disagree (nodes that missed acquisitions, here restarted
-/// empty, with the clock floor set back by an earlier token) gets the maximum, and
-/// the lagging nodes are raised to it before the token is handed out.
+/// A quorum whose counters disagree (two nodes with no counter, one far ahead of the
+/// clock floor, two others killed) gets the maximum, and the lagging nodes are raised
+/// to it before the token is handed out.
 #[tokio::test(flavor = "multi_thread")]
 async fn lagging_counters_are_written_back_before_the_token_is_handed_out() -> TestResult {
     let nodes = Nodes::start(5).await?;

@@ -83,10 +83,12 @@ impl Node {
     /// Runs one operation at `now`; `quarantine` is whether the client sends a period.
     pub fn apply(&mut self, token: Token, op: Op, now: Tick, quarantine: bool) -> Answer {
         let ours = matches!(self.key, Some((t, _)) if t == token);
-        // A counter's life: TTL + RETENTION from now, or what it has left if longer.
-        let counter_until = |counter: Option<(u64, Tick)>| {
-            (now + TTL + RETENTION).max(counter.map_or(0, |(_, until)| until))
+        // A counter's life: RETENTION beyond `until` (an extension: TTL from now; a
+        // raise or write-back: the key's own expiry), or what it has left if longer.
+        let counter_until = |counter: Option<(u64, Tick)>, until: Tick| {
+            (until + RETENTION).max(counter.map_or(0, |(_, until)| until))
         };
+        let key_until = self.key.map_or(now, |(_, until)| until);
         match op {
             Op::Acquire => {
                 if quarantine && self.quarantined(now) {
@@ -103,19 +105,19 @@ impl Node {
                 self.key = Some((token, now + TTL));
                 // PEXPIRE does not bring back a counter that is gone.
                 if let Some((value, _)) = self.counter.filter(|_| counter) {
-                    self.counter = Some((value, counter_until(self.counter)));
+                    self.counter = Some((value, counter_until(self.counter, now + TTL)));
                 }
                 Answer::Yes(0)
             }
             Op::Raise { floor } => {
                 let current = self.counter.map_or(0, |(value, _)| value);
                 let fence = (current + 1).max(floor);
-                self.counter = Some((fence, counter_until(self.counter)));
+                self.counter = Some((fence, counter_until(self.counter, key_until)));
                 Answer::Yes(fence)
             }
             Op::CatchUp { fence } => {
                 if self.counter.is_none_or(|(value, _)| value < fence) {
-                    self.counter = Some((fence, counter_until(self.counter)));
+                    self.counter = Some((fence, counter_until(self.counter, key_until)));
                 }
                 Answer::Yes(0)
             }
