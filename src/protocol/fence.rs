@@ -55,15 +55,20 @@ async fn fence_in(
     let start = Instant::now();
     let retention = core.settings.fencing_retention;
     let op = Op::fence(request, token, fencing::floor(), retention);
-    let mut round = Round::new(&core.nodes, op);
-    let decision = round.decide().await;
-    round.count_votes(RoundKind::Fence);
-    if decision == Decision::NoQuorum {
+    // A round without a quorum: nodes that say the keys are not ours rule the lock out
+    // (it is lost); otherwise `NoQuorum`.
+    let refused = |round: &Round| {
         let error = verdict(request, round.tally(), round.votes(), expired_error);
         if matches!(error, Error::Expired { .. }) {
             shared.mark_lost(LostReason::ExtendFailed(Arc::new(error.clone())));
         }
-        return Err(error);
+        error
+    };
+    let mut round = Round::new(&core.nodes, op);
+    let decision = round.decide().await;
+    round.count_votes(RoundKind::Fence);
+    if decision == Decision::NoQuorum {
+        return Err(refused(&round));
     }
     let yes: Vec<&[u64]> = (round.answers().iter().flatten())
         .filter(|a| a.vote == Vote::Yes)
@@ -82,17 +87,11 @@ async fn fence_in(
         // The first round's calls still running are polled meanwhile: a node's next
         // operation may wait for its call in flight to end (1.9).
         if round.listen_during(catch_up.decide()).await == Decision::NoQuorum {
-            // Nodes that say the keys are not ours rule out the lock as they do in the
-            // first round; failed nodes leave it held without a token.
-            let taken = |resource, votes| Error::Expired { resource, votes };
-            let error = match verdict(request, catch_up.tally(), catch_up.votes(), taken) {
+            // Failed nodes leave the lock held, without a token.
+            return Err(match refused(&catch_up) {
                 Error::NoQuorum { resource, votes } => Error::FencingFailed { resource, votes },
-                expired => {
-                    shared.mark_lost(LostReason::ExtendFailed(Arc::new(expired.clone())));
-                    expired
-                }
-            };
-            return Err(error);
+                error => error,
+            });
         }
     }
     // Only a holder may hand out a token: the rounds must end within the validity.
