@@ -10,7 +10,7 @@ use fred::prelude::{Client, ClientLike, EventInterface};
 use crate::endpoints::parse_endpoints;
 use crate::error::Error;
 use crate::node::{
-    Node, SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, load_scripts, server_name,
+    Node, SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, server_name,
 };
 use crate::quorum::{NodeVote, Vote, Votes, quorum};
 use crate::request::RESERVED_PREFIX;
@@ -62,7 +62,7 @@ async fn connect(nodes: &[Arc<Node>], timeout: Duration) -> Result<(), Error> {
     Err(Error::Connect { votes })
 }
 
-/// On every connected node: loads the lock script (the node loads it on each connection
+/// On every connected node: loads the lock function library and script (the node loads them on each connection
 /// too, but in the background: waiting here means the first acquisition finds it),
 /// then checks that its ACL allows every command fredlock needs.
 async fn prepare(nodes: &[Arc<Node>], settings: &Settings) -> Result<(), Error> {
@@ -70,12 +70,11 @@ async fn prepare(nodes: &[Arc<Node>], settings: &Settings) -> Result<(), Error> 
     let quarantine = settings.quarantine != Quarantine::Off;
     let checks = nodes
         .iter()
-        .filter_map(|node| Some((node, node.client()?)))
-        .filter(|(_, client)| client.is_connected())
-        .map(|(node, client)| {
+        .filter(|node| node.client().is_some_and(|client| client.is_connected()))
+        .map(|node| {
             let probe = &probe;
             async move {
-                let denied = match load_scripts(client.clone()).await {
+                let denied = match node.load().await {
                     Some(message) if is_acl_refusal(&message) => {
                         Err(("SCRIPT LOAD".to_string(), message))
                     }

@@ -25,8 +25,9 @@ use crate::scripts::Op;
 pub(crate) type Call = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 /// A round in flight. Dropped, it polls the calls still running to their end in one
-/// background task: a call may have more to send (the `EVAL` after a `NOSCRIPT`), and
-/// fred marks a command as timed out only when its future sees the timeout.
+/// background task: a call may have more to send (the batch again by another command,
+/// after the node refused the first unrun), and fred marks a command as timed out only
+/// when its future sees the timeout.
 pub(crate) struct Round {
     nodes: Arc<[Arc<Node>]>,
     /// Per node: its call while it runs.

@@ -1,9 +1,11 @@
 //! fredlock's Lua scripts, in one place, and the operations a batch carries.
 //!
 //! Every lock operation (acquire, extend, fencing, release, removal of a failed
-//! attempt's token) runs in `scripts/ops.lua`, one call per batch of
-//! operations for one node. `scripts/lift.lua` lifts the restart quarantine and
-//! `scripts/check.lua` is the permission check of `build()`.
+//! attempt's token) runs in `scripts/ops.lua`, one call per batch of operations for
+//! one node: by `FCALL` of the function library made of it where the server has
+//! functions (Redis 7 and later), else by `EVALSHA`/`EVAL` of the script made of it.
+//! `scripts/lift.lua` lifts the restart quarantine and `scripts/check.lua` is the
+//! permission check of `build()`.
 
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
@@ -15,15 +17,41 @@ use fred::types::scripts::Script;
 use crate::request::{Mode, Request, Semaphore};
 use crate::ttl;
 
-/// The batch script, see `scripts/ops.lua`.
-pub(crate) const OPS_LUA: &str = include_str!("scripts/ops.lua");
+/// The batch, see `scripts/ops.lua`: it defines the function `batch`.
+const OPS_LUA: &str = include_str!("scripts/ops.lua");
+/// The batch as an `EVAL` script: `scripts/ops.lua`, then the call of `batch`.
+pub(crate) const OPS_EVAL: &str = concat!(
+    include_str!("scripts/ops.lua"),
+    "\nreturn batch(KEYS, ARGV)\n"
+);
 /// Lifting the restart quarantine, see `scripts/lift.lua`.
 pub(crate) const LIFT_LUA: &str = include_str!("scripts/lift.lua");
 /// The permission check of `build()`, see `scripts/check.lua`.
 pub(crate) const CHECK_LUA: &str = include_str!("scripts/check.lua");
 
 /// The batch script with its SHA1 digest, for `EVALSHA`.
-pub(crate) static OPS: LazyLock<Script> = LazyLock::new(|| Script::from_lua(OPS_LUA));
+pub(crate) static OPS: LazyLock<Script> = LazyLock::new(|| Script::from_lua(OPS_EVAL));
+
+/// The batch as a function library, for `FUNCTION LOAD` and `FCALL`.
+pub(crate) struct Library {
+    /// The library's name, which is also its one function's: `fredlock_` and the first
+    /// 16 hex digits of the script's SHA1, so that clients of different versions of
+    /// fredlock on one node each call their own.
+    pub(crate) name: Str,
+    /// `FUNCTION LOAD`'s argument: `scripts/ops.lua` with a header naming the library
+    /// and the registration of `batch` under that name.
+    pub(crate) code: String,
+}
+
+pub(crate) static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+    let digest = OPS.sha1();
+    let name = format!("fredlock_{}", &digest[..digest.len().min(16)]);
+    let code = format!("#!lua name={name}\n{OPS_LUA}\nredis.register_function('{name}', batch)\n");
+    Library {
+        name: Str::from(name),
+        code,
+    }
+});
 
 /// A released key is announced on this prefix followed by the key, so that clients
 /// waiting for it retry at once instead of at their next polling time.

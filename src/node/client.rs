@@ -2,6 +2,7 @@
 //! request's options, and how fred's errors read.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fred::clients::WithOptions;
@@ -11,7 +12,7 @@ use fred::prelude::{
 use fred::types::CustomCommand;
 
 use crate::quorum::Vote;
-use crate::scripts::OPS_LUA;
+use crate::scripts::{LIBRARY, OPS_EVAL};
 use crate::settings::Settings;
 
 /// The bound on loading the scripts into a node, in the background.
@@ -76,7 +77,7 @@ pub(crate) fn options(timeout: Duration, fail_fast: bool) -> Options {
 
 /// Options for a request that must run however late: one write attempt, fail-fast,
 /// and no fred timeout (a zero one is none), so that fred never drops the command
-/// from the connection's order; the caller bounds its own wait with [`bounded`].
+/// from the connection's order; the caller bounds its own wait.
 pub(crate) fn kept_in_order() -> Options {
     Options {
         max_attempts: Some(1),
@@ -84,22 +85,6 @@ pub(crate) fn kept_in_order() -> Options {
         fail_fast: true,
         ..Options::default()
     }
-}
-
-/// `request` until `deadline`, then a fred timeout error; the request's command stays
-/// with fred and is written in its turn.
-pub(crate) async fn bounded<R>(
-    deadline: std::time::Instant,
-    request: impl Future<Output = Result<R, fred::error::Error>>,
-) -> Result<R, fred::error::Error> {
-    tokio::time::timeout_at(deadline.into(), request)
-        .await
-        .unwrap_or_else(|_| {
-            Err(fred::error::Error::new(
-                fred::error::ErrorKind::Timeout,
-                "no answer within the node timeout",
-            ))
-        })
 }
 
 /// A script command sent as a custom command. fred 10.1 implements its Lua methods
@@ -116,12 +101,27 @@ pub(crate) async fn script_command<R: FromValue>(
         .await
 }
 
-/// Loads the batch script into the node's script cache, so that `EVALSHA` finds it.
-/// Returns the failure's message; a node without it answers `NOSCRIPT`, which costs a
-/// second command and loads it again.
-pub(crate) async fn load_scripts(client: Client) -> Option<String> {
+/// Loads the batch into the node: as a function library, setting `no_library` for good
+/// if the node refuses it ([`refuses_library`]: its batches go by `EVALSHA`; a load
+/// that fails for a passing reason is made again when a call misses the library); and
+/// into the script cache, so that `EVALSHA` finds it.
+/// Returns the script's failure message; a node without the script answers
+/// `NOSCRIPT`, which costs a second command and loads it again.
+pub(crate) async fn load_scripts(client: Client, no_library: Arc<AtomicBool>) -> Option<String> {
     let client = client.with_options(&options(SCRIPT_LOAD_TIMEOUT, false));
-    let args = vec![Value::from("LOAD"), Value::from(OPS_LUA)];
+    let args = vec![Value::from("LOAD"), Value::from(LIBRARY.code.as_str())];
+    match script_command::<String>(&client, "FUNCTION", args).await {
+        // Loaded now, or before (by this client or another of the same version).
+        Ok(_) => {}
+        Err(e) if e.details().contains("already exists") => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "loading the lock function library failed");
+            if refuses_library(&e) {
+                no_library.store(true, Ordering::Release);
+            }
+        }
+    }
+    let args = vec![Value::from("LOAD"), Value::from(OPS_EVAL)];
     match script_command::<String>(&client, "SCRIPT", args).await {
         Ok(_) => None,
         Err(e) => {
@@ -129,6 +129,30 @@ pub(crate) async fn load_scripts(client: Client) -> Option<String> {
             Some(error_message(&e))
         }
     }
+}
+
+/// Whether the node's answer to `FUNCTION LOAD` refuses the library for good: any
+/// error reply (no functions, an ACL refusal, a proxy that does not pass the command, a
+/// server that cannot compile it) but those that pass (a timeout, a lost connection,
+/// `OOM`, `LOADING`, `BUSY`).
+fn refuses_library(error: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    let passing = matches!(
+        error.kind(),
+        ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled
+    ) || ["OOM", "LOADING", "BUSY"]
+        .iter()
+        .any(|prefix| error.details().starts_with(prefix));
+    !passing
+}
+
+/// Whether `error` answers a function command with "no such command" (a server
+/// without functions) or an ACL refusal of that command (not of a key): `FCALL` and
+/// `FUNCTION LOAD` are then not sent again.
+pub(super) fn refuses_functions(error: &str) -> bool {
+    error.starts_with("ERR unknown command")
+        || (error.starts_with("NOPERM")
+            && (error.contains("'fcall'") || error.contains("'function")))
 }
 
 /// The vote for a node's error `message`: an ACL refusal names the commands fredlock

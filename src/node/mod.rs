@@ -21,7 +21,7 @@ use fred::prelude::{Client, ClientLike};
 use tokio::sync::watch;
 
 pub(crate) use client::{
-    SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, load_scripts, server_name,
+    SCRIPT_LOAD_TIMEOUT, client_for, error_message, is_acl_refusal, server_name,
 };
 
 use crate::quorum::Vote;
@@ -342,6 +342,16 @@ impl Node {
             }
         }
         vote
+    }
+
+    /// Loads fredlock's function library and script into the node, before its first
+    /// operation; the script's failure message (see `load_scripts`).
+    pub(crate) async fn load(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.load().await,
+            #[cfg(test)]
+            Backend::Memory(_) => None,
+        }
     }
 
     /// The permission check of `build()`; see `Redis::check`.

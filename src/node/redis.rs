@@ -11,11 +11,13 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use super::Reply;
 use super::client::{
-    bounded, error_message, error_vote, is_acl_refusal, kept_in_order, load_scripts, options,
-    script_command,
+    error_message, error_vote, is_acl_refusal, kept_in_order, load_scripts, options,
+    refuses_functions, script_command,
 };
 use crate::quorum::Vote;
-use crate::scripts::{CHECK_LUA, Kind, LIFT_LUA, OPS, OPS_LUA, Op, batch_args, script_args};
+use crate::scripts::{
+    CHECK_LUA, Kind, LIBRARY, LIFT_LUA, OPS, OPS_EVAL, Op, batch_args, script_args,
+};
 
 #[derive(Debug)]
 pub(super) struct Redis {
@@ -24,8 +26,8 @@ pub(super) struct Redis {
     /// next successful connection. A command refused because the node is not
     /// connected carries it in its vote.
     connection_error: Arc<Mutex<Option<String>>>,
-    /// Set while the script is being loaded again after a `NOSCRIPT`.
-    reloading: Arc<AtomicBool>,
+    /// What sends the batches.
+    sender: Sender,
     /// How many connections fred has made: the number of the current one.
     connections: Arc<AtomicU64>,
     /// The tasks that follow the client's connection events; they hold a clone of the
@@ -49,18 +51,25 @@ impl Redis {
         let connections = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&connections);
         let loader = client.clone();
+        let no_library = Arc::new(AtomicBool::new(false));
+        let refused = Arc::clone(&no_library);
         let reconnects = client.on_reconnect(move |_| {
             set(&on_reconnect, None);
             counter.fetch_add(1, Ordering::AcqRel);
-            // A restarted node has an empty script cache: fill it before the next
-            // operation needs it (fred fires this on every new connection).
-            tokio::spawn(load_scripts(loader.clone()));
+            // A restarted node without persistence has neither the library nor the
+            // script: load them before the next operation needs them (fred fires this
+            // on every new connection).
+            tokio::spawn(load_scripts(loader.clone(), Arc::clone(&refused)));
             async { Ok(()) }
         });
         Redis {
+            sender: Sender {
+                client: client.clone(),
+                reloading: Arc::default(),
+                no_library,
+            },
             client,
             connection_error,
-            reloading: Arc::default(),
             connections,
             listeners: [errors.abort_handle(), reconnects.abort_handle()],
             connection: Mutex::new(None),
@@ -92,42 +101,40 @@ impl Redis {
         }
     }
 
-    /// Runs `ops` in one call of the batch script, by `EVALSHA`; on `NOSCRIPT` (a
-    /// restarted or flushed node) by `EVAL` at once, within the same deadline, while
-    /// the script is loaded again in the background. The node runs nothing else of
-    /// ours in between (one call in flight per node), so the second command keeps
-    /// every operation's place in the node's order. A batch with a removal goes by
-    /// `EVAL` from the start: a removal must not miss its node for want of a cache.
+    /// Runs `ops` in one call of the batch (see [`Sender::call`]), answered by
+    /// `deadline`.
     ///
     /// A call that carries a release or a removal is never dropped by fred: it stays
     /// in the connection's order, however long the connection takes to get to it,
     /// and only our wait for it ends at the deadline (fred drops a command whose own
     /// timeout fired before it was written, which left a released key on its node
-    /// until its TTL). An acquisition riding in the same call may then run after its
-    /// caller gave up; its caller counts the timeout as a vote that may have set the
-    /// key and removes it in a later call, which comes after it.
+    /// until its TTL). If the node has not answered by then, the call goes on in a
+    /// task of its own, so that a refusal that comes late is still followed by the
+    /// next command and the release still reaches the node. An acquisition riding in
+    /// the same call may then run after its caller gave up; its caller counts the
+    /// timeout as a vote that may have set the key and removes it in a later call,
+    /// which comes after it.
     pub(super) async fn run(&self, ops: &[Arc<Op>], deadline: Instant) -> Vec<Reply> {
         if !self.client.is_connected() {
             let vote = self.not_connected("the connection is down");
             return ops.iter().map(|_| Reply::Unsent(vote.clone())).collect();
         }
-        let text = || Value::String(Str::from_static(OPS_LUA));
-        let by_text = ops.iter().any(|op| op.kind == Kind::Remove);
         let must_run = ops.iter().any(|op| op.kind.harmless_late());
-        let mut reply = if by_text {
-            self.send("EVAL", batch_args(text(), ops), deadline, must_run)
-                .await
+        let reply = if must_run {
+            let mut call = Box::pin(self.sender.clone().call(ops.to_vec(), None));
+            match tokio::time::timeout_at(deadline.into(), &mut call).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    tokio::spawn(call);
+                    Err(fred::error::Error::new(
+                        fred::error::ErrorKind::Timeout,
+                        "no answer within the node timeout",
+                    ))
+                }
+            }
         } else {
-            let sha = Value::from(OPS.sha1().clone());
-            self.send("EVALSHA", batch_args(sha, ops), deadline, must_run)
-                .await
+            self.sender.clone().call(ops.to_vec(), Some(deadline)).await
         };
-        if matches!(&reply, Err(e) if e.details().starts_with("NOSCRIPT")) {
-            self.reload_scripts();
-            reply = self
-                .send("EVAL", batch_args(text(), ops), deadline, must_run)
-                .await;
-        }
         match reply {
             Ok(Value::Array(replies)) if replies.len() == ops.len() => {
                 replies.into_iter().map(decode).collect()
@@ -140,35 +147,11 @@ impl Redis {
         }
     }
 
-    /// One script command, answered by `deadline`; with `must_run`, written in its
-    /// turn even after that (see [`run`](Self::run)).
-    async fn send(
-        &self,
-        command: &'static str,
-        args: Vec<Value>,
-        deadline: Instant,
-        must_run: bool,
-    ) -> Result<Value, fred::error::Error> {
-        if must_run {
-            let client = self.client.with_options(&kept_in_order());
-            return bounded(deadline, script_command(&client, command, args)).await;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let client = self.client.with_options(&options(left, true));
-        script_command(&client, command, args).await
-    }
-
-    /// Loads the script again in the background, once at a time however many calls
-    /// met `NOSCRIPT`.
-    fn reload_scripts(&self) {
-        if self.reloading.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (client, reloading) = (self.client.clone(), Arc::clone(&self.reloading));
-        tokio::spawn(async move {
-            load_scripts(client).await;
-            reloading.store(false, Ordering::Release);
-        });
+    /// Loads the library and the script into the node (see `load_scripts`); the
+    /// script's failure message.
+    pub(super) async fn load(&self) -> Option<String> {
+        let sender = &self.sender;
+        load_scripts(sender.client.clone(), Arc::clone(&sender.no_library)).await
     }
 
     /// `scripts/lift.lua` on `marker` and `guard`, within `timeout`.
@@ -255,6 +238,117 @@ impl Drop for Redis {
         for listener in &self.listeners {
             listener.abort();
         }
+    }
+}
+
+/// What sends a node's batches: its client, and what it knows of the node's library
+/// and script. A clone shares that knowledge.
+#[derive(Clone, Debug)]
+struct Sender {
+    client: Client,
+    /// Set while the library and the script are being loaded again after a call
+    /// missed them.
+    reloading: Arc<AtomicBool>,
+    /// Set for good once the node refused the function library (no functions, an ACL
+    /// that refuses `FUNCTION LOAD` or `FCALL`, a proxy that does not pass them):
+    /// batches then go by `EVALSHA`.
+    no_library: Arc<AtomicBool>,
+}
+
+impl Sender {
+    /// Sends `ops` as one call of the batch: by `FCALL` of the function library unless
+    /// the node refused it, else by `EVALSHA`. A call the node refuses before running
+    /// it goes again at once by the next command that can take it
+    /// ([`retry`](Self::retry)): the script's text when the library or the script is
+    /// missing (a restarted or flushed node; they are loaded again in the background),
+    /// and `EVALSHA` when functions are refused or the node is out of memory (a
+    /// function is refused whole then, a script runs until a write that needs memory
+    /// fails, so a release still deletes its key). The node runs nothing else of ours
+    /// in between (one call in flight per node), so the second command keeps every
+    /// operation's place in the node's order. A batch with a removal goes by `EVAL`
+    /// from the start: a removal must not miss its node for want of a cache. At most
+    /// three commands (`FCALL`, `EVALSHA`, `EVAL`), each bounded by `deadline`; without
+    /// one (a release or a removal), each is written in its turn however late.
+    async fn call(
+        self,
+        ops: Vec<Arc<Op>>,
+        deadline: Option<Instant>,
+    ) -> Result<Value, fred::error::Error> {
+        let mut command = if ops.iter().any(|op| op.kind == Kind::Remove) {
+            "EVAL"
+        } else if self.no_library.load(Ordering::Acquire) {
+            "EVALSHA"
+        } else {
+            "FCALL"
+        };
+        loop {
+            let script = match command {
+                "FCALL" => Value::String(LIBRARY.name.clone()),
+                "EVALSHA" => Value::from(OPS.sha1().clone()),
+                _ => Value::String(Str::from_static(OPS_EVAL)),
+            };
+            let reply = self.send(command, batch_args(script, &ops), deadline).await;
+            match &reply {
+                Err(e) => match self.retry(command, e.details()) {
+                    Some(next) => command = next,
+                    None => return reply,
+                },
+                Ok(_) => return reply,
+            }
+        }
+    }
+
+    /// One script command: with a `deadline`, answered by then (fred's own timeout);
+    /// without, written in its turn however late.
+    async fn send(
+        &self,
+        command: &'static str,
+        args: Vec<Value>,
+        deadline: Option<Instant>,
+    ) -> Result<Value, fred::error::Error> {
+        let options = match deadline {
+            Some(deadline) => options(deadline.saturating_duration_since(Instant::now()), true),
+            None => kept_in_order(),
+        };
+        script_command(&self.client.with_options(&options), command, args).await
+    }
+
+    /// The command to send the batch by after the node answered `command` with `error`,
+    /// if it refused it before running it for a reason the next one does not meet:
+    /// every error matched here is given before the function or script runs, so the
+    /// batch never runs twice. (This holds because the batch runs each operation under
+    /// `pcall`, so no error of a command inside it ends the whole call.)
+    fn retry(&self, command: &str, error: &str) -> Option<&'static str> {
+        match command {
+            "FCALL" if error.starts_with("ERR Function not found") => {
+                self.reload_scripts();
+                Some("EVAL")
+            }
+            "FCALL" if refuses_functions(error) => {
+                self.no_library.store(true, Ordering::Release);
+                Some("EVALSHA")
+            }
+            "FCALL" if error.starts_with("OOM") => Some("EVALSHA"),
+            "EVALSHA" if error.starts_with("NOSCRIPT") => {
+                self.reload_scripts();
+                Some("EVAL")
+            }
+            _ => None,
+        }
+    }
+
+    /// Loads the library and the script again in the background, once at a time
+    /// however many calls missed them.
+    fn reload_scripts(&self) {
+        if self.reloading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, reloading) = (self.client.clone(), Arc::clone(&self.reloading));
+        let no_library = Arc::clone(&self.no_library);
+        tokio::spawn(async move {
+            load_scripts(client, no_library).await;
+            reloading.store(false, Ordering::Release);
+        });
     }
 }
 

@@ -3,37 +3,51 @@
 -- fails (WRONGTYPE on its key, a quarantined node, an exhausted fencing counter)
 -- fails alone; the others run as if they had come by themselves, in order.
 --
--- ARGV[1] = m, the number of operations; ARGV[2] = the restart quarantine's period in
--- ms, or -1 when it is off; with a period, KEYS[1] and KEYS[2] are the node's
--- incarnation marker and quarantine guard. Then, for operation i, ARGV[3i .. 3i + 2] =
+-- This file defines `batch`, the call. src/scripts.rs makes two scripts of it: a
+-- function library that registers `batch` (Redis 7 and later, by FCALL: the file runs
+-- once, when the library is loaded), and an EVAL script that ends with
+-- `return batch(KEYS, ARGV)` (for servers without functions, and as the fallback of a
+-- call the library cannot take: the file then runs on every call).
+--
+-- argv[1] = m, the number of operations; argv[2] = the restart quarantine's period in
+-- ms, or -1 when it is off; with a period, keys[1] and keys[2] are the node's
+-- incarnation marker and quarantine guard. Then, for operation i, argv[3i .. 3i + 2] =
 -- its name, its number of keys, its number of arguments. Then every operation's
 -- arguments, in order, and its keys, in order, after the two quarantine keys.
 -- Returns m results: an operation's reply, or a string "!<message>" when it failed.
 --
 -- Each operation reads and checks before it writes, so one that fails has changed
--- nothing. Operations read their keys and arguments in place: KEYS[k + j] is an
--- operation's j-th key, ARGV[a + j] its j-th argument, nk and na their numbers.
+-- nothing. Operations read their keys and arguments in place: keys[k + j] is an
+-- operation's j-th key, argv[a + j] its j-th argument, nk and na their numbers.
 
 -- The restart quarantine, once per batch: the milliseconds this node still sits out
 -- of acquisitions (0 when it votes). run_id changes with every start of the server
 -- process, and a replica promoted in its place has its own; a marker that is missing
 -- (flushed, evicted, never written) or holds another run_id means locks this node
--- granted may be gone. INFO server is the one source of run_id a script can call, so
--- it is read on every batch that acquires; a plain search finds the field (a pattern
--- match over the whole reply cost as much as INFO itself).
-local PERIOD = tonumber(ARGV[2])
-local quarantine_left = nil
+-- granted may be gone. INFO server is the one source of run_id a script can call; a
+-- plain search finds the field (a pattern match over the whole reply cost as much as
+-- INFO itself). run_id is fixed for the life of the process, and a function library's
+-- Lua state lives no longer than the process (a restart, FUNCTION FLUSH or a reload
+-- starts a new one, with nothing read yet), so the library reads INFO once and keeps
+-- run_id; the marker is read on every batch, which is what sees a flush. As an EVAL
+-- script, this file starts afresh each call and reads INFO each time.
+local keys, argv, PERIOD, quarantine_left, now_ms
+-- This server process's run_id, read once per Lua state: see quarantine().
+local run_id_here = nil
 local function quarantine()
     if quarantine_left then
         return quarantine_left
     end
-    local marker, guard = KEYS[1], KEYS[2]
-    local info = redis.call("INFO", "server")
-    local at = string.find(info, "\nrun_id:", 1, true)
-    local run_id = at and string.match(info, "^%x+", at + 8)
-    if not run_id then
-        error({err = "ERR fredlock: INFO server has no run_id"})
+    local marker, guard = keys[1], keys[2]
+    if not run_id_here then
+        local info = redis.call("INFO", "server")
+        local at = string.find(info, "\nrun_id:", 1, true)
+        run_id_here = at and string.match(info, "^%x+", at + 8)
+        if not run_id_here then
+            error({err = "ERR fredlock: INFO server has no run_id"})
+        end
     end
+    local run_id = run_id_here
     if redis.call("GET", marker) ~= run_id then
         -- A whole period from now; never shorten a guard that another client set with
         -- a longer period.
@@ -66,7 +80,6 @@ end
 -- The node's clock in milliseconds, read once per batch: the expiry of a reader or of
 -- a writer's claim is a score on this clock (Redis freezes its own clock for a script
 -- too, so every operation of a batch sees one instant).
-local now_ms = nil
 local function now()
     if not now_ms then
         local t = redis.call("TIME")
@@ -153,18 +166,18 @@ end
 -- (nothing else set), or 0 if a lock key is taken (nothing set).
 local function lock(k, nk, a)
     refuse_if_quarantined()
-    local token, ttl, claim = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    local token, ttl, claim = argv[a + 1], argv[a + 2], argv[a + 3]
     if nk == 1 then
-        return acquire_one(KEYS[k + 1], token, ttl, claim)
+        return acquire_one(keys[k + 1], token, ttl, claim)
     end
     -- Several keys: every key checked before anything is written.
     local blocked, readers = false, {}
     for i = 1, nk do
-        if redis.call("EXISTS", KEYS[k + i]) == 1 then
-            local found = writer_finds(KEYS[k + i])
+        if redis.call("EXISTS", keys[k + i]) == 1 then
+            local found = writer_finds(keys[k + i])
             blocked = blocked or found ~= "free"
             if found == "readers" then
-                readers[#readers + 1] = KEYS[k + i]
+                readers[#readers + 1] = keys[k + i]
             end
         end
     end
@@ -178,7 +191,7 @@ local function lock(k, nk, a)
         return 2
     end
     for i = 1, nk do
-        redis.call("SET", KEYS[k + i], token, "PX", ttl)
+        redis.call("SET", keys[k + i], token, "PX", ttl)
     end
     return 1
 end
@@ -188,7 +201,7 @@ end
 -- holds or claims the key, or the key is not fredlock's (nothing set).
 local function read(k, nk, a)
     refuse_if_quarantined()
-    local key = KEYS[k + 1]
+    local key = keys[k + 1]
     local kind = redis.call("TYPE", key).ok
     if kind == "zset" and own_set(key) then
         -- Expired readers and an expired claim leave; OWN (at -inf) stays.
@@ -200,7 +213,7 @@ local function read(k, nk, a)
         -- A writer's key, or one fredlock did not write.
         return 0
     end
-    local token, ttl = ARGV[a + 1], ARGV[a + 2]
+    local token, ttl = argv[a + 1], argv[a + 2]
     redis.call("ZADD", key, "-inf", OWN, now() + tonumber(ttl), token)
     settle(key)
     return 1
@@ -215,14 +228,14 @@ end
 local function permit(k, nk, a)
     refuse_if_quarantined()
     local m = nk - 1
-    local record, permits = KEYS[k + m + 1], ARGV[a + 3]
+    local record, permits = keys[k + m + 1], argv[a + 3]
     local held = redis.call("GET", record)
     if held and held ~= permits then
         error({err = "PERMITS " .. held})
     end
-    local token, ttl = ARGV[a + 1], ARGV[a + 2]
+    local token, ttl = argv[a + 1], argv[a + 2]
     for i = 1, m do
-        if redis.call("SET", KEYS[k + i], token, "NX", "PX", ttl) then
+        if redis.call("SET", keys[k + i], token, "NX", "PX", ttl) then
             if redis.call("PTTL", record) < tonumber(ttl) then
                 redis.call("SET", record, permits, "PX", ttl)
             end
@@ -249,12 +262,12 @@ local function held_as(key, token)
     return nil
 end
 
--- How each of the n lock keys from KEYS[k + 1] holds the token (see held_as), or nil
+-- How each of the n lock keys from keys[k + 1] holds the token (see held_as), or nil
 -- if one does not.
 local function ours(k, n, token)
     local kinds = {}
     for i = 1, n do
-        kinds[i] = held_as(KEYS[k + i], token)
+        kinds[i] = held_as(keys[k + i], token)
         if not kinds[i] then
             return nil
         end
@@ -284,7 +297,7 @@ end
 local function counters(k, n)
     local values = {}
     for i = 1, n do
-        local value = redis.pcall("GET", KEYS[k + i])
+        local value = redis.pcall("GET", keys[k + i])
         if type(value) == "table" then
             error(value)
         end
@@ -305,8 +318,8 @@ end
 -- for a permit (the last key is then the record) or "". Returns 1 if renewed, 0 if
 -- not ours (nothing changed).
 local function extend(k, nk, a)
-    local token, ttl, keep = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-    local record = ARGV[a + 4] == "permit" and KEYS[k + nk]
+    local token, ttl, keep = argv[a + 1], argv[a + 2], argv[a + 3]
+    local record = argv[a + 4] == "permit" and keys[k + nk]
     local n = record and nk - 1 or nk
     if keep ~= "" then
         n = n / 2
@@ -316,7 +329,7 @@ local function extend(k, nk, a)
         return 0
     end
     for i = 1, n do
-        local key = KEYS[k + i]
+        local key = keys[k + i]
         if kinds[i] == "zset" then
             redis.call("ZADD", key, "XX", now() + tonumber(ttl), token)
             settle(key)
@@ -325,7 +338,7 @@ local function extend(k, nk, a)
         end
         -- A counter lost meanwhile stays lost: PEXPIRE does not create it.
         if keep ~= "" then
-            local counter = KEYS[k + n + i]
+            local counter = keys[k + n + i]
             redis.call("PEXPIRE", counter, longer_life(counter, keep))
         end
     end
@@ -344,15 +357,15 @@ end
 -- changed).
 local function fence(k, nk, a)
     local n = nk / 2
-    local token, floor, keep = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    local token, floor, keep = argv[a + 1], argv[a + 2], argv[a + 3]
     if not ours(k, n, token) then
         return 0
     end
     local values = counters(k + n, n)
     local low = tonumber(floor)
     for i = 1, n do
-        local counter = KEYS[k + n + i]
-        local life = beyond_key(KEYS[k + i], counter, keep)
+        local counter = keys[k + n + i]
+        local life = beyond_key(keys[k + i], counter, keep)
         if values[i] < low then
             -- The usual case (the floor is the client's clock): the argument goes as is.
             values[i] = low
@@ -371,33 +384,33 @@ end
 -- (counters raised), 0 otherwise (nothing changed).
 local function catch_up(k, nk, a)
     local n = nk / 2
-    if not ours(k, n, ARGV[a + 1]) then
+    if not ours(k, n, argv[a + 1]) then
         return 0
     end
     local values = counters(k + n, n)
     for i = 1, n do
-        local counter, token = KEYS[k + n + i], ARGV[a + 2 + i]
+        local counter, token = keys[k + n + i], argv[a + 2 + i]
         if values[i] < tonumber(token) then
-            redis.call("SET", counter, token, "PX", beyond_key(KEYS[k + i], counter, ARGV[a + 2]))
+            redis.call("SET", counter, token, "PX", beyond_key(keys[k + i], counter, argv[a + 2]))
         end
     end
     return 1
 end
 
--- Compare-and-delete of each of the first `slots` keys from KEYS[k + 1] that holds the
+-- Compare-and-delete of each of the first `slots` keys from keys[k + 1] that holds the
 -- token (a reader's token leaves the set, expired or not). With `channel`, each
 -- deletion is announced on channel .. (name or the key) with the token, which wakes
 -- the clients waiting for it. With `claim` > 0, a writer whose attempt failed and that
 -- will try again leaves its claim where it deletes its key, so that readers cannot
 -- take the nodes it had while it waits for those that readers hold (docs/design.md
--- 1.16). With `permits`, KEYS[k + slots + 1] is the semaphore's record, deleted when it
+-- 1.16). With `permits`, keys[k + slots + 1] is the semaphore's record, deleted when it
 -- holds that number and none of its slots is left, so a failed attempt leaves no record
 -- behind. Returns 1 if every key held the token, 0 otherwise (those that did were
 -- deleted anyway).
 local function delete(k, slots, token, channel, name, claim, permits)
     local all = 1
     for i = 1, slots do
-        local key = KEYS[k + i]
+        local key = keys[k + i]
         local held = held_as(key, token)
         if held == "string" then
             redis.call("DEL", key)
@@ -417,13 +430,13 @@ local function delete(k, slots, token, channel, name, claim, permits)
             redis.call("PUBLISH", channel .. (name or key), token)
         end
     end
-    if permits and redis.call("GET", KEYS[k + slots + 1]) == permits then
+    if permits and redis.call("GET", keys[k + slots + 1]) == permits then
         for i = 1, slots do
-            if redis.call("EXISTS", KEYS[k + i]) == 1 then
+            if redis.call("EXISTS", keys[k + i]) == 1 then
                 return all
             end
         end
-        redis.call("DEL", KEYS[k + slots + 1])
+        redis.call("DEL", keys[k + slots + 1])
     end
     return all
 end
@@ -432,8 +445,8 @@ end
 -- token, the channel prefix, the name to announce ("" for each key's own: a permit is
 -- announced on its semaphore's name, whichever slot it frees).
 local function release(k, nk, a)
-    local name = ARGV[a + 3] ~= "" and ARGV[a + 3]
-    return delete(k, nk, ARGV[a + 1], ARGV[a + 2], name, 0, nil)
+    local name = argv[a + 3] ~= "" and argv[a + 3]
+    return delete(k, nk, argv[a + 1], argv[a + 2], name, 0, nil)
 end
 
 -- remove: the compare-and-delete of a failed or cancelled attempt's token, not
@@ -441,9 +454,9 @@ end
 -- semaphore's record. args = token, the writer's claim in ms (0: none), the number of
 -- permits ("" when not a permit).
 local function remove(k, nk, a)
-    local permits = ARGV[a + 3] ~= "" and ARGV[a + 3]
+    local permits = argv[a + 3] ~= "" and argv[a + 3]
     local slots = permits and nk - 1 or nk
-    return delete(k, slots, ARGV[a + 1], nil, nil, tonumber(ARGV[a + 2]), permits)
+    return delete(k, slots, argv[a + 1], nil, nil, tonumber(argv[a + 2]), permits)
 end
 
 local operations = {
@@ -451,25 +464,34 @@ local operations = {
     catch_up = catch_up, release = release, remove = remove,
 }
 
-local m = tonumber(ARGV[1])
-local k, a = PERIOD >= 0 and 2 or 0, 2 + 3 * m
-local results = {}
-for i = 1, m do
-    local name = ARGV[3 * i]
-    local nk, na = tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2])
-    local run = operations[name]
-    if not run then
-        results[i] = "!ERR fredlock: unknown operation " .. tostring(name)
-    else
-        local ok, reply = pcall(run, k, nk, a)
-        if ok then
-            results[i] = reply
-        elseif type(reply) == "table" then
-            results[i] = "!" .. tostring(reply.err)
+-- One call: runs the batch of operations in keys and argv (see the top) and returns
+-- their results. Everything read per call is reset here, as a function library keeps
+-- its locals from one call to the next.
+local function batch(call_keys, call_args)
+    keys, argv = call_keys, call_args
+    PERIOD = tonumber(argv[2])
+    quarantine_left, now_ms = nil, nil
+    local m = tonumber(argv[1])
+    local k, a = PERIOD >= 0 and 2 or 0, 2 + 3 * m
+    local results = {}
+    for i = 1, m do
+        local name = argv[3 * i]
+        local nk, na = tonumber(argv[3 * i + 1]), tonumber(argv[3 * i + 2])
+        local run = operations[name]
+        if not run then
+            results[i] = "!ERR fredlock: unknown operation " .. tostring(name)
         else
-            results[i] = "!" .. tostring(reply)
+            local ok, reply = pcall(run, k, nk, a)
+            if ok then
+                results[i] = reply
+            elseif type(reply) == "table" then
+                results[i] = "!" .. tostring(reply.err)
+            else
+                results[i] = "!" .. tostring(reply)
+            end
         end
+        k, a = k + nk, a + na
     end
-    k, a = k + nk, a + na
+    keys, argv = nil, nil
+    return results
 end
-return results

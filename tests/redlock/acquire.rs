@@ -160,17 +160,17 @@ async fn lock_retries_until_freed_and_respects_the_deadline() -> TestResult {
     let all = [0, 1, 2];
     let held = holder.lock(&res, TTL).await?;
     nodes.assert_held(&all, &res, held.token()).await;
-    let base = nodes.calls_on(&all, "evalsha").await;
+    let base = nodes.calls_on(&all, "fcall").await;
     let waiting = tokio::spawn({
         let waiter = waiter.clone();
         let res = res.clone();
         async move { waiter.lock(&res, TTL).await }
     });
     // The waiter's first attempt ran on every node while the resource was held there
-    // (every acquisition is one EVALSHA), so it failed.
+    // (every acquisition is one FCALL), so it failed.
     // Bounded, not hung: an attempt reaches the nodes within its node timeout.
     nodes
-        .wait_calls_above(&all, "evalsha", &base, Duration::from_secs(3))
+        .wait_calls_above(&all, "fcall", &base, Duration::from_secs(3))
         .await;
     assert!(
         !waiting.is_finished(),
@@ -188,7 +188,7 @@ async fn lock_retries_until_freed_and_respects_the_deadline() -> TestResult {
     // Attempts after the first, and the holder's release: the lock came from a retry.
     let after_first: Vec<u64> = base.iter().map(|n| n + 2).collect();
     nodes
-        .wait_calls_above(&all, "evalsha", &after_first, Duration::from_secs(3))
+        .wait_calls_above(&all, "fcall", &after_first, Duration::from_secs(3))
         .await;
 
     // Now the resource stays held: a 600 ms deadline ends the wait with Taken.

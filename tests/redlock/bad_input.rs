@@ -221,7 +221,7 @@ async fn the_largest_retry_delay_waits_without_a_panic() -> TestResult {
     let res = resource("largest-retry-delay");
     let held = holder.lock(&res, Duration::from_secs(30)).await?;
     nodes.assert_held(&[0, 1, 2], &res, held.token()).await;
-    let base = nodes.calls_on(&[0, 1, 2], "evalsha").await;
+    let base = nodes.calls_on(&[0, 1, 2], "fcall").await;
     let waiting = tokio::spawn({
         let (waiter, res) = (waiter.clone(), res.clone());
         async move { waiter.lock(&res, Duration::from_secs(30)).await.map(drop) }
@@ -229,7 +229,7 @@ async fn the_largest_retry_delay_waits_without_a_panic() -> TestResult {
     // The waiter's first attempt ran on every node (and was refused); its pause
     // begins as soon as that attempt is decided, within its node timeout.
     nodes
-        .wait_calls_above(&[0, 1, 2], "evalsha", &base, Duration::from_secs(3))
+        .wait_calls_above(&[0, 1, 2], "fcall", &base, Duration::from_secs(3))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "{:?}", waiting.await);

@@ -35,9 +35,9 @@ async fn one_operations_wrong_type_fails_only_that_operation() -> TestResult {
     for i in 0..3 {
         nodes.cluster.set_latency(i, Duration::from_millis(20));
     }
-    let before = nodes.calls_on(&[0, 1, 2], "evalsha").await;
+    let before = nodes.calls_on(&[0, 1, 2], "fcall").await;
     let tokens = futures::future::join_all(locks.iter().map(|l| l.fencing_token())).await;
-    let after = nodes.calls_on(&[0, 1, 2], "evalsha").await;
+    let after = nodes.calls_on(&[0, 1, 2], "fcall").await;
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
         // Two calls, or three should the first have come back before all were made.
         assert!(
@@ -82,7 +82,7 @@ async fn an_acquisition_released_at_once_on_a_frozen_node_leaves_nothing() -> Te
     let nodes = Nodes::start(3).await?;
     let redlock = nodes.redlock(Duration::from_millis(300)).await;
     let (earlier, res) = (resource("frozen-earlier"), resource("frozen-release"));
-    let before = nodes.calls(2, "evalsha").await;
+    let before = nodes.calls(2, "fcall").await;
     nodes.cluster.pause(2).await?;
     // In flight on node 2 until its timeout: what comes next for node 2 queues.
     let first = redlock.try_lock(&earlier, TTL).await?;
@@ -98,7 +98,7 @@ async fn an_acquisition_released_at_once_on_a_frozen_node_leaves_nothing() -> Te
     // Node 2 runs two calls: the first acquisition, then the other three operations
     // together. Bounded, not hung: a thawed node answers at once.
     nodes
-        .wait_calls_above(&[2], "evalsha", &[before + 1], Duration::from_secs(3))
+        .wait_calls_above(&[2], "fcall", &[before + 1], Duration::from_secs(3))
         .await;
     for key in [&earlier, &res] {
         assert_eq!(
@@ -133,7 +133,7 @@ async fn many_tasks_through_one_client_batch_and_never_overlap() -> TestResult {
     let all = [0, 1, 2, 3, 4];
     let mut before = Vec::new();
     for i in all {
-        before.push(nodes.calls(i, "evalsha").await + nodes.calls(i, "eval").await);
+        before.push(nodes.calls(i, "fcall").await + nodes.calls(i, "eval").await);
     }
     let workers = (0..TASKS).map(|task| {
         let (redlock, res, held) = (redlock.clone(), names[task % 4].clone(), Arc::clone(&held));
@@ -174,7 +174,7 @@ async fn many_tasks_through_one_client_batch_and_never_overlap() -> TestResult {
     // Every cycle is at least an acquisition and a release on each node that voted in
     // it: 2 * 320 operations on a node that took part in every cycle, fewer calls.
     for (i, b) in all.iter().zip(&before) {
-        let calls = nodes.calls(*i, "evalsha").await + nodes.calls(*i, "eval").await - b;
+        let calls = nodes.calls(*i, "fcall").await + nodes.calls(*i, "eval").await - b;
         let cycles = (TASKS * CYCLES) as u64;
         eprintln!(
             "node {i}: {calls} script calls for at least {} operations",

@@ -38,9 +38,17 @@ async fn assert_connections(nodes: &Nodes, which: &[usize], want: usize, what: &
     }
 }
 
-/// Whether node `i` has fredlock's batch script in its script cache.
+/// Whether node `i` has fredlock's function library and its batch script in its
+/// script cache.
 async fn has_script(nodes: &Nodes, i: usize) -> bool {
-    let lua = include_str!("../../src/scripts/ops.lua");
+    if !nodes.has_library(i).await {
+        return false;
+    }
+    // The script's text: the library's code and the call of its function.
+    let lua = concat!(
+        include_str!("../../src/scripts/ops.lua"),
+        "\nreturn batch(KEYS, ARGV)\n"
+    );
     let sha = fred::types::scripts::Script::from_lua(lua).sha1().clone();
     let exists = nodes
         .cmd(i, "SCRIPT", vec!["EXISTS".into(), sha.into()])
@@ -336,9 +344,8 @@ async fn from_clients_leaves_unconnected_clients_as_they_are() -> TestResult {
     for client in &idle {
         client.init().await?;
     }
-    // fredlock loads its scripts on a client's connection, in the background; an
-    // acquisition that comes first meets NOSCRIPT there (a failed vote). Wait for the
-    // load. Bounded, not hung: one SCRIPT LOAD round trip per script.
+    // fredlock loads its library and script on a client's connection, in the
+    // background. Wait for the load. Bounded, not hung: one round trip for each.
     let start = Instant::now();
     for i in [1, 2] {
         while !has_script(&nodes, i).await {

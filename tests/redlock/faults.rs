@@ -34,7 +34,7 @@ async fn kill_3_of_5_is_no_quorum_and_leaves_no_key() -> TestResult {
     }
     let res = resource("kill-3");
     let (acquired, removed) = (
-        nodes.calls_on(&[3, 4], "evalsha").await,
+        nodes.calls_on(&[3, 4], "fcall").await,
         nodes.calls_on(&[3, 4], "eval").await,
     );
     let start = Instant::now();
@@ -57,7 +57,7 @@ async fn kill_3_of_5_is_no_quorum_and_leaves_no_key() -> TestResult {
     // (or of the unpause).
     let limit = Duration::from_secs(3);
     nodes
-        .wait_calls_above(&[3, 4], "evalsha", &acquired, limit)
+        .wait_calls_above(&[3, 4], "fcall", &acquired, limit)
         .await;
     nodes
         .wait_calls_above(&[3, 4], "eval", &removed, limit)
@@ -114,7 +114,7 @@ async fn pause_3_of_5_fails_within_one_timeout_and_cleans_up_after_unpause() -> 
     let redlock = nodes.redlock(timeout).await;
     // Counted before the pause: a frozen node does not answer INFO either.
     let (acquired, removed) = (
-        nodes.calls_on(&[0, 1, 2, 3, 4], "evalsha").await,
+        nodes.calls_on(&[0, 1, 2, 3, 4], "fcall").await,
         nodes.calls_on(&[0, 1, 2, 3, 4], "eval").await,
     );
     for i in 0..3 {
@@ -155,7 +155,7 @@ async fn pause_3_of_5_fails_within_one_timeout_and_cleans_up_after_unpause() -> 
     // removal queued behind it. The TTL is 30 s, so only that removal can make the
     // keys go away now.
     nodes
-        .wait_calls_above(&[0, 1, 2], "evalsha", &acquired[..3], limit)
+        .wait_calls_above(&[0, 1, 2], "fcall", &acquired[..3], limit)
         .await;
     nodes
         .wait_calls_above(&[0, 1, 2], "eval", &removed[..3], limit)
@@ -171,7 +171,7 @@ async fn cancelled_lock_call_leaves_no_key() -> TestResult {
     let redlock = nodes.redlock(Duration::from_secs(2)).await;
     // Counted before the pause: a frozen node does not answer INFO either.
     let (acquired, removed) = (
-        nodes.calls_on(&[0, 1, 2, 3, 4], "evalsha").await,
+        nodes.calls_on(&[0, 1, 2, 3, 4], "fcall").await,
         nodes.calls_on(&[0, 1, 2, 3, 4], "eval").await,
     );
     for i in 0..3 {
@@ -191,7 +191,7 @@ async fn cancelled_lock_call_leaves_no_key() -> TestResult {
     let limit = Duration::from_secs(3);
     let (live, frozen) = ([3, 4], [0, 1, 2]);
     nodes
-        .wait_calls_above(&live, "evalsha", &acquired[3..], limit)
+        .wait_calls_above(&live, "fcall", &acquired[3..], limit)
         .await;
     nodes
         .wait_calls_above(&live, "eval", &removed[3..], limit)
@@ -202,7 +202,7 @@ async fn cancelled_lock_call_leaves_no_key() -> TestResult {
     }
     // The frozen nodes run the acquisition queued while they slept, then the removal.
     nodes
-        .wait_calls_above(&frozen, "evalsha", &acquired[..3], limit)
+        .wait_calls_above(&frozen, "fcall", &acquired[..3], limit)
         .await;
     nodes
         .wait_calls_above(&frozen, "eval", &removed[..3], limit)
@@ -212,13 +212,13 @@ async fn cancelled_lock_call_leaves_no_key() -> TestResult {
 }
 
 /// A killed node that comes back (empty) is used again with no action by the caller,
-/// and scripts flushed from the nodes are reloaded (NOSCRIPT): an acquisition that
-/// meets NOSCRIPT is a failed vote that leaves nothing behind, extend and release fall
-/// back to the script's text.
+/// and a function library and scripts flushed from the nodes are reloaded: an
+/// acquisition, an extension and a release that meet a node without the library fall
+/// back to the script's text in the same call.
 #[tokio::test(flavor = "multi_thread")]
 async fn restarted_node_is_used_again_and_scripts_reload() -> TestResult {
     let nodes = Nodes::start(5).await?;
-    // Every node must answer in time below (a NOSCRIPT fallback is two round trips):
+    // Every node must answer in time below (a fallback is two round trips):
     // a generous timeout keeps a loaded machine from turning one into a failed vote.
     let redlock = nodes.redlock(Duration::from_millis(500)).await;
     let res = resource("restart");
@@ -247,20 +247,20 @@ async fn restarted_node_is_used_again_and_scripts_reload() -> TestResult {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Every node forgets its script. The acquisition meets NOSCRIPT and is sent
-    // again by the script's text in the same call: a node runs nothing else of ours
-    // while a call is in flight, so a release made after it still runs after it.
-    // Node 0's restart set off background loads of the script (on the new connection,
-    // and after its NOSCRIPT above); one that lands after the flush, as it can when
-    // both cores are busy, puts the script back: the node's `SCRIPT LOAD` count shows
+    // Every node forgets the library and the script. The acquisition meets "Function
+    // not found" and is sent again by the script's text in the same call: a node runs
+    // nothing else of ours while a call is in flight, so a release made after it still
+    // runs after it. Node 0's restart set off background loads (on the new connection,
+    // and after its miss above); one that lands after the flush, as it can when both
+    // cores are busy, puts the library back: the node's `FUNCTION LOAD` count shows
     // it, and the flush is made again (bounded: those loads are few).
     let all = [0, 1, 2, 3, 4];
     let mut flushes = 0;
     let mut lock = loop {
         flushes += 1;
-        let loads = nodes.calls_on(&all, "script|load").await;
+        let loads = nodes.calls_on(&all, "function|load").await;
         for i in 0..5 {
-            nodes.cmd(i, "SCRIPT", vec!["FLUSH".into()]).await?;
+            nodes.forget_scripts(i).await?;
         }
         let evals = nodes.calls_on(&all, "eval").await;
         let lock = redlock
@@ -270,7 +270,7 @@ async fn restarted_node_is_used_again_and_scripts_reload() -> TestResult {
         nodes.assert_held(&all, &res, lock.token()).await;
         let (evals_now, loads_now) = (
             nodes.calls_on(&all, "eval").await,
-            nodes.calls_on(&all, "script|load").await,
+            nodes.calls_on(&all, "function|load").await,
         );
         let mut reloaded = false;
         for i in all {
@@ -280,7 +280,8 @@ async fn restarted_node_is_used_again_and_scripts_reload() -> TestResult {
             // No EVAL: only a load that landed after the flush may explain it.
             assert!(
                 loads_now[i] > loads[i] && flushes < 5,
-                "node {i}: no EVAL after NOSCRIPT ({} -> {}), script loads {} -> {}",
+                "node {i}: no EVAL after the library was flushed ({} -> {}), library loads \
+                 {} -> {}",
                 evals[i],
                 evals_now[i],
                 loads[i],
@@ -295,22 +296,23 @@ async fn restarted_node_is_used_again_and_scripts_reload() -> TestResult {
     };
     // Extend and release fall back to the script's text at once.
     for i in 0..5 {
-        nodes.cmd(i, "SCRIPT", vec!["FLUSH".into()]).await?;
+        nodes.forget_scripts(i).await?;
     }
     lock.extend(2 * TTL).await?;
     nodes
         .assert_pttl_above(&[0, 1, 2, 3, 4], &res, 55_000)
         .await;
     for i in 0..5 {
-        nodes.cmd(i, "SCRIPT", vec!["FLUSH".into()]).await?;
+        nodes.forget_scripts(i).await?;
     }
     lock.release().await?;
     nodes.assert_released(&[0, 1, 2, 3, 4], &res).await;
     Ok(())
 }
 
-/// A release that meets NOSCRIPT on nodes that answer after the quorum decided still
-/// sends them the script's text: the key goes from every node, not only the fast ones.
+/// A release that finds neither the library nor the script on nodes that answer after
+/// the quorum decided still sends them the script's text: the key goes from every
+/// node, not only the fast ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn release_after_a_script_flush_reaches_the_slow_nodes_too() -> TestResult {
     let nodes = Nodes::start_with_proxies(5).await?;
@@ -322,9 +324,9 @@ async fn release_after_a_script_flush_reaches_the_slow_nodes_too() -> TestResult
         .assert_held(&[0, 1, 2, 3, 4], &res, lock.token())
         .await;
     for i in 0..5 {
-        nodes.cmd(i, "SCRIPT", vec!["FLUSH".into()]).await?;
+        nodes.forget_scripts(i).await?;
     }
-    // Nodes 3 and 4 answer NOSCRIPT only after the three fast nodes decided the round.
+    // Nodes 3 and 4 answer "Function not found" only after the three fast nodes decided the round.
     nodes.cluster.set_latency(3, Duration::from_millis(60));
     nodes.cluster.set_latency(4, Duration::from_millis(60));
     lock.release().await?;

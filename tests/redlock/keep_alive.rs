@@ -34,7 +34,7 @@ async fn a_renewal_that_fails_for_a_while_is_retried_in_time() -> TestResult {
     let first = lock.remaining();
     tokio::time::sleep((first / 2).saturating_sub(Duration::from_millis(1200))).await;
     let before: Vec<i64> = [nodes.pttl(0, &res).await, nodes.pttl(1, &res).await].into();
-    let base = nodes.calls(2, "evalsha").await;
+    let base = nodes.calls(2, "fcall").await;
     let (a, b) = tokio::join!(nodes.cluster.pause(0), nodes.cluster.pause(1));
     a?;
     b?;
@@ -48,7 +48,7 @@ async fn a_renewal_that_fails_for_a_while_is_retried_in_time() -> TestResult {
     let start = Instant::now();
     let mut attempts = 0;
     while attempts < 2 {
-        attempts = nodes.calls(2, "evalsha").await - base;
+        attempts = nodes.calls(2, "fcall").await - base;
         // Bounded, not hung: the renewal is due within 1.2 s, a retry 450 ms later.
         if start.elapsed() > Duration::from_secs(5) {
             break;

@@ -14,6 +14,7 @@ mod extend_release;
 mod faults;
 mod foreign;
 mod keep_alive;
+mod library;
 mod lifecycle;
 mod lock_votes;
 #[cfg(feature = "metrics")]

@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use fred::prelude::Value;
 use fredlock::{Error, Lock, LostReason, Vote};
 
 use crate::support::{Nodes, ROOMY, TestResult, fence_key, resource};
@@ -268,7 +267,7 @@ async fn after_the_validity_ran_out_extend_sends_nothing_and_release_still_remov
 
     let mut before = Vec::new();
     for i in ALL {
-        before.push((nodes.calls(i, "evalsha").await, nodes.pttl(i, &res).await));
+        before.push((nodes.script_calls(i).await, nodes.pttl(i, &res).await));
     }
     let err = lock.extend(ttl).await.expect_err("expired locally");
     let Error::Expired { votes, .. } = &err else {
@@ -276,10 +275,10 @@ async fn after_the_validity_ran_out_extend_sends_nothing_and_release_still_remov
     };
     assert!(votes.is_empty(), "a request was sent: {votes}");
     let mut least = i64::MAX;
-    for (i, &(evalsha, pttl)) in ALL.iter().zip(&before) {
+    for (i, &(scripts, pttl)) in ALL.iter().zip(&before) {
         assert_eq!(
-            nodes.calls(*i, "evalsha").await,
-            evalsha,
+            nodes.script_calls(*i).await,
+            scripts,
             "node {i} ran a script"
         );
         assert_eq!(nodes.get(*i, &res).await.as_deref(), Some(lock.token()));
@@ -443,18 +442,7 @@ async fn is_retryable_holds_for_exactly_the_errors_another_attempt_may_cure() ->
     let mut outcomes: Vec<(&str, Error, bool)> = Vec::new();
 
     // Denied: a user whose ACL refuses EVALSHA.
-    for i in ALL {
-        let acl: Vec<Value> = ["SETUSER", "noevalsha", "on", ">pw", "~*", "&*"]
-            .into_iter()
-            .chain(["+@all", "-evalsha"])
-            .map(Into::into)
-            .collect();
-        nodes.cmd(i, "ACL", acl).await?;
-    }
-    let denied: Vec<String> = ALL
-        .iter()
-        .map(|&i| format!("redis://noevalsha:pw@127.0.0.1:{}", nodes.cluster.port(i)))
-        .collect();
+    let denied = nodes.user_urls("noevalsha", &["-evalsha"]).await?;
     let err = fredlock::Redlock::builder(denied)
         .restart_quarantine(fredlock::Quarantine::Off)
         .build()
@@ -570,20 +558,20 @@ async fn lock_retries_too_late_attempts_and_ends_with_too_late() -> TestResult {
     let res = resource("too-late-retried");
     let mut before = Vec::new();
     for i in ALL {
-        before.push(nodes.calls(i, "evalsha").await);
+        before.push(nodes.calls(i, "fcall").await);
     }
     let err = redlock.lock(&res, ttl).await.expect_err("always too late");
     assert!(matches!(err, Error::TooLate { .. }), "{err}");
 
-    // Acquisitions go by EVALSHA, removals by EVAL. An acquisition that was still
+    // Acquisitions go by FCALL, removals by EVAL. An acquisition that was still
     // pending when the last attempt was decided may run just after: poll for it.
     for (i, &count) in ALL.iter().zip(&before) {
         let start = Instant::now();
-        let mut ran = nodes.calls(*i, "evalsha").await - count;
+        let mut ran = nodes.calls(*i, "fcall").await - count;
         // Bounded, not hung: a pending acquisition runs within one node timeout.
         while ran < 3 && start.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            ran = nodes.calls(*i, "evalsha").await - count;
+            ran = nodes.calls(*i, "fcall").await - count;
         }
         assert_eq!(ran, 3, "node {i} ran {ran} acquisitions");
     }

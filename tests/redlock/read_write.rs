@@ -429,7 +429,7 @@ async fn a_writer_refused_by_another_writer_leaves_no_claim() -> TestResult {
     for i in [0, 1] {
         nodes.set(i, &res, "another-owner", 30_000).await;
     }
-    let scripts = nodes.calls(2, "evalsha").await;
+    let scripts = nodes.script_calls(2).await;
     let waiting = tokio::spawn({
         let (writers, res) = (writers.clone(), res.clone());
         async move { writers.lock(&res, TTL).await }
@@ -447,7 +447,7 @@ async fn a_writer_refused_by_another_writer_leaves_no_claim() -> TestResult {
     assert!(!seen.contains("zset"), "node 2 held: {seen:?}");
     // Node 2 ran the attempts and their removals (at least two of each, batched or
     // not), so there was a removal that could have left a claim.
-    let ran = nodes.calls(2, "evalsha").await - scripts;
+    let ran = nodes.script_calls(2).await - scripts;
     assert!(ran >= 4, "node 2 ran {ran} scripts");
     assert_eq!(key_type(&nodes, 2, &res).await, "none");
     Ok(())

@@ -286,16 +286,78 @@ impl Nodes {
     /// How many times node `i` has run `command` (lower case, from `INFO
     /// commandstats`); zero while the node does not answer.
     pub async fn calls(&self, i: usize, command: &str) -> u64 {
+        self.commandstat(i, command, "calls").await
+    }
+
+    /// How many times node `i` refused `command` before running it (an ACL refusal,
+    /// `OOM`); zero while the node does not answer.
+    pub async fn rejected(&self, i: usize, command: &str) -> u64 {
+        self.commandstat(i, command, "rejected_calls").await
+    }
+
+    /// The counter `field` of `command` in node `i`'s `INFO commandstats`, whose lines
+    /// read `cmdstat_fcall:calls=12,usec=30,...,rejected_calls=1,failed_calls=0`.
+    async fn commandstat(&self, i: usize, command: &str, field: &str) -> u64 {
         let info = match self.cmd(i, "INFO", vec!["commandstats".into()]).await {
             Ok(reply) => reply.as_string().unwrap_or_default(),
             Err(_) => return 0,
         };
-        let prefix = format!("cmdstat_{command}:calls=");
+        let (prefix, field) = (format!("cmdstat_{command}:"), format!("{field}="));
         info.lines()
             .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
+            .and_then(|rest| rest.split(',').find_map(|f| f.strip_prefix(&field)))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Creates the user `name` (password `pw`) on every node with `+@all` and then
+    /// `rules` (such as `-evalsha`), and returns the nodes' URLs for that user.
+    pub async fn user_urls(
+        &self,
+        name: &str,
+        rules: &[&str],
+    ) -> Result<Vec<String>, fred::error::Error> {
+        let mut urls = Vec::new();
+        for i in 0..self.admin.len() {
+            let acl: Vec<Value> = ["SETUSER", name, "on", ">pw", "~*", "&*", "+@all"]
+                .iter()
+                .chain(rules)
+                .map(|&rule| rule.to_string().into())
+                .collect();
+            self.cmd(i, "ACL", acl).await?;
+            urls.push(format!(
+                "redis://{name}:pw@127.0.0.1:{}",
+                self.cluster.port(i)
+            ));
+        }
+        Ok(urls)
+    }
+
+    /// Node `i` forgets fredlock's function library and script (`FUNCTION FLUSH`,
+    /// `SCRIPT FLUSH`), as a restarted node without persistence does.
+    pub async fn forget_scripts(&self, i: usize) -> Result<(), fred::error::Error> {
+        self.cmd(i, "FUNCTION", vec!["FLUSH".into()]).await?;
+        self.cmd(i, "SCRIPT", vec!["FLUSH".into()]).await?;
+        Ok(())
+    }
+
+    /// How many of fredlock's script calls (`FCALL`, `EVALSHA`, `EVAL`) node `i` has
+    /// run.
+    pub async fn script_calls(&self, i: usize) -> u64 {
+        let mut total = 0;
+        for command in ["fcall", "evalsha", "eval"] {
+            total += self.calls(i, command).await;
+        }
+        total
+    }
+
+    /// Whether node `i` has a function library of fredlock's (`FUNCTION LIST`).
+    pub async fn has_library(&self, i: usize) -> bool {
+        let args = vec!["LIST".into(), "LIBRARYNAME".into(), "fredlock_*".into()];
+        matches!(
+            self.cmd(i, "FUNCTION", args).await,
+            Ok(Value::Array(list)) if !list.is_empty()
+        )
     }
 
     /// `calls(i, command)` for every node in `which`.

@@ -210,7 +210,7 @@ async fn the_attempt_a_pause_was_cut_for_still_runs() -> TestResult {
     for i in 0..5 {
         nodes.set(i, &res, "another-client", 2000).await;
     }
-    let before = nodes.calls(0, "evalsha").await;
+    let before = nodes.calls(0, "fcall").await;
     let start = Instant::now();
     // Bounded, not hung: the deadline plus 4 s for a loaded machine, far below the
     // 30 s poll.
@@ -219,7 +219,7 @@ async fn the_attempt_a_pause_was_cut_for_still_runs() -> TestResult {
         .await
         .map_err(|_| format!("still waiting {limit:?} into a {acquire_timeout:?} timeout"))?;
     let waited = start.elapsed();
-    let attempts = nodes.calls(0, "evalsha").await - before;
+    let attempts = nodes.calls(0, "fcall").await - before;
     eprintln!("cut pause: {outcome:?} after {waited:?}, {attempts} attempts on node 0");
     let lock = outcome.map_err(|e| format!("no attempt after the cut pause: {e}"))?;
     assert_eq!(
@@ -490,8 +490,8 @@ async fn one_release_wakes_a_waiter_at_the_first_and_the_quorum_announcement() -
     nodes
         .assert_held(&[0, 1, 2, 3, 4], &res, held.token())
         .await;
-    // Each attempt of the waiter is one EVALSHA on node 0; nothing else runs one now.
-    let before = nodes.calls(0, "evalsha").await;
+    // Each attempt of the waiter is one FCALL on node 0; nothing else runs one now.
+    let before = nodes.calls(0, "fcall").await;
     let waiting = tokio::spawn({
         let (waiter, res) = (waiter.clone(), res.clone());
         async move { waiter.lock(&res, Duration::from_secs(60)).await.map(drop) }
@@ -522,20 +522,20 @@ async fn one_release_wakes_a_waiter_at_the_first_and_the_quorum_announcement() -
     // Bounded, not hung: the woken waiter tries within one round trip of the announcement.
     let limit = Duration::from_secs(5);
     nodes
-        .wait_calls_above(&[0], "evalsha", &[before + 1], limit)
+        .wait_calls_above(&[0], "fcall", &[before + 1], limit)
         .await;
     publish(1).await?;
     publish(2).await?;
     // The quorum's announcement: the third attempt.
     nodes
-        .wait_calls_above(&[0], "evalsha", &[before + 2], limit)
+        .wait_calls_above(&[0], "fcall", &[before + 2], limit)
         .await;
     publish(3).await?;
     publish(4).await?;
     // Woken again, the waiter would try within a round trip (plus its pause of up to
     // one round trip): 2 s is generous for that on a loaded machine.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let attempts = nodes.calls(0, "evalsha").await - before;
+    let attempts = nodes.calls(0, "fcall").await - before;
     assert_eq!(
         attempts, 3,
         "the leftover announcements woke the waiter again"

@@ -258,7 +258,7 @@ async fn a_denied_command_is_a_build_error_naming_it() -> TestResult {
     let err = built.expect_err("INFO is denied");
     assert!(is_denied(&err, "info"), "{err}");
     assert!(!err.to_string().contains("pw@"), "{err}");
-    // EVALSHA, which every lock round uses, is checked too.
+    // EVALSHA, which every lock round uses on a server without functions, is checked too.
     for i in 0..3 {
         let acl: Vec<fred::prelude::Value> = ["SETUSER", "noevalsha", "on", ">pw", "~*", "&*"]
             .into_iter()
