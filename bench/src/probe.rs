@@ -23,7 +23,7 @@ pub struct Probe {
 /// One node's counters at one instant.
 #[derive(Clone, Copy, Debug)]
 struct NodeSample {
-    /// `calls` of `cmdstat_evalsha` plus `cmdstat_eval`.
+    /// `calls` of `cmdstat_fcall`, `cmdstat_evalsha` and `cmdstat_eval`.
     script_calls: u64,
     /// `used_cpu_user` plus `used_cpu_sys`, seconds.
     cpu_s: f64,
@@ -152,8 +152,8 @@ fn keys(keyspace: &str) -> i64 {
         .sum()
 }
 
-/// EVALSHA plus EVAL calls in `INFO commandstats`, whose lines read
-/// `cmdstat_evalsha:calls=12,usec=...`; a command never called has no line (0).
+/// FCALL, EVALSHA and EVAL calls in `INFO commandstats`, whose lines read
+/// `cmdstat_fcall:calls=12,usec=...`; a command never called has no line (0).
 fn script_calls(stats: &str) -> Option<u64> {
     if !stats.contains("# Commandstats") {
         return None;
@@ -165,7 +165,7 @@ fn script_calls(stats: &str) -> Option<u64> {
             .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Some(calls("cmdstat_evalsha") + calls("cmdstat_eval"))
+    Some(calls("cmdstat_fcall") + calls("cmdstat_evalsha") + calls("cmdstat_eval"))
 }
 
 #[cfg(test)]
@@ -175,8 +175,9 @@ mod tests {
     #[test]
     fn info_lines_parse() {
         let stats = "# Commandstats\r\ncmdstat_evalsha:calls=12,usec=30,usec_per_call=2.5\r\n\
-                     cmdstat_eval:calls=3,usec=9\r\ncmdstat_evalsha_ro:calls=100,usec=1\r\n";
-        assert_eq!(script_calls(stats), Some(15));
+                     cmdstat_eval:calls=3,usec=9\r\ncmdstat_evalsha_ro:calls=100,usec=1\r\n\
+                     cmdstat_fcall:calls=5,usec=9\r\ncmdstat_fcall_ro:calls=7,usec=9\r\n";
+        assert_eq!(script_calls(stats), Some(20));
         assert_eq!(script_calls("# Commandstats\r\n"), Some(0));
         assert_eq!(script_calls("NOPERM"), None);
         let cpu = "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\n\

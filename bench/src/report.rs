@@ -21,7 +21,7 @@ const LEGEND: [&str; 3] = [
     "Latencies in ms. CPU µs: the benchmark's plus the nodes' CPU time per lock and its \
      release. Rows `fredlock ÷ x`: fredlock's figure divided by x's.",
     "ops/call: fredlock's node operations (lock attempts and releases, times the nodes) per \
-     EVAL/EVALSHA call the nodes counted in the window;",
+     script call (FCALL, EVALSHA, EVAL) the nodes counted in the window;",
     "n/a where INFO cannot be read, and contended, where lock() retries out of sight.",
 ];
 

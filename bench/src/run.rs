@@ -91,8 +91,8 @@ pub struct RunResult {
     /// the window, µs; absent when no node's INFO could be read.
     pub cpu_us_per_lock: Option<f64>,
     /// fredlock, uncontended: node operations (lock attempts plus releases, times the
-    /// nodes read) per EVAL/EVALSHA call the nodes counted; above 1 when operations
-    /// share a script call. Absent for the other clients (their commands are not all
+    /// nodes read) per script call (FCALL, EVALSHA, EVAL) the nodes counted; above 1
+    /// when operations share a script call. Absent for the other clients (their commands are not all
     /// scripts), when contended (`lock()`'s retries are not seen from outside) and when
     /// INFO could not be read.
     pub ops_per_script_call: Option<f64>,
