@@ -121,7 +121,8 @@ impl Redis {
         }
         let must_run = ops.iter().any(|op| op.kind.harmless_late());
         let reply = if must_run {
-            let mut call = Box::pin(self.sender.clone().call(ops.to_vec(), None));
+            let (sender, ops) = (self.sender.clone(), ops.to_vec());
+            let mut call = Box::pin(async move { sender.call(&ops, None).await });
             match tokio::time::timeout_at(deadline.into(), &mut call).await {
                 Ok(reply) => reply,
                 Err(_) => {
@@ -133,7 +134,7 @@ impl Redis {
                 }
             }
         } else {
-            self.sender.clone().call(ops.to_vec(), Some(deadline)).await
+            self.sender.call(ops, Some(deadline)).await
         };
         match reply {
             Ok(Value::Array(replies)) if replies.len() == ops.len() => {
@@ -270,8 +271,8 @@ impl Sender {
     /// three commands (`FCALL`, `EVALSHA`, `EVAL`), each bounded by `deadline`; without
     /// one (a release or a removal), each is written in its turn however late.
     async fn call(
-        self,
-        ops: Vec<Arc<Op>>,
+        &self,
+        ops: &[Arc<Op>],
         deadline: Option<Instant>,
     ) -> Result<Value, fred::error::Error> {
         let mut command = if ops.iter().any(|op| op.kind == Kind::Remove) {
@@ -287,7 +288,7 @@ impl Sender {
                 "EVALSHA" => Value::from(OPS.sha1().clone()),
                 _ => Value::String(Str::from_static(OPS_EVAL)),
             };
-            let reply = self.send(command, batch_args(script, &ops), deadline).await;
+            let reply = self.send(command, batch_args(script, ops), deadline).await;
             match &reply {
                 Err(e) => match self.retry(command, e.details()) {
                     Some(next) => command = next,
