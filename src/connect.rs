@@ -62,9 +62,10 @@ async fn connect(nodes: &[Arc<Node>], timeout: Duration) -> Result<(), Error> {
     Err(Error::Connect { votes })
 }
 
-/// On every connected node: loads the lock function library and script (the node loads them on each connection
-/// too, but in the background: waiting here means the first acquisition finds it),
-/// then checks that its ACL allows every command fredlock needs.
+/// On every connected node: loads the lock function library and script (the node loads
+/// them on each connection too, but in the background: waiting here means the first
+/// acquisition finds them), then checks that its ACL allows every command fredlock
+/// needs.
 async fn prepare(nodes: &[Arc<Node>], settings: &Settings) -> Result<(), Error> {
     let probe = format!("{}{RESERVED_PREFIX}probe", settings.key_prefix);
     let quarantine = settings.quarantine != Quarantine::Off;

@@ -92,9 +92,9 @@ pub struct RunResult {
     pub cpu_us_per_lock: Option<f64>,
     /// fredlock, uncontended: node operations (lock attempts plus releases, times the
     /// nodes read) per script call (FCALL, EVALSHA, EVAL) the nodes counted; above 1
-    /// when operations share a script call. Absent for the other clients (their commands are not all
-    /// scripts), when contended (`lock()`'s retries are not seen from outside) and when
-    /// INFO could not be read.
+    /// when operations share a script call. Absent for the other clients (their
+    /// commands are not all scripts), when contended (`lock()`'s retries are not seen
+    /// from outside) and when INFO could not be read.
     pub ops_per_script_call: Option<f64>,
     /// A new resource per lock: the keys each lock and its release left on a node, on
     /// average over the nodes read (the change of their key count over the window,
